@@ -1,0 +1,291 @@
+// Package identity turns label sets into node-local numeric identities and
+// addresses into identities.
+//
+// Packets carry no identity: every node derives a peer's identity from its
+// address, so identities are node-local numbers and need no cluster-wide
+// allocator. An identity stands for everything a NetworkPolicy peer can test:
+//
+//	pod:  namespace + pod labels + namespace labels
+//	      + the policy-referenced CIDRs that contain the address
+//	      + the resolutions of policy-referenced named ports (egress)
+//	cidr: the policy-referenced CIDRs that contain the prefix
+//	host, world: reserved
+//
+// Folding referenced CIDRs and named ports into the label set keeps every
+// peer test a plain set test on one identity, in Go and in the kernel alike:
+// ipBlock{cidr, except} matches an identity that carries cidr and none of the
+// except prefixes, whether the address belongs to a pod or not.
+package identity
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ID is a node-local numeric identity. Its values match the reserved
+// identities of bpf/zt_abi.h.
+type ID uint32
+
+// Reserved identities.
+const (
+	// Any is the wildcard peer in compiled rules; no address has it.
+	Any ID = 0
+	// Host is the node itself (kubelet probes come from it).
+	Host ID = 1
+	// World is every address that no pod, node or referenced CIDR covers.
+	World ID = 2
+	// FirstAllocated is the first identity handed out for a label set.
+	FirstAllocated ID = 256
+)
+
+// String names reserved identities and prints others as numbers.
+func (id ID) String() string {
+	switch id {
+	case Any:
+		return "any"
+	case Host:
+		return "host"
+	case World:
+		return "world"
+	}
+	return strconv.FormatUint(uint64(id), 10)
+}
+
+// Kind tells what an identity stands for.
+type Kind uint8
+
+// Identity kinds.
+const (
+	KindWorld Kind = iota
+	KindHost
+	KindPod
+	KindCIDR
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindWorld:
+		return "world"
+	case KindHost:
+		return "host"
+	case KindPod:
+		return "pod"
+	case KindCIDR:
+		return "cidr"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Protocol is an IANA protocol number; 0 means any protocol.
+type Protocol uint8
+
+// Protocols NetworkPolicy names.
+const (
+	ProtoAny    Protocol = 0
+	ProtoICMP   Protocol = 1
+	ProtoTCP    Protocol = 6
+	ProtoUDP    Protocol = 17
+	ProtoICMPv6 Protocol = 58
+	ProtoSCTP   Protocol = 132
+)
+
+// String returns the Kubernetes spelling (TCP, UDP, SCTP) or a number.
+func (p Protocol) String() string {
+	switch p {
+	case ProtoAny:
+		return "any"
+	case ProtoTCP:
+		return "TCP"
+	case ProtoUDP:
+		return "UDP"
+	case ProtoSCTP:
+		return "SCTP"
+	case ProtoICMP:
+		return "ICMP"
+	case ProtoICMPv6:
+		return "ICMPv6"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// ParseProtocol parses TCP, UDP or SCTP (case-sensitive, as the API is).
+func ParseProtocol(s string) (Protocol, error) {
+	switch s {
+	case "TCP":
+		return ProtoTCP, nil
+	case "UDP":
+		return ProtoUDP, nil
+	case "SCTP":
+		return ProtoSCTP, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q (want TCP, UDP or SCTP)", s)
+}
+
+// NamedPort is one resolution of a container port name.
+type NamedPort struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+}
+
+// Labels is the full label set an identity stands for. It is data only;
+// Key gives its canonical form.
+type Labels struct {
+	Kind      Kind
+	Namespace string
+	// Pod labels and namespace labels (pods only).
+	PodLabels       map[string]string
+	NamespaceLabels map[string]string
+	// Policy-referenced prefixes that contain the address or prefix, sorted.
+	CIDRs []netip.Prefix
+	// Resolutions of policy-referenced named ports, sorted.
+	NamedPorts []NamedPort
+}
+
+// Key is the canonical, comparable form of a label set: equal label sets
+// have equal keys.
+func (l *Labels) Key() string {
+	var b strings.Builder
+	b.WriteString(l.Kind.String())
+	b.WriteByte('|')
+	b.WriteString(l.Namespace)
+	writeMap := func(m map[string]string) {
+		b.WriteByte('|')
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			b.WriteString(strconv.Quote(k))
+			b.WriteByte('=')
+			b.WriteString(strconv.Quote(m[k]))
+			b.WriteByte(',')
+		}
+	}
+	writeMap(l.PodLabels)
+	writeMap(l.NamespaceLabels)
+	b.WriteByte('|')
+	for _, p := range l.CIDRs {
+		b.WriteString(p.String())
+		b.WriteByte(',')
+	}
+	b.WriteByte('|')
+	for _, np := range l.NamedPorts {
+		fmt.Fprintf(&b, "%s/%d=%d,", np.Name, np.Protocol, np.Port)
+	}
+	return b.String()
+}
+
+// HasCIDR reports whether the label set carries prefix p.
+func (l *Labels) HasCIDR(p netip.Prefix) bool {
+	_, found := slices.BinarySearchFunc(l.CIDRs, p, ComparePrefix)
+	return found
+}
+
+// NamedPort returns the port a name resolves to for protocol proto.
+func (l *Labels) NamedPort(name string, proto Protocol) (uint16, bool) {
+	for _, np := range l.NamedPorts {
+		if np.Name == name && np.Protocol == proto {
+			return np.Port, true
+		}
+	}
+	return 0, false
+}
+
+// ComparePrefix orders prefixes by address family, address, then length.
+func ComparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// CompareNamedPort orders named ports by name, protocol, port.
+func CompareNamedPort(a, b NamedPort) int {
+	if c := strings.Compare(a.Name, b.Name); c != 0 {
+		return c
+	}
+	if a.Protocol != b.Protocol {
+		return int(a.Protocol) - int(b.Protocol)
+	}
+	return int(a.Port) - int(b.Port)
+}
+
+// Identity is an allocated identity.
+type Identity struct {
+	ID     ID
+	Labels Labels
+	key    string
+	refs   int
+}
+
+// Allocator hands out identities for label sets and counts their users.
+// Numbers are never reused within one allocator, so a stale address entry
+// can never point at a different label set. It is not safe for concurrent
+// use.
+type Allocator struct {
+	byKey map[string]*Identity
+	byID  map[ID]*Identity
+	next  ID
+}
+
+// NewAllocator returns an allocator holding only the reserved identities.
+func NewAllocator() *Allocator {
+	a := &Allocator{byKey: map[string]*Identity{}, byID: map[ID]*Identity{}, next: FirstAllocated}
+	for _, r := range []*Identity{
+		{ID: Host, Labels: Labels{Kind: KindHost}},
+		{ID: World, Labels: Labels{Kind: KindWorld}},
+	} {
+		r.key = r.Labels.Key()
+		r.refs = 1 // reserved identities are never released
+		a.byKey[r.key] = r
+		a.byID[r.ID] = r
+	}
+	return a
+}
+
+// Acquire returns the identity for l, allocating it if needed, and counts
+// one more user. created reports whether it was new.
+func (a *Allocator) Acquire(l Labels) (id *Identity, created bool) {
+	key := l.Key()
+	if id, ok := a.byKey[key]; ok {
+		id.refs++
+		return id, false
+	}
+	id = &Identity{ID: a.next, Labels: l, key: key, refs: 1}
+	a.next++
+	a.byKey[key] = id
+	a.byID[id.ID] = id
+	return id, true
+}
+
+// Release drops one user of id and reports whether the identity is gone.
+func (a *Allocator) Release(id ID) (gone bool) {
+	ident, ok := a.byID[id]
+	if !ok || id < FirstAllocated {
+		return false
+	}
+	ident.refs--
+	if ident.refs > 0 {
+		return false
+	}
+	delete(a.byID, id)
+	delete(a.byKey, ident.key)
+	return true
+}
+
+// Get returns the identity with number id.
+func (a *Allocator) Get(id ID) (*Identity, bool) {
+	i, ok := a.byID[id]
+	return i, ok
+}
+
+// Len returns the number of live identities, reserved ones included.
+func (a *Allocator) Len() int { return len(a.byID) }
+
+// All returns the live identities sorted by number.
+func (a *Allocator) All() []*Identity {
+	out := slices.Collect(maps.Values(a.byID))
+	slices.SortFunc(out, func(x, y *Identity) int { return int(x.ID) - int(y.ID) })
+	return out
+}

@@ -1,0 +1,80 @@
+package identity
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// IPCache maps prefixes to identities and answers longest-prefix lookups,
+// as the kernel's ipcache LPM trie does. The zero value is empty and ready.
+type IPCache struct {
+	entries map[netip.Prefix]ID
+	// refs counts the prefixes of each length, per family, so Lookup only
+	// probes lengths in use.
+	lens4, lens6 [129]int
+}
+
+// Set maps p (masked) to id.
+func (c *IPCache) Set(p netip.Prefix, id ID) {
+	p = p.Masked()
+	if c.entries == nil {
+		c.entries = map[netip.Prefix]ID{}
+	}
+	if _, ok := c.entries[p]; !ok {
+		c.lens(p)[p.Bits()]++
+	}
+	c.entries[p] = id
+}
+
+// Delete removes p.
+func (c *IPCache) Delete(p netip.Prefix) {
+	p = p.Masked()
+	if _, ok := c.entries[p]; ok {
+		c.lens(p)[p.Bits()]--
+		delete(c.entries, p)
+	}
+}
+
+func (c *IPCache) lens(p netip.Prefix) *[129]int {
+	if p.Addr().Is4() {
+		return &c.lens4
+	}
+	return &c.lens6
+}
+
+// Get returns the identity stored for exactly p.
+func (c *IPCache) Get(p netip.Prefix) (ID, bool) {
+	id, ok := c.entries[p.Masked()]
+	return id, ok
+}
+
+// Lookup returns the identity of the longest prefix containing a, or World.
+func (c *IPCache) Lookup(a netip.Addr) ID {
+	a = a.Unmap()
+	lens, max := &c.lens6, 128
+	if a.Is4() {
+		lens, max = &c.lens4, 32
+	}
+	for bits := max; bits >= 0; bits-- {
+		if lens[bits] == 0 {
+			continue
+		}
+		p, _ := a.Prefix(bits)
+		if id, ok := c.entries[p]; ok {
+			return id
+		}
+	}
+	return World
+}
+
+// Len returns the number of entries.
+func (c *IPCache) Len() int { return len(c.entries) }
+
+// Entries returns a copy of all entries.
+func (c *IPCache) Entries() map[netip.Prefix]ID { return maps.Clone(c.entries) }
+
+// Prefixes returns the stored prefixes in a stable order.
+func (c *IPCache) Prefixes() []netip.Prefix {
+	return slices.SortedFunc(maps.Keys(c.entries), ComparePrefix)
+}

@@ -1,0 +1,994 @@
+package policy
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/ztnet/zt/pkg/identity"
+)
+
+// Options change what the compiler produces. The zero value gives upstream
+// Kubernetes semantics for every pod.
+type Options struct {
+	// NodeName, when set, limits compiled endpoints to pods on that node
+	// (the agent's view). Identities still cover every pod.
+	NodeName string
+	// DenyFromHost drops traffic from the node to its pods on isolated
+	// endpoints unless a rule allows it. By default it is allowed, so
+	// kubelet probes work (as with every common CNI).
+	DenyFromHost bool
+	// ClusterDefaultDeny, when set, isolates every pod in both directions
+	// (zt's zero-trust option beyond the standard); see DefaultDeny.
+	ClusterDefaultDeny *DefaultDeny
+}
+
+// NamespaceNameLabel is the label the API server puts on every namespace.
+const NamespaceNameLabel = "kubernetes.io/metadata.name"
+
+type nsState struct {
+	labels map[string]string
+	pods   set[PodKey]
+}
+
+type podState struct {
+	pod        Pod
+	ids        []identity.ID // per IP; empty for pods without identities
+	selectedBy set[PolicyKey]
+	local      bool
+}
+
+type policyState struct {
+	cp       *compiledPolicy
+	selected set[PodKey]
+	// peerIDs[dir][rule] holds the identities the rule's peers match.
+	peerIDs [2][]set[identity.ID]
+}
+
+// Compiler turns namespaces, pods and NetworkPolicies into per-endpoint
+// rule sets keyed by identity. Updates are incremental: each Set/Delete
+// marks what it touched, and Sync rebuilds only those endpoints. It is
+// pure (no I/O) and not safe for concurrent use.
+type Compiler struct {
+	opts Options
+
+	ids *identity.Allocator
+	ipc identity.IPCache
+
+	namespaces map[string]*nsState
+	pods       map[PodKey]*podState
+	policies   map[PolicyKey]*policyState
+	problems   map[PolicyKey]Problem
+	// user holds the user's policies as given, so synthetic ones can be
+	// told apart and policies can be re-derived when options change.
+	user map[PolicyKey]*networkingv1.NetworkPolicy
+
+	// indexes
+	nsIdents    map[string]set[identity.ID]   // pod identities per namespace
+	namedIdents map[namedRef]set[identity.ID] // identities resolving a referenced name
+	ipOwners    map[netip.Addr][]PodKey       // pods claiming an address, sorted
+	hostIPs     set[netip.Addr]
+
+	// referenced CIDRs and egress named ports, counted per policy
+	cidrRefs  map[netip.Prefix]int
+	namedRefs map[namedRef]int
+	cidrIDs   map[netip.Prefix]identity.ID
+
+	ruleIDs  map[RuleRef]RuleID
+	ruleRefs map[RuleID]RuleRef
+	nextRule RuleID
+
+	endpoints map[PodKey]*Endpoint
+	dirty     set[PodKey]
+	changes   Changes
+
+	// batch defers relabelling while Build loads a snapshot.
+	batch, needRelabel bool
+}
+
+// Changes says what Sync changed since the previous Sync.
+type Changes struct {
+	// Endpoints whose compiled policy changed or that appeared.
+	Endpoints []PodKey
+	// Removed endpoints.
+	Removed []PodKey
+	// IPCache is true when any address-to-identity mapping changed.
+	IPCache bool
+}
+
+// New returns an empty compiler.
+func New(opts Options) *Compiler {
+	c := &Compiler{
+		opts:        opts,
+		ids:         identity.NewAllocator(),
+		namespaces:  map[string]*nsState{},
+		pods:        map[PodKey]*podState{},
+		policies:    map[PolicyKey]*policyState{},
+		problems:    map[PolicyKey]Problem{},
+		user:        map[PolicyKey]*networkingv1.NetworkPolicy{},
+		nsIdents:    map[string]set[identity.ID]{},
+		namedIdents: map[namedRef]set[identity.ID]{},
+		ipOwners:    map[netip.Addr][]PodKey{},
+		hostIPs:     set[netip.Addr]{},
+		cidrRefs:    map[netip.Prefix]int{},
+		namedRefs:   map[namedRef]int{},
+		cidrIDs:     map[netip.Prefix]identity.ID{},
+		ruleIDs:     map[RuleRef]RuleID{},
+		ruleRefs:    map[RuleID]RuleRef{},
+		nextRule:    1,
+		endpoints:   map[PodKey]*Endpoint{},
+		dirty:       set[PodKey]{},
+	}
+	return c
+}
+
+// Snapshot is a whole cluster state, for Build.
+type Snapshot struct {
+	Namespaces []Namespace
+	Pods       []Pod
+	Policies   []*networkingv1.NetworkPolicy
+	// HostIPs are the node's own addresses (host identity).
+	HostIPs []netip.Addr
+}
+
+// Build compiles a whole snapshot at once. Policy problems are returned by
+// Problems; they never stop the rest from compiling.
+func Build(s Snapshot, opts Options) *Compiler {
+	c := New(opts)
+	pols := slices.Clone(s.Policies)
+	slices.SortFunc(pols, func(a, b *networkingv1.NetworkPolicy) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	// Count what the policies reference before any pod arrives, so pods get
+	// their final identities on the first pass instead of being relabelled,
+	// and policies arrive last, each matching only its candidate identities.
+	c.batch = true
+	for _, np := range pols {
+		if cp, err := compile(np, func(RuleRef) RuleID { return 0 }); err == nil {
+			c.addRefs(cp, +1)
+		}
+	}
+	c.relabel()
+	for _, ns := range s.Namespaces {
+		c.SetNamespace(ns)
+	}
+	c.SetHostIPs(s.HostIPs)
+	pods := slices.Clone(s.Pods)
+	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
+	for _, p := range pods {
+		c.SetPod(p)
+	}
+	labelled := [2][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs)}
+	clear(c.cidrRefs)
+	clear(c.namedRefs)
+	for name := range c.namespaces {
+		c.syncDefaultDeny(name)
+	}
+	for _, np := range pols {
+		_ = c.SetPolicy(np) // recorded in Problems
+	}
+	c.batch = false
+	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) {
+		c.relabel()
+	}
+	c.needRelabel = false
+	c.Sync()
+	return c
+}
+
+func refKeys[K comparable](m map[K]int) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, fmt.Sprint(k))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// SetNamespace adds or updates a namespace.
+func (c *Compiler) SetNamespace(ns Namespace) {
+	// The API server gives every namespace this label; input that did not
+	// come through one gets it here, so selectors on it work everywhere.
+	lbls := maps.Clone(ns.Labels)
+	if lbls == nil {
+		lbls = map[string]string{}
+	}
+	lbls[NamespaceNameLabel] = ns.Name
+	st := c.namespaces[ns.Name]
+	if st == nil {
+		st = &nsState{pods: set[PodKey]{}}
+		c.namespaces[ns.Name] = st
+	} else if st.labels != nil && maps.Equal(st.labels, lbls) {
+		return
+	}
+	st.labels = lbls
+	// Namespace labels are part of every member's identity.
+	for _, pk := range sortedKeys(st.pods, comparePodKey) {
+		c.updateIdentities(c.pods[pk])
+	}
+	c.syncDefaultDeny(ns.Name)
+}
+
+// DeleteNamespace removes a namespace. Its pods and policies stay until
+// they are deleted themselves (as the API server's events will do).
+func (c *Compiler) DeleteNamespace(name string) {
+	st := c.namespaces[name]
+	if st == nil {
+		return
+	}
+	st.labels = nil
+	pods := sortedKeys(st.pods, comparePodKey)
+	if len(pods) == 0 {
+		delete(c.namespaces, name)
+	}
+	for _, pk := range pods {
+		c.updateIdentities(c.pods[pk])
+	}
+	c.syncDefaultDeny(name)
+}
+
+// SetHostIPs sets the node's own addresses, which get the host identity.
+func (c *Compiler) SetHostIPs(ips []netip.Addr) {
+	next := set[netip.Addr]{}
+	for _, ip := range ips {
+		next.add(ip.Unmap())
+	}
+	old := c.hostIPs
+	c.hostIPs = next
+	for ip := range old {
+		if !next.has(ip) {
+			c.refreshAddr(ip)
+		}
+	}
+	for ip := range next {
+		c.refreshAddr(ip)
+	}
+}
+
+// SetPod adds or updates a pod.
+func (c *Compiler) SetPod(p Pod) {
+	p.Labels = maps.Clone(p.Labels)
+	p.IPs = slices.Clone(p.IPs)
+	for i := range p.IPs {
+		p.IPs[i] = p.IPs[i].Unmap()
+	}
+	p.Ports = slices.Clone(p.Ports)
+	key := p.Key()
+	st := c.pods[key]
+	if st == nil {
+		st = &podState{selectedBy: set[PolicyKey]{}}
+		c.pods[key] = st
+		ns := c.namespaces[p.Namespace]
+		if ns == nil {
+			ns = &nsState{pods: set[PodKey]{}}
+			c.namespaces[p.Namespace] = ns
+		}
+		ns.pods.add(key)
+	}
+	old := st.pod
+	st.pod = p
+	st.local = !p.HostNetwork && (c.opts.NodeName == "" || p.NodeName == c.opts.NodeName)
+	if !slices.Equal(old.IPs, p.IPs) {
+		for _, ip := range old.IPs {
+			c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(k PodKey) bool { return k == key })
+			if len(c.ipOwners[ip]) == 0 {
+				delete(c.ipOwners, ip)
+			}
+		}
+		if !p.HostNetwork {
+			for _, ip := range p.IPs {
+				owners := append(c.ipOwners[ip], key)
+				slices.SortFunc(owners, comparePodKey)
+				c.ipOwners[ip] = slices.Compact(owners)
+			}
+		}
+	}
+	c.updateIdentities(st)
+	for _, ip := range old.IPs {
+		c.refreshAddr(ip)
+	}
+	// Which policies select the pod depends on its labels only.
+	if !maps.Equal(old.Labels, p.Labels) || old.Name == "" {
+		c.reselect(st)
+	}
+	c.markPod(key)
+}
+
+// DeletePod removes a pod.
+func (c *Compiler) DeletePod(key PodKey) {
+	st := c.pods[key]
+	if st == nil {
+		return
+	}
+	for pk := range st.selectedBy {
+		c.policies[pk].selected.del(key)
+	}
+	for _, id := range st.ids {
+		c.releaseIdentity(id)
+	}
+	st.ids = nil
+	delete(c.pods, key)
+	for _, ip := range st.pod.IPs {
+		c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(k PodKey) bool { return k == key })
+		if len(c.ipOwners[ip]) == 0 {
+			delete(c.ipOwners, ip)
+		}
+		c.refreshAddr(ip)
+	}
+	if ns := c.namespaces[key.Namespace]; ns != nil {
+		ns.pods.del(key)
+		if ns.labels == nil && len(ns.pods) == 0 {
+			delete(c.namespaces, key.Namespace)
+		}
+	}
+	c.markPod(key)
+}
+
+// SetPolicy adds or updates a NetworkPolicy. An invalid policy is reported
+// (and kept in Problems) and its previous version, if any, is removed: an
+// invalid policy enforces nothing, as it would fail API validation.
+func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) error {
+	key := PolicyKey{Namespace: np.Namespace, Name: np.Name}
+	c.user[key] = np
+	return c.setPolicy(key, np, false)
+}
+
+// DeletePolicy removes a NetworkPolicy.
+func (c *Compiler) DeletePolicy(key PolicyKey) {
+	delete(c.user, key)
+	delete(c.problems, key)
+	if old := c.removePolicy(key); old != nil {
+		c.freeRuleIDs(old, nil)
+	}
+}
+
+func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synthetic bool) error {
+	cp, err := compile(np, c.ruleID)
+	old := c.removePolicy(key)
+	// Rule numbers stay stable across updates of a policy (the kernel
+	// stores them); only those of rules that are gone are freed.
+	if old != nil {
+		keep := set[RuleID]{}
+		if cp != nil {
+			for d := range 2 {
+				for _, r := range cp.rules[d] {
+					keep.add(r.id)
+				}
+			}
+		}
+		c.freeRuleIDs(old, keep)
+	}
+	if err != nil {
+		p := Problem{Policy: key, Err: err}
+		c.problems[key] = p
+		return p
+	}
+	delete(c.problems, key)
+	cp.synthetic = synthetic
+	c.addRefs(cp, +1)
+	ps := &policyState{cp: cp, selected: set[PodKey]{}}
+	c.policies[key] = ps
+	for d := range 2 {
+		ps.peerIDs[d] = make([]set[identity.ID], len(cp.rules[d]))
+		for i := range cp.rules[d] {
+			ps.peerIDs[d][i] = set[identity.ID]{}
+		}
+	}
+	// Peer sets: every live identity, tested once.
+	for _, id := range c.candidateIdentities(cp) {
+		ident, _ := c.ids.Get(id)
+		c.matchIdentity(ps, ident)
+	}
+	if ns := c.namespaces[key.Namespace]; ns != nil {
+		for pk := range ns.pods {
+			st := c.pods[pk]
+			if cp.podSel.Matches(labels.Set(st.pod.Labels)) {
+				ps.selected.add(pk)
+				st.selectedBy.add(key)
+				c.markPod(pk)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Compiler) removePolicy(key PolicyKey) *compiledPolicy {
+	ps := c.policies[key]
+	if ps == nil {
+		return nil
+	}
+	delete(c.policies, key)
+	for pk := range ps.selected {
+		c.pods[pk].selectedBy.del(key)
+		c.markPod(pk)
+	}
+	c.addRefs(ps.cp, -1)
+	return ps.cp
+}
+
+// freeRuleIDs forgets the rule numbers of cp that are not in keep.
+func (c *Compiler) freeRuleIDs(cp *compiledPolicy, keep set[RuleID]) {
+	for d := range 2 {
+		for _, r := range cp.rules[d] {
+			if keep.has(r.id) {
+				continue
+			}
+			ref := c.ruleRefs[r.id]
+			delete(c.ruleRefs, r.id)
+			delete(c.ruleIDs, ref)
+		}
+	}
+}
+
+func (c *Compiler) ruleID(ref RuleRef) RuleID {
+	if id, ok := c.ruleIDs[ref]; ok {
+		return id
+	}
+	id := c.nextRule
+	c.nextRule++
+	c.ruleIDs[ref] = id
+	c.ruleRefs[id] = ref
+	return id
+}
+
+// Rule returns what a rule number stands for.
+func (c *Compiler) Rule(id RuleID) (RuleRef, bool) {
+	r, ok := c.ruleRefs[id]
+	return r, ok
+}
+
+// addRefs counts the CIDRs and named ports cp references; when the set of
+// referenced ones changes, identities are recomputed.
+func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
+	changed := false
+	for _, p := range cp.cidrs {
+		n := c.cidrRefs[p] + delta
+		if n <= 0 {
+			delete(c.cidrRefs, p)
+			changed = true
+			continue
+		}
+		c.cidrRefs[p] = n
+		changed = changed || n == delta
+	}
+	for _, r := range cp.named {
+		n := c.namedRefs[r] + delta
+		if n <= 0 {
+			delete(c.namedRefs, r)
+			changed = true
+			continue
+		}
+		c.namedRefs[r] = n
+		changed = changed || n == delta
+	}
+	if changed {
+		if c.batch {
+			c.needRelabel = true
+			return
+		}
+		c.relabel()
+	}
+}
+
+// relabel recomputes every identity after the set of referenced CIDRs or
+// named ports changed.
+func (c *Compiler) relabel() {
+	// CIDR identities: one per referenced prefix.
+	for p, id := range c.cidrIDs {
+		if _, ok := c.cidrRefs[p]; !ok {
+			delete(c.cidrIDs, p)
+			c.releaseIdentity(id)
+			c.refreshPrefix(p)
+		}
+	}
+	for _, p := range sortedKeys(c.cidrRefs, identity.ComparePrefix) {
+		l := identity.Labels{Kind: identity.KindCIDR, CIDRs: c.containing(p.Addr(), p.Bits())}
+		old, had := c.cidrIDs[p]
+		ident := c.acquireIdentity(l)
+		c.cidrIDs[p] = ident.ID
+		if had {
+			c.releaseIdentity(old)
+		}
+		c.refreshPrefix(p)
+	}
+	for _, pk := range sortedKeys(c.pods, comparePodKey) {
+		c.updateIdentities(c.pods[pk])
+	}
+}
+
+// containing returns the referenced prefixes that contain the prefix
+// addr/bits, sorted.
+func (c *Compiler) containing(addr netip.Addr, bits int) []netip.Prefix {
+	var out []netip.Prefix
+	for p := range c.cidrRefs {
+		if p.Bits() <= bits && p.Contains(addr) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, identity.ComparePrefix)
+	return out
+}
+
+// podLabels is the identity label set of pod address ip.
+func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
+	l := identity.Labels{
+		Kind:      identity.KindPod,
+		Namespace: p.Namespace,
+		PodLabels: p.Labels,
+		CIDRs:     c.containing(ip, ip.BitLen()),
+	}
+	if ns := c.namespaces[p.Namespace]; ns != nil {
+		l.NamespaceLabels = ns.labels
+	}
+	for _, cport := range p.Ports {
+		if cport.Name == "" {
+			continue
+		}
+		if _, ok := c.namedRefs[namedRef{cport.Name, cport.Protocol}]; ok {
+			l.NamedPorts = append(l.NamedPorts, identity.NamedPort{Name: cport.Name, Protocol: cport.Protocol, Port: cport.Port})
+		}
+	}
+	slices.SortFunc(l.NamedPorts, identity.CompareNamedPort)
+	l.NamedPorts = slices.CompactFunc(l.NamedPorts, func(a, b identity.NamedPort) bool {
+		return a.Name == b.Name && a.Protocol == b.Protocol
+	})
+	return l
+}
+
+// updateIdentities recomputes a pod's identities and the address entries
+// that point at them.
+func (c *Compiler) updateIdentities(st *podState) {
+	var next []identity.ID
+	if !st.pod.HostNetwork {
+		for _, ip := range st.pod.IPs {
+			next = append(next, c.acquireIdentity(c.podLabels(&st.pod, ip)).ID)
+		}
+	}
+	old := st.ids
+	st.ids = next
+	for _, id := range old {
+		c.releaseIdentity(id)
+	}
+	if !slices.Equal(old, next) {
+		c.markPod(st.pod.Key())
+	}
+	for _, ip := range st.pod.IPs {
+		c.refreshAddr(ip)
+	}
+}
+
+// refreshAddr recomputes the ipcache entry of one address: a pod that owns
+// it, else the host, else a referenced prefix of exactly that length.
+func (c *Compiler) refreshAddr(ip netip.Addr) {
+	c.refreshPrefix(netip.PrefixFrom(ip, ip.BitLen()))
+}
+
+func (c *Compiler) refreshPrefix(p netip.Prefix) {
+	want, ok := identity.ID(0), false
+	if p.IsSingleIP() {
+		if owners := c.ipOwners[p.Addr()]; len(owners) > 0 {
+			st := c.pods[owners[0]]
+			if i := slices.Index(st.pod.IPs, p.Addr()); i >= 0 && i < len(st.ids) {
+				want, ok = st.ids[i], true
+			}
+		}
+		if !ok && c.hostIPs.has(p.Addr()) {
+			want, ok = identity.Host, true
+		}
+	}
+	if !ok {
+		want, ok = c.cidrIDs[p]
+	}
+	have, had := c.ipc.Get(p)
+	switch {
+	case ok && (!had || have != want):
+		c.ipc.Set(p, want)
+		c.changes.IPCache = true
+	case !ok && had:
+		c.ipc.Delete(p)
+		c.changes.IPCache = true
+	}
+}
+
+func (c *Compiler) acquireIdentity(l identity.Labels) *identity.Identity {
+	ident, created := c.ids.Acquire(l)
+	if !created {
+		return ident
+	}
+	if l.Kind == identity.KindPod {
+		addTo(c.nsIdents, l.Namespace, ident.ID)
+		for _, np := range l.NamedPorts {
+			addTo(c.namedIdents, namedRef{np.Name, np.Protocol}, ident.ID)
+		}
+	}
+	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
+		c.matchIdentity(c.policies[pk], ident)
+	}
+	return ident
+}
+
+func (c *Compiler) releaseIdentity(id identity.ID) {
+	ident, ok := c.ids.Get(id)
+	if !ok || !c.ids.Release(id) {
+		return
+	}
+	l := ident.Labels
+	if l.Kind == identity.KindPod {
+		delFrom(c.nsIdents, l.Namespace, id)
+		for _, np := range l.NamedPorts {
+			delFrom(c.namedIdents, namedRef{np.Name, np.Protocol}, id)
+		}
+	}
+	for _, ps := range c.policies {
+		touched := false
+		for d := range 2 {
+			for i, r := range ps.cp.rules[d] {
+				if ps.peerIDs[d][i].has(id) {
+					ps.peerIDs[d][i].del(id)
+					touched = true
+				} else if r.allPeers && len(l.NamedPorts) > 0 {
+					touched = true
+				}
+			}
+		}
+		if touched {
+			c.markSelected(ps)
+		}
+	}
+}
+
+// matchIdentity adds ident to the peer sets of ps it matches and marks the
+// endpoints whose rules it changes.
+func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity) {
+	touched := false
+	for d := range 2 {
+		for i, r := range ps.cp.rules[d] {
+			if r.allPeers {
+				// Any peer: only egress named ports expand per identity.
+				if Direction(d) == Egress && len(ident.Labels.NamedPorts) > 0 {
+					for _, port := range r.ports {
+						if _, ok := ident.Labels.NamedPort(port.name, port.proto); ok && port.name != "" {
+							touched = true
+						}
+					}
+				}
+				continue
+			}
+			if c.ruleMatches(ps.cp, &r, ident) {
+				ps.peerIDs[d][i].add(ident.ID)
+				touched = true
+			}
+		}
+	}
+	if touched {
+		c.markSelected(ps)
+	}
+}
+
+// ruleMatches reports whether any peer of r matches identity ident.
+func (c *Compiler) ruleMatches(cp *compiledPolicy, r *compiledRule, ident *identity.Identity) bool {
+	l := &ident.Labels
+	for i := range r.peers {
+		p := &r.peers[i]
+		if p.ipBlock {
+			if l.HasCIDR(p.cidr) && !slices.ContainsFunc(p.except, l.HasCIDR) {
+				return true
+			}
+			continue
+		}
+		if l.Kind != identity.KindPod {
+			continue
+		}
+		if p.nsSel == nil {
+			if l.Namespace != cp.key.Namespace {
+				continue
+			}
+		} else if l.NamespaceLabels == nil && !p.nsSel.Empty() {
+			continue // namespace not known yet: matches only "all namespaces"
+		} else if !p.nsSel.Matches(labels.Set(l.NamespaceLabels)) {
+			continue
+		}
+		if p.podSel == nil || p.podSel.Matches(labels.Set(l.PodLabels)) {
+			return true
+		}
+	}
+	return false
+}
+
+// candidateIdentities returns the live identities some peer of cp could
+// match, sorted: pod identities of the namespaces its peers can select,
+// and CIDR-carrying identities for ipBlock peers.
+func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
+	out := set[identity.ID]{}
+	allNS, ownNS, ipb := false, false, false
+	var nsSels []labels.Selector
+	for d := range 2 {
+		for _, r := range cp.rules[d] {
+			for _, p := range r.peers {
+				switch {
+				case p.ipBlock:
+					ipb = true
+				case p.nsSel == nil:
+					ownNS = true
+				case p.nsSel.Empty():
+					allNS = true
+				default:
+					nsSels = append(nsSels, p.nsSel)
+				}
+			}
+		}
+	}
+	if ipb {
+		for _, ident := range c.ids.All() {
+			if len(ident.Labels.CIDRs) > 0 {
+				out.add(ident.ID)
+			}
+		}
+	}
+	for name, ids := range c.nsIdents {
+		take := allNS || (ownNS && name == cp.key.Namespace)
+		if !take && len(nsSels) > 0 {
+			if ns := c.namespaces[name]; ns != nil && ns.labels != nil {
+				for _, s := range nsSels {
+					if s.Matches(labels.Set(ns.labels)) {
+						take = true
+						break
+					}
+				}
+			}
+		}
+		if take {
+			for id := range ids {
+				out.add(id)
+			}
+		}
+	}
+	return sortedKeys(out, func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
+}
+
+// reselect recomputes which policies of the pod's namespace select it.
+func (c *Compiler) reselect(st *podState) {
+	key := st.pod.Key()
+	for pk, ps := range c.policies {
+		if pk.Namespace != key.Namespace {
+			continue
+		}
+		sel := ps.cp.podSel.Matches(labels.Set(st.pod.Labels))
+		if sel == ps.selected.has(key) {
+			continue
+		}
+		if sel {
+			ps.selected.add(key)
+			st.selectedBy.add(pk)
+		} else {
+			ps.selected.del(key)
+			st.selectedBy.del(pk)
+		}
+	}
+}
+
+func (c *Compiler) markPod(k PodKey) { c.dirty.add(k) }
+
+func (c *Compiler) markSelected(ps *policyState) {
+	for pk := range ps.selected {
+		c.dirty.add(pk)
+	}
+}
+
+// Sync rebuilds the endpoints that changed and says which did.
+func (c *Compiler) Sync() Changes {
+	for _, pk := range sortedKeys(c.dirty, comparePodKey) {
+		st := c.pods[pk]
+		if st == nil || !st.local {
+			if _, ok := c.endpoints[pk]; ok {
+				delete(c.endpoints, pk)
+				c.changes.Removed = append(c.changes.Removed, pk)
+			}
+			continue
+		}
+		ep := c.buildEndpoint(st)
+		if old := c.endpoints[pk]; old != nil && endpointEqual(old, ep) {
+			continue
+		}
+		c.endpoints[pk] = ep
+		c.changes.Endpoints = append(c.changes.Endpoints, pk)
+	}
+	clear(c.dirty)
+	ch := c.changes
+	c.changes = Changes{}
+	return ch
+}
+
+func (c *Compiler) buildEndpoint(st *podState) *Endpoint {
+	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids)}
+	for _, pk := range sortedKeys(st.selectedBy, comparePolicyKey) {
+		ps := c.policies[pk]
+		for d := range 2 {
+			if !ps.cp.types[d] {
+				continue // rules of a type the policy does not list are ignored
+			}
+			dp := ep.Dir(Direction(d))
+			dp.Isolated = true
+			dp.IsolatedBy = append(dp.IsolatedBy, pk)
+			for i := range ps.cp.rules[d] {
+				dp.Rules = c.appendRules(dp.Rules, &st.pod, Direction(d), &ps.cp.rules[d][i], ps.peerIDs[d][i])
+			}
+		}
+	}
+	for d := range 2 {
+		dp := ep.Dir(Direction(d))
+		slices.SortFunc(dp.Rules, compareRule)
+		dp.Rules = slices.CompactFunc(dp.Rules, func(a, b Rule) bool {
+			return a.Peer == b.Peer && a.Protocol == b.Protocol && a.Port == b.Port && a.EndPort == b.EndPort
+		})
+	}
+	return ep
+}
+
+func (c *Compiler) appendRules(out []Rule, pod *Pod, dir Direction, r *compiledRule, peers set[identity.ID]) []Rule {
+	var peerList []identity.ID
+	if r.allPeers {
+		peerList = []identity.ID{identity.Any}
+	} else {
+		peerList = sortedKeys(peers, func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
+	}
+	if len(r.ports) == 0 {
+		for _, p := range peerList {
+			out = append(out, Rule{Peer: p, ID: r.id})
+		}
+		return out
+	}
+	for _, port := range r.ports {
+		switch {
+		case port.name == "":
+			for _, p := range peerList {
+				out = append(out, Rule{Peer: p, Protocol: port.proto, Port: port.port, EndPort: port.endPort, ID: r.id})
+			}
+		case dir == Ingress:
+			// A named port resolves on the destination: this pod.
+			n, ok := resolvePort(pod, port.name, port.proto)
+			if !ok {
+				continue
+			}
+			for _, p := range peerList {
+				out = append(out, Rule{Peer: p, Protocol: port.proto, Port: n, EndPort: n, ID: r.id})
+			}
+		default:
+			// Egress: the destination is the peer; its identity carries
+			// its resolution of every referenced name.
+			ref := namedRef{port.name, port.proto}
+			list := peerList
+			if r.allPeers {
+				list = sortedKeys(c.namedIdents[ref], func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
+			}
+			for _, p := range list {
+				ident, ok := c.ids.Get(p)
+				if !ok {
+					continue
+				}
+				if n, ok := ident.Labels.NamedPort(port.name, port.proto); ok {
+					out = append(out, Rule{Peer: p, Protocol: port.proto, Port: n, EndPort: n, ID: r.id})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func resolvePort(p *Pod, name string, proto Protocol) (uint16, bool) {
+	for _, cp := range p.Ports {
+		if cp.Name == name && cp.Protocol == proto {
+			return cp.Port, true
+		}
+	}
+	return 0, false
+}
+
+func endpointEqual(a, b *Endpoint) bool {
+	return a.Pod == b.Pod && slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Identities, b.Identities) &&
+		dirEqual(&a.Ingress, &b.Ingress) && dirEqual(&a.Egress, &b.Egress)
+}
+
+func dirEqual(a, b *DirectionPolicy) bool {
+	return a.Isolated == b.Isolated && slices.Equal(a.IsolatedBy, b.IsolatedBy) && slices.Equal(a.Rules, b.Rules)
+}
+
+// Endpoints returns the compiled endpoints, sorted by pod. Call Sync first.
+func (c *Compiler) Endpoints() []*Endpoint {
+	out := make([]*Endpoint, 0, len(c.endpoints))
+	for _, pk := range sortedKeys(c.endpoints, comparePodKey) {
+		out = append(out, c.endpoints[pk])
+	}
+	return out
+}
+
+// Endpoint returns one compiled endpoint. Call Sync first.
+func (c *Compiler) Endpoint(k PodKey) (*Endpoint, bool) {
+	ep, ok := c.endpoints[k]
+	return ep, ok
+}
+
+// IPCache returns the address-to-identity table.
+func (c *Compiler) IPCache() *identity.IPCache { return &c.ipc }
+
+// Identity returns a live identity.
+func (c *Compiler) Identity(id identity.ID) (*identity.Identity, bool) { return c.ids.Get(id) }
+
+// Identities returns every live identity, sorted by number.
+func (c *Compiler) Identities() []*identity.Identity { return c.ids.All() }
+
+// Problems returns the policies that were rejected, sorted.
+func (c *Compiler) Problems() []Problem {
+	out := make([]Problem, 0, len(c.problems))
+	for _, pk := range sortedKeys(c.problems, comparePolicyKey) {
+		out = append(out, c.problems[pk])
+	}
+	return out
+}
+
+// PodByIP returns the pod that owns an address.
+func (c *Compiler) PodByIP(ip netip.Addr) (PodKey, bool) {
+	owners := c.ipOwners[ip.Unmap()]
+	if len(owners) == 0 {
+		return PodKey{}, false
+	}
+	return owners[0], true
+}
+
+// Pod returns a pod as the compiler holds it.
+func (c *Compiler) Pod(k PodKey) (Pod, bool) {
+	st, ok := c.pods[k]
+	if !ok {
+		return Pod{}, false
+	}
+	return st.pod, true
+}
+
+func comparePodKey(a, b PodKey) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
+func comparePolicyKey(a, b PolicyKey) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
+type set[K comparable] map[K]struct{}
+
+func (s set[K]) add(k K)      { s[k] = struct{}{} }
+func (s set[K]) del(k K)      { delete(s, k) }
+func (s set[K]) has(k K) bool { _, ok := s[k]; return ok }
+
+func addTo[K, V comparable](m map[K]set[V], k K, v V) {
+	s := m[k]
+	if s == nil {
+		s = set[V]{}
+		m[k] = s
+	}
+	s.add(v)
+}
+
+func delFrom[K, V comparable](m map[K]set[V], k K, v V) {
+	if s := m[k]; s != nil {
+		s.del(v)
+		if len(s) == 0 {
+			delete(m, k)
+		}
+	}
+}
+
+func sortedKeys[K comparable, V any](m map[K]V, cmp func(a, b K) int) []K {
+	return slices.SortedFunc(maps.Keys(m), cmp)
+}
+
+func labelsSet(m map[string]string) labels.Set { return labels.Set(m) }
