@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+#ifndef ZT_LIB_COMMON_H
+#define ZT_LIB_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "../zt_abi.h"
+
+#ifndef LIBBPF_PIN_BY_NAME
+#define LIBBPF_PIN_BY_NAME 1
+#endif
+
+#define ZT_IPPROTO_ICMP   1
+#define ZT_IPPROTO_TCP    6
+#define ZT_IPPROTO_UDP    17
+#define ZT_IPPROTO_ICMPV6 58
+#define ZT_IPPROTO_SCTP   132
+
+/* The parsed view of one packet or socket operation. */
+struct zt_flow {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;      /* conntrack ports (ICMP echo: id, see zt_abi.h) */
+	__be16 dport;
+	__be16 pol_port;   /* port used for the policy lookup (0 = none) */
+	enum zt_family family;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 hop_limit;
+	__u8 pad;
+	__u32 len;
+};
+
+static __always_inline void zt_addr_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 16);
+}
+
+static __always_inline int zt_addr_eq(const __u8 *a, const __u8 *b)
+{
+	/* Every address in the ABI is 4-byte aligned. */
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+#endif

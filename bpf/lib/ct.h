@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Minimal per-endpoint connection tracking: no TCP state machine, entries age
+ * out by config.ct_timeout_ns (if set) and by LRU eviction. */
+#ifndef ZT_LIB_CT_H
+#define ZT_LIB_CT_H
+
+#include "common.h"
+#include "maps.h"
+
+static __always_inline void zt_ct_key_fwd(struct zt_ct_key *k, __u32 ep_id, __u8 dir,
+					  const struct zt_flow *f)
+{
+	k->ep_id = ep_id;
+	k->family = f->family;
+	k->proto = f->proto;
+	k->dir = dir;
+	k->pad = 0;
+	k->sport = f->sport;
+	k->dport = f->dport;
+	zt_addr_copy(k->saddr, f->saddr);
+	zt_addr_copy(k->daddr, f->daddr);
+}
+
+static __always_inline void zt_ct_key_rev(struct zt_ct_key *k, __u32 ep_id, __u8 dir,
+					  const struct zt_flow *f)
+{
+	k->ep_id = ep_id;
+	k->family = f->family;
+	k->proto = f->proto;
+	k->dir = dir ^ 1;
+	k->pad = 0;
+	k->sport = f->dport;
+	k->dport = f->sport;
+	zt_addr_copy(k->saddr, f->daddr);
+	zt_addr_copy(k->daddr, f->saddr);
+}
+
+static __always_inline int zt_ct_live(const struct zt_config *cfg, const struct zt_ct_val *v,
+				      __u64 now)
+{
+	__u64 timeout = cfg ? cfg->ct_timeout_ns : 0;
+	return !timeout || now - v->last_seen_ns <= timeout;
+}
+
+/* Is this packet the reply of a flow allowed earlier at this endpoint? */
+static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
+					  const struct zt_flow *f, __u64 now)
+{
+	struct zt_ct_key k;
+	struct zt_ct_val *v;
+
+	zt_ct_key_rev(&k, ep_id, dir, f);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (!v)
+		return 0;
+	if (!zt_ct_live(cfg, v, now)) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return 0;
+	}
+	v->last_seen_ns = now;
+	return 1;
+}
+
+/* Create or refresh the forward entry; returns 1 if it was created. */
+static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
+					const struct zt_flow *f, __u32 rule_id, __u64 now)
+{
+	struct zt_ct_key k;
+	struct zt_ct_val *v, nv = {};
+
+	zt_ct_key_fwd(&k, ep_id, dir, f);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (v && zt_ct_live(cfg, v, now)) {
+		v->last_seen_ns = now;
+		v->rule_id = rule_id;
+		return 0;
+	}
+	nv.last_seen_ns = now;
+	nv.rule_id = rule_id;
+	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
+	return 1;
+}
+
+static __always_inline void zt_ct_delete(__u32 ep_id, __u8 dir, const struct zt_flow *f)
+{
+	struct zt_ct_key k;
+
+	zt_ct_key_fwd(&k, ep_id, dir, f);
+	bpf_map_delete_elem(&conntrack, &k);
+}
+
+#endif

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/* Header parsing with bpf_skb_load_bytes: works on non-linear skbs and keeps
+ * the verifier simple. */
+#ifndef ZT_LIB_PARSE_H
+#define ZT_LIB_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+#include "common.h"
+
+enum zt_parse {
+	ZT_PARSE_OK = 0,
+	ZT_PARSE_ARP,
+	ZT_PARSE_MALFORMED,
+	ZT_PARSE_UNSUPPORTED,
+};
+
+/* IPv6 extension headers skipped before giving up with UNSUPPORTED. */
+#define ZT_IPV6_MAX_EXT 6
+
+#define ZT_NEXTHDR_HOP      0
+#define ZT_NEXTHDR_ROUTING  43
+#define ZT_NEXTHDR_FRAGMENT 44
+#define ZT_NEXTHDR_AH       51
+#define ZT_NEXTHDR_DEST     60
+
+/* Fill ports (and TCP flags / ICMP type) from the L4 header at off.
+ * first_frag is 0 for a non-first fragment: it carries no L4 header, so its
+ * ports stay 0 and it only matches rules without a port (any-port rules). */
+static __always_inline int zt_parse_l4(struct __sk_buff *skb, __u32 off, struct zt_flow *f,
+				       int first_frag)
+{
+	__u8 buf[14];
+
+	if (!first_frag)
+		return ZT_PARSE_OK;
+
+	switch (f->proto) {
+	case ZT_IPPROTO_TCP:
+		/* ports (4) .. flags at byte 13; require the fixed 20-byte header */
+		if (off + 20 > skb->len)
+			return ZT_PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, off, buf, 14))
+			return ZT_PARSE_MALFORMED;
+		f->tcp_flags = buf[13];
+		break;
+	case ZT_IPPROTO_UDP:
+		if (off + 8 > skb->len)
+			return ZT_PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, off, buf, 4))
+			return ZT_PARSE_MALFORMED;
+		break;
+	case ZT_IPPROTO_SCTP:
+		/* common header: sport, dport, vtag, checksum */
+		if (off + 12 > skb->len)
+			return ZT_PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, off, buf, 4))
+			return ZT_PARSE_MALFORMED;
+		break;
+	case ZT_IPPROTO_ICMP:
+	case ZT_IPPROTO_ICMPV6:
+		if (off + 8 > skb->len)
+			return ZT_PARSE_MALFORMED;
+		if (bpf_skb_load_bytes(skb, off, buf, 8))
+			return ZT_PARSE_MALFORMED;
+		f->icmp_type = buf[0];
+		/* echo request: (id, 0); echo reply: (0, id); see zt_abi.h */
+		if ((f->proto == ZT_IPPROTO_ICMP && buf[0] == 8) ||
+		    (f->proto == ZT_IPPROTO_ICMPV6 && buf[0] == 128)) {
+			__builtin_memcpy(&f->sport, &buf[4], 2);
+		} else if ((f->proto == ZT_IPPROTO_ICMP && buf[0] == 0) ||
+			   (f->proto == ZT_IPPROTO_ICMPV6 && buf[0] == 129)) {
+			__builtin_memcpy(&f->dport, &buf[4], 2);
+		}
+		return ZT_PARSE_OK; /* no policy port */
+	default:
+		return ZT_PARSE_OK; /* other protocols: no ports */
+	}
+	__builtin_memcpy(&f->sport, &buf[0], 2);
+	__builtin_memcpy(&f->dport, &buf[2], 2);
+	f->pol_port = f->dport;
+	return ZT_PARSE_OK;
+}
+
+static __always_inline int zt_parse_ipv4(struct __sk_buff *skb, struct zt_flow *f)
+{
+	struct iphdr ip;
+	__u32 off = ETH_HLEN, ihl;
+	__u16 frag;
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+		return ZT_PARSE_MALFORMED;
+	ihl = ip.ihl * 4;
+	if (ip.version != 4 || ihl < sizeof(ip) || off + ihl > skb->len)
+		return ZT_PARSE_MALFORMED;
+	f->family = ZT_AF_INET;
+	f->proto = ip.protocol;
+	f->hop_limit = ip.ttl;
+	__builtin_memcpy(f->saddr, &ip.saddr, 4);
+	__builtin_memcpy(f->daddr, &ip.daddr, 4);
+	frag = bpf_ntohs(ip.frag_off) & 0x1fff;
+	return zt_parse_l4(skb, off + ihl, f, frag == 0);
+}
+
+static __always_inline int zt_parse_ipv6(struct __sk_buff *skb, struct zt_flow *f)
+{
+	struct ipv6hdr ip6;
+	__u32 off = ETH_HLEN;
+	__u8 nexthdr, ext[2];
+	int first_frag = 1;
+
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		return ZT_PARSE_MALFORMED;
+	if (ip6.version != 6)
+		return ZT_PARSE_MALFORMED;
+	f->family = ZT_AF_INET6;
+	f->hop_limit = ip6.hop_limit;
+	__builtin_memcpy(f->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(f->daddr, &ip6.daddr, 16);
+	nexthdr = ip6.nexthdr;
+	off += sizeof(ip6);
+
+#pragma unroll
+	for (int i = 0; i < ZT_IPV6_MAX_EXT; i++) {
+		switch (nexthdr) {
+		case ZT_NEXTHDR_HOP:
+		case ZT_NEXTHDR_ROUTING:
+		case ZT_NEXTHDR_DEST:
+			if (bpf_skb_load_bytes(skb, off, ext, 2))
+				return ZT_PARSE_MALFORMED;
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+			break;
+		case ZT_NEXTHDR_AH:
+			if (bpf_skb_load_bytes(skb, off, ext, 2))
+				return ZT_PARSE_MALFORMED;
+			nexthdr = ext[0];
+			off += ((__u32)ext[1] + 2) * 4;
+			break;
+		case ZT_NEXTHDR_FRAGMENT: {
+			__u8 fh[4];
+			if (bpf_skb_load_bytes(skb, off, fh, 4))
+				return ZT_PARSE_MALFORMED;
+			nexthdr = fh[0];
+			/* fragment offset: top 13 bits of bytes 2..3 */
+			if ((((__u16)fh[2] << 8) | fh[3]) & 0xfff8)
+				first_frag = 0;
+			off += 8;
+			break;
+		}
+		default:
+			goto done;
+		}
+	}
+	/* still an extension header after the bound */
+	switch (nexthdr) {
+	case ZT_NEXTHDR_HOP:
+	case ZT_NEXTHDR_ROUTING:
+	case ZT_NEXTHDR_DEST:
+	case ZT_NEXTHDR_AH:
+	case ZT_NEXTHDR_FRAGMENT:
+		return ZT_PARSE_UNSUPPORTED;
+	}
+done:
+	if (off > skb->len)
+		return ZT_PARSE_MALFORMED;
+	f->proto = nexthdr;
+	return zt_parse_l4(skb, off, f, first_frag);
+}
+
+static __always_inline int zt_parse(struct __sk_buff *skb, struct zt_flow *f)
+{
+	f->len = skb->len;
+	switch (skb->protocol) {
+	case bpf_htons(ETH_P_IP):
+		return zt_parse_ipv4(skb, f);
+	case bpf_htons(ETH_P_IPV6):
+		return zt_parse_ipv6(skb, f);
+	case bpf_htons(ETH_P_ARP):
+		return ZT_PARSE_ARP;
+	default:
+		return ZT_PARSE_UNSUPPORTED;
+	}
+}
+
+/* IPv6 neighbour discovery (RS 133, RA 134, NS 135, NA 136, redirect 137)
+ * with hop limit 255, which RFC 4861 requires and which proves the packet was
+ * not routed; MLD (130-132, 143) from a link-local or unspecified source. */
+static __always_inline int zt_is_ipv6_link_control(const struct zt_flow *f)
+{
+	if (f->family != ZT_AF_INET6 || f->proto != ZT_IPPROTO_ICMPV6)
+		return 0;
+	if (f->icmp_type >= 133 && f->icmp_type <= 137)
+		return f->hop_limit == 255;
+	if ((f->icmp_type >= 130 && f->icmp_type <= 132) || f->icmp_type == 143) {
+		const __u32 *s = (const __u32 *)f->saddr;
+		int unspec = !s[0] && !s[1] && !s[2] && !s[3];
+		int ll = f->saddr[0] == 0xfe && (f->saddr[1] & 0xc0) == 0x80;
+		return unspec || ll;
+	}
+	return 0;
+}
+
+/* Sources allowed on link-control packets without being an endpoint IP:
+ * fe80::/10 and :: (DAD). */
+static __always_inline int zt_is_ipv6_ll_or_unspec(const __u8 *a)
+{
+	const __u32 *s = (const __u32 *)a;
+	if (!s[0] && !s[1] && !s[2] && !s[3])
+		return 1;
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+#endif

@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * zt_abi.h: the one definition of everything the zt BPF programs and Go share.
+ * Go types and constants are generated from this file by bpf2go -type (see
+ * pkg/datapath/gen.go); nothing here is mirrored by hand.
+ *
+ * Every struct has fixed-width fields, explicit padding and a size assertion.
+ * All integers are host byte order unless typed __be16/__be32. Addresses are
+ * 16 bytes: IPv4 uses the first 4 bytes, the other 12 are zero.
+ *
+ * Maps (names <= 15 chars, all pinned by name under the bpffs root):
+ *
+ *   ipcache    LPM_TRIE  zt_ipcache_key (24)  -> zt_ipcache_val (8)
+ *              prefixlen = 32 + prefix bits: family and pad are always
+ *              matched, so v4 and v6 share one trie. Miss = ZT_ID_WORLD.
+ *   endpoints  HASH      __u32 host ifindex   -> zt_endpoint (92)
+ *   policy     LPM_TRIE  zt_policy_key (16)   -> zt_policy_val (8)
+ *              data = ep_id(32) peer_id(32) dir(8) proto(8) port(16, BE)
+ *              prefixlen 72 = any proto/port, 80 = proto, any port,
+ *              80+k = the top k bits of the (big-endian) port.
+ *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (16)
+ *   counters   PERCPU_ARRAY __u32 idx         -> zt_counter (16)
+ *              idx = ZT_CTR_IDX(dir, verdict, reason)
+ *   events     RINGBUF   zt_flow_event (72) records
+ *   config     ARRAY     __u32 0              -> zt_config (24)
+ *   netns      HASH      __u64 netns cookie   -> zt_netns_val (8)
+ *   ev_bucket  PERCPU_ARRAY __u32 0           -> zt_bucket (16), internal
+ *
+ * Layouts (offset:size):
+ *   zt_ipcache_key { 0:4 prefixlen, 4:1 family, 5:3 pad, 8:16 addr }
+ *   zt_ipcache_val { 0:4 identity, 4:4 flags }
+ *   zt_endpoint    { 0:4 ep_id, 4:4 flags (zt_ep_flags), 8:1 nr_ips,
+ *                    9:3 pad, 12:80 ips[4] { 0:1 family, 1:3 pad, 4:16 addr } }
+ *   zt_policy_key  { 0:4 prefixlen, 4:4 ep_id, 8:4 peer_id, 12:1 dir,
+ *                    13:1 proto, 14:2 port (BE) }
+ *   zt_policy_val  { 0:4 rule_id, 4:1 action (zt_action), 5:3 pad }
+ *   zt_ct_key      { 0:4 ep_id, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
+ *                    8:2 sport (BE), 10:2 dport (BE), 12:16 saddr, 28:16 daddr }
+ *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 pad }
+ *   zt_counter     { 0:8 packets, 8:8 bytes }
+ *   zt_flow_event  { 0:8 ts_ns, 8:4 ep_id, 12:4 ifindex, 16:4 peer_id,
+ *                    20:4 rule_id, 24:1 family, 25:1 proto, 26:1 dir,
+ *                    27:1 reason, 28:1 verdict, 29:1 tcp_flags, 30:1 hook,
+ *                    31:1 pad, 32:2 sport (BE), 34:2 dport (BE),
+ *                    36:16 saddr, 52:16 daddr, 68:4 len }
+ *   zt_config      { 0:4 flags, 4:4 ev_rate, 8:4 ev_burst, 12:4 pad,
+ *                    16:8 ct_timeout_ns }
+ *   zt_netns_val   { 0:4 ep_id, 4:4 ifindex }
+ *
+ * Conntrack keys are in the forward (original) orientation of the packet
+ * that created them, plus the direction it was seen in, so a reply at the
+ * same endpoint looks up the reversed tuple with the opposite direction.
+ * For ICMP echo the ports carry the echo id: request = (id, 0),
+ * reply = (0, id), so only the reply of a seen request matches in reverse.
+ */
+#ifndef ZT_ABI_H
+#define ZT_ABI_H
+
+#include <linux/types.h>
+
+#define ZT_MAX_IPS 4
+
+/* Default map sizes; userspace may override max_entries before loading. */
+#define ZT_IPCACHE_MAX   65536
+#define ZT_ENDPOINTS_MAX 4096
+#define ZT_POLICY_MAX    65536
+#define ZT_CT_MAX        262144
+#define ZT_NETNS_MAX     4096
+#define ZT_EVENTS_BYTES  (1 << 20)
+
+/* Security identities: a __u32 whose reserved values are named here.
+ * Userspace allocates from ZT_ID_USER_MIN upward. (Typed as an enum so that
+ * Go gets one Identity type; any __u32 value is valid.) */
+enum zt_identity : __u32 {
+	ZT_ID_ANY = 0,   /* wildcard peer in policy keys, never an address */
+	ZT_ID_HOST = 1,  /* this node */
+	ZT_ID_WORLD = 2, /* anything not in ipcache */
+	ZT_ID_USER_MIN = 256,
+};
+
+enum zt_dir : __u8 {
+	ZT_DIR_INGRESS = 0, /* into the pod: tcx egress of the host veth, peer = src */
+	ZT_DIR_EGRESS = 1,  /* out of the pod: tcx ingress of the host veth, peer = dst */
+	ZT_DIR_MAX = 2,
+};
+
+enum zt_verdict : __u8 {
+	ZT_VERDICT_ALLOW = 0,
+	ZT_VERDICT_DROP = 1,
+	ZT_VERDICT_AUDIT = 2, /* would drop, passed because the endpoint audits */
+	ZT_VERDICT_MAX = 3,
+};
+
+/* Why a verdict was reached. Meta reasons (EV_*) count events that were not
+ * emitted, under the verdict of the packet they described. */
+enum zt_reason : __u8 {
+	ZT_REASON_ALLOWED = 0,      /* an allow rule matched */
+	ZT_REASON_NOT_ISOLATED = 1, /* this direction of the endpoint is not isolated */
+	ZT_REASON_REPLY = 2,        /* reply of a connection allowed at this endpoint */
+	ZT_REASON_HOST = 3,         /* from the host identity, endpoint has ALLOW_HOST */
+	ZT_REASON_LINK_LOCAL = 4,   /* ARP, IPv6 neighbour discovery / MLD */
+	ZT_REASON_NO_ENDPOINT = 5,  /* attached interface not in endpoints: pass */
+	ZT_REASON_POLICY_DENIED = 6,/* isolated and no rule matched */
+	ZT_REASON_DENY_RULE = 7,    /* an explicit deny rule matched */
+	ZT_REASON_SPOOFED = 8,      /* source IP is not the endpoint's */
+	ZT_REASON_MALFORMED = 9,    /* truncated or invalid headers */
+	ZT_REASON_UNSUPPORTED = 10, /* unparseable L3 (e.g. too many IPv6 ext headers, non-IP) */
+	ZT_REASON_SOCK_DENIED = 11, /* connect/sendmsg refused by the socket hook */
+	ZT_REASON_EV_RATELIMITED = 12, /* event suppressed by the token bucket */
+	ZT_REASON_EV_LOST = 13,     /* event not emitted: ring buffer full */
+	ZT_REASON_MAX = 14,
+};
+
+enum zt_action : __u8 {
+	ZT_ACTION_NONE = 0,
+	ZT_ACTION_ALLOW = 1,
+	ZT_ACTION_DENY = 2,
+};
+
+enum zt_hook : __u8 {
+	ZT_HOOK_TC = 0,
+	ZT_HOOK_SOCK = 1,
+};
+
+enum zt_ep_flags : __u32 {
+	ZT_EP_INGRESS_ISOLATED = 1 << 0,
+	ZT_EP_EGRESS_ISOLATED = 1 << 1,
+	ZT_EP_AUDIT = 1 << 2,      /* would-drop passes, counted/evented as AUDIT */
+	ZT_EP_ALLOW_HOST = 1 << 3, /* ingress from ZT_ID_HOST passes */
+};
+
+enum zt_cfg_flags : __u32 {
+	ZT_CFG_EVENTS_ALLOWED = 1 << 0, /* also emit events for allowed new connections */
+};
+
+/* AF_INET / AF_INET6, kept here so the ABI does not depend on libc. */
+enum zt_family : __u8 {
+	ZT_AF_INET = 2,
+	ZT_AF_INET6 = 10,
+};
+
+#define ZT_CTR_IDX(dir, verdict, reason) \
+	((((__u32)(dir)) * ZT_VERDICT_MAX + (__u32)(verdict)) * ZT_REASON_MAX + (__u32)(reason))
+#define ZT_COUNTERS_MAX (ZT_DIR_MAX * ZT_VERDICT_MAX * ZT_REASON_MAX)
+
+struct zt_ipcache_key {
+	__u32 prefixlen;
+	enum zt_family family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct zt_ipcache_key) == 24, "zt_ipcache_key size");
+
+struct zt_ipcache_val {
+	enum zt_identity identity;
+	__u32 flags;
+};
+_Static_assert(sizeof(struct zt_ipcache_val) == 8, "zt_ipcache_val size");
+
+struct zt_ep_ip {
+	enum zt_family family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct zt_ep_ip) == 20, "zt_ep_ip size");
+
+struct zt_endpoint {
+	__u32 ep_id;
+	enum zt_ep_flags flags;
+	__u8 nr_ips;
+	__u8 pad[3];
+	struct zt_ep_ip ips[ZT_MAX_IPS];
+};
+_Static_assert(sizeof(struct zt_endpoint) == 92, "zt_endpoint size");
+
+#define ZT_POLICY_PREFIX_ANY   72 /* ep_id + peer_id + dir */
+#define ZT_POLICY_PREFIX_PROTO 80 /* + proto */
+#define ZT_POLICY_PREFIX_FULL  96 /* + port */
+
+struct zt_policy_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	enum zt_identity peer_id;
+	enum zt_dir dir;
+	__u8 proto;
+	__be16 port;
+};
+_Static_assert(sizeof(struct zt_policy_key) == 16, "zt_policy_key size");
+
+struct zt_policy_val {
+	__u32 rule_id;
+	enum zt_action action;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct zt_policy_val) == 8, "zt_policy_val size");
+
+struct zt_ct_key {
+	__u32 ep_id;
+	enum zt_family family;
+	__u8 proto;
+	enum zt_dir dir;
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+_Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key size");
+
+struct zt_ct_val {
+	__u64 last_seen_ns;
+	__u32 rule_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct zt_ct_val) == 16, "zt_ct_val size");
+
+struct zt_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct zt_counter) == 16, "zt_counter size");
+
+struct zt_flow_event {
+	__u64 ts_ns;
+	__u32 ep_id;
+	__u32 ifindex;
+	enum zt_identity peer_id;
+	__u32 rule_id;
+	enum zt_family family;
+	__u8 proto;
+	enum zt_dir dir;
+	enum zt_reason reason;
+	enum zt_verdict verdict;
+	__u8 tcp_flags;
+	enum zt_hook hook;
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 len;
+};
+_Static_assert(sizeof(struct zt_flow_event) == 72, "zt_flow_event size");
+
+/* Token bucket: ev_rate events per second per CPU, up to ev_burst at once.
+ * ev_rate == 0 emits no events (all counted as EV_RATELIMITED).
+ * ct_timeout_ns == 0: conntrack entries never expire (LRU only). */
+struct zt_config {
+	enum zt_cfg_flags flags;
+	__u32 ev_rate;
+	__u32 ev_burst;
+	__u32 pad;
+	__u64 ct_timeout_ns;
+};
+_Static_assert(sizeof(struct zt_config) == 24, "zt_config size");
+
+struct zt_netns_val {
+	__u32 ep_id;
+	__u32 ifindex; /* host-side ifindex: key into endpoints */
+};
+_Static_assert(sizeof(struct zt_netns_val) == 8, "zt_netns_val size");
+
+struct zt_bucket {
+	__u64 tokens_ns; /* tokens scaled by 1e9 */
+	__u64 last_ns;
+};
+_Static_assert(sizeof(struct zt_bucket) == 16, "zt_bucket size");
+
+#endif /* ZT_ABI_H */

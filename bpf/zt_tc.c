@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+/* tc (tcx) programs on a pod's host-side veth.
+ *
+ *   zt_from_pod: tcx ingress of the host veth = traffic leaving the pod
+ *                (ZT_DIR_EGRESS, peer = destination, anti-spoofing).
+ *   zt_to_pod:   tcx egress of the host veth = traffic entering the pod
+ *                (ZT_DIR_INGRESS, peer = source).
+ *
+ * Both return TC_ACT_UNSPEC (tcx: next program) to pass, so they compose
+ * with whatever else is attached, and TC_ACT_SHOT to drop.
+ */
+#include <linux/pkt_cls.h>
+
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/account.h"
+#include "lib/lookup.h"
+#include "lib/parse.h"
+#include "lib/ct.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+static __always_inline int zt_ip_is_endpoint(const struct zt_endpoint *ep, const struct zt_flow *f)
+{
+	__u8 n = ep->nr_ips;
+
+#pragma unroll
+	for (int i = 0; i < ZT_MAX_IPS; i++) {
+		if (i >= n)
+			break;
+		if (ep->ips[i].family == f->family && zt_addr_eq(ep->ips[i].addr, f->saddr))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int zt_finish(struct zt_config *cfg, struct zt_flow *f,
+				     struct zt_verdict_info *v, int emit)
+{
+	zt_count(v->dir, v->verdict, v->reason, f->len);
+	if (emit)
+		zt_emit(cfg, f, v);
+	return v->verdict == ZT_VERDICT_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct zt_verdict_info v = { .ifindex = skb->ifindex, .dir = dir, .hook = ZT_HOOK_TC };
+	struct zt_flow f = {};
+	struct zt_config *cfg;
+	struct zt_endpoint *ep;
+	__u32 isolated_flag;
+	__u64 now;
+	__u8 action;
+	int rc, created;
+
+	ep = zt_endpoint_get(skb->ifindex);
+	if (!ep) {
+		f.len = skb->len;
+		v.reason = ZT_REASON_NO_ENDPOINT;
+		zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NO_ENDPOINT, f.len);
+		return TC_ACT_UNSPEC;
+	}
+	v.ep_id = ep->ep_id;
+	cfg = zt_config_get();
+	isolated_flag = dir == ZT_DIR_INGRESS ? ZT_EP_INGRESS_ISOLATED : ZT_EP_EGRESS_ISOLATED;
+
+	rc = zt_parse(skb, &f);
+	switch (rc) {
+	case ZT_PARSE_OK:
+		break;
+	case ZT_PARSE_ARP:
+		v.reason = ZT_REASON_LINK_LOCAL;
+		return zt_finish(cfg, &f, &v, 0);
+	case ZT_PARSE_MALFORMED:
+		v.verdict = ZT_VERDICT_DROP;
+		v.reason = ZT_REASON_MALFORMED;
+		return zt_finish(cfg, &f, &v, 1);
+	default:
+		/* Non-IP, non-ARP frames: pods speak IP. Leaving the pod they
+		 * are always dropped (no source to check); entering, only when
+		 * ingress is isolated. */
+		v.reason = ZT_REASON_UNSUPPORTED;
+		if (dir == ZT_DIR_EGRESS || (ep->flags & isolated_flag))
+			v.verdict = ZT_VERDICT_DROP;
+		return zt_finish(cfg, &f, &v, v.verdict == ZT_VERDICT_DROP);
+	}
+
+	/* Neighbour discovery / MLD: link-local control, never policy. Leaving
+	 * the pod it must come from a link-local or unspecified source or from
+	 * one of the pod's IPs. */
+	if (zt_is_ipv6_link_control(&f) &&
+	    (dir == ZT_DIR_INGRESS || zt_is_ipv6_ll_or_unspec(f.saddr) || zt_ip_is_endpoint(ep, &f))) {
+		v.reason = ZT_REASON_LINK_LOCAL;
+		return zt_finish(cfg, &f, &v, 0);
+	}
+
+	if (dir == ZT_DIR_EGRESS && !zt_ip_is_endpoint(ep, &f)) {
+		v.verdict = ZT_VERDICT_DROP;
+		v.reason = ZT_REASON_SPOOFED;
+		return zt_finish(cfg, &f, &v, 1);
+	}
+
+	now = bpf_ktime_get_ns();
+	/* (1) reply of a flow allowed earlier at this endpoint */
+	if (zt_ct_is_reply(cfg, v.ep_id, dir, &f, now)) {
+		v.reason = ZT_REASON_REPLY;
+		return zt_finish(cfg, &f, &v, 0);
+	}
+
+	/* (2) forward packet: verify against current policy, every packet */
+	v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
+	if (!(ep->flags & isolated_flag)) {
+		v.reason = ZT_REASON_NOT_ISOLATED;
+	} else if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
+		   (ep->flags & ZT_EP_ALLOW_HOST)) {
+		v.reason = ZT_REASON_HOST;
+	} else {
+		action = zt_policy_lookup(v.ep_id, dir, v.peer_id, f.proto, f.pol_port, &v.rule_id);
+		if (action == ZT_ACTION_ALLOW) {
+			v.reason = ZT_REASON_ALLOWED;
+		} else {
+			v.reason = action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE
+							    : ZT_REASON_POLICY_DENIED;
+			v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
+		}
+	}
+
+	if (v.verdict == ZT_VERDICT_DROP) {
+		/* continuous verification: a revoked allow cuts the live flow */
+		zt_ct_delete(v.ep_id, dir, &f);
+		return zt_finish(cfg, &f, &v, 1);
+	}
+
+	/* Allowed (or audited): track it so replies pass the other direction's
+	 * isolation. Audited flows are tracked too, so only the first
+	 * offending direction reports. */
+	created = zt_ct_upsert(cfg, v.ep_id, dir, &f, v.rule_id, now);
+	if (v.verdict == ZT_VERDICT_AUDIT)
+		return zt_finish(cfg, &f, &v, 1);
+	if (cfg && (cfg->flags & ZT_CFG_EVENTS_ALLOWED)) {
+		int new_conn = f.proto == ZT_IPPROTO_TCP
+				       ? ((f.tcp_flags & 0x12) == 0x02) /* SYN without ACK */
+				       : created;
+		return zt_finish(cfg, &f, &v, new_conn);
+	}
+	return zt_finish(cfg, &f, &v, 0);
+}
+
+SEC("tc")
+int zt_from_pod(struct __sk_buff *skb)
+{
+	return zt_handle(skb, ZT_DIR_EGRESS);
+}
+
+SEC("tc")
+int zt_to_pod(struct __sk_buff *skb)
+{
+	return zt_handle(skb, ZT_DIR_INGRESS);
+}
