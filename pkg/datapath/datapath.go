@@ -1,0 +1,346 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFSRoot is where maps and links are pinned by default.
+const DefaultBPFFSRoot = "/sys/fs/bpf/zt"
+
+// ErrMapIncompatible is wrapped by Open when a pinned map's type, key or
+// value size, max entries or flags differ from what this build expects and
+// Options.Migrate is not set. It also wraps ebpf.ErrMapIncompatible.
+var ErrMapIncompatible = errors.New("pinned map incompatible")
+
+// ErrMapFull is wrapped by writes that fail because a map is full
+// (E2BIG from hash maps, ENOSPC from LPM tries). The error names the map;
+// the previous entries stay in place.
+var ErrMapFull = errors.New("map full")
+
+// MapSizes overrides max_entries of the maps; zero keeps the default.
+// Changing a size of an existing pinned map is a layout change (see
+// Options.Migrate).
+type MapSizes struct {
+	IPCache   uint32
+	Endpoints uint32
+	Policy    uint32
+	Conntrack uint32
+	Netns     uint32
+	// EventsBytes is the ring buffer size: a power of two multiple of the
+	// page size.
+	EventsBytes uint32
+}
+
+// Options configure Open.
+type Options struct {
+	// BPFFSRoot is the directory (on bpffs) maps and links are pinned in.
+	// Default DefaultBPFFSRoot. bpffs is mounted at /sys/fs/bpf if needed.
+	BPFFSRoot string
+	MapSizes  MapSizes
+	// Migrate replaces pinned maps whose layout differs instead of failing
+	// with ErrMapIncompatible. A replaced map gets a new kernel object
+	// pinned at the same path; entries are copied when key and value
+	// sizes are unchanged (only max_entries or flags differ), otherwise the
+	// new map starts empty and the caller must run a full reconcile.
+	// Per-CPU maps (counters) restart from zero. Programs already attached
+	// keep using the old maps until AttachEndpoint/AttachCgroup is called
+	// again for them, so enforcement never has a gap. Datapath.Migrated
+	// reports what was done.
+	Migrate bool
+
+	// forceLegacyTC makes AttachEndpoint skip tcx (tests of the fallback).
+	forceLegacyTC bool
+}
+
+// MapMigration describes one map replaced by Open with Options.Migrate.
+type MapMigration struct {
+	Map    string
+	Reason string // the incompatibility, from cilium/ebpf
+	Copied int    // entries copied into the new map
+	Empty  bool   // layout changed: new map starts empty, reconcile needed
+}
+
+// Datapath owns the loaded programs and the pinned maps. Close releases
+// the file descriptors; pinned objects stay in the kernel.
+type Datapath struct {
+	root     string
+	opts     Options
+	tc       ztTcObjects
+	sock     ztSockObjects
+	migrated []MapMigration
+}
+
+// Open mounts bpffs if needed, loads the programs and creates or adopts
+// the maps pinned under opts.BPFFSRoot. Adopted maps keep their entries.
+func Open(opts Options) (*Datapath, error) {
+	if opts.BPFFSRoot == "" {
+		opts.BPFFSRoot = DefaultBPFFSRoot
+	}
+	root := filepath.Clean(opts.BPFFSRoot)
+	if err := ensureBPFFS(root); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(root, linksDir), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+
+	spec, err := loadZtTc()
+	if err != nil {
+		return nil, fmt.Errorf("load tc spec: %w", err)
+	}
+	if err := applySizes(spec, opts.MapSizes); err != nil {
+		return nil, err
+	}
+	d := &Datapath{root: root, opts: opts}
+	if err := d.checkPinned(spec); err != nil {
+		return nil, err
+	}
+	if err := spec.LoadAndAssign(&d.tc, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: root},
+	}); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load tc objects: %w: %w", ErrMapIncompatible, err)
+		}
+		return nil, fmt.Errorf("load tc objects: %w", err)
+	}
+
+	sockSpec, err := loadZtSock()
+	if err != nil {
+		d.tc.Close()
+		return nil, fmt.Errorf("load sock spec: %w", err)
+	}
+	if err := sockSpec.LoadAndAssign(&d.sock, &ebpf.CollectionOptions{
+		MapReplacements: d.tcMapsByName(),
+	}); err != nil {
+		d.tc.Close()
+		return nil, fmt.Errorf("load sock objects: %w", err)
+	}
+
+	if err := d.initConfig(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Datapath) tcMapsByName() map[string]*ebpf.Map {
+	m := d.tc.ztTcMaps
+	return map[string]*ebpf.Map{
+		"ipcache": m.Ipcache, "endpoints": m.Endpoints, "policy": m.Policy,
+		"conntrack": m.Conntrack, "counters": m.Counters, "events": m.Events,
+		"config": m.Config, "netns": m.Netns, "ev_bucket": m.EvBucket,
+	}
+}
+
+// DefaultConfig is written to a freshly created config map.
+var DefaultConfig = Config{
+	EvRate:      1000,
+	EvBurst:     5000,
+	CtTimeoutNs: 0,
+}
+
+// initConfig writes DefaultConfig into a zeroed (new) config map; an
+// adopted config is left alone.
+func (d *Datapath) initConfig() error {
+	cfg, err := d.Config()
+	if err != nil {
+		return err
+	}
+	if cfg == (Config{}) {
+		return d.SetConfig(DefaultConfig)
+	}
+	return nil
+}
+
+// Root returns the bpffs directory objects are pinned in.
+func (d *Datapath) Root() string { return d.root }
+
+// Migrated reports the maps Open replaced because of Options.Migrate.
+func (d *Datapath) Migrated() []MapMigration { return d.migrated }
+
+// Close releases all file descriptors. Pinned maps and links stay in the
+// kernel and keep enforcing.
+func (d *Datapath) Close() error {
+	return errors.Join(d.sock.Close(), d.tc.Close())
+}
+
+// Remove detaches every pinned link (endpoints and cgroup), unpins every
+// map and removes the root directory. It is the teardown of a node; Close
+// must still be called.
+func (d *Datapath) Remove() error {
+	var errs []error
+	ifs, err := d.AttachedEndpoints()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ifindex := range ifs {
+		if err := d.DetachEndpoint(ifindex); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := d.DetachCgroup(); err != nil {
+		errs = append(errs, err)
+	}
+	for name, m := range d.tcMapsByName() {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
+		}
+	}
+	if err := os.RemoveAll(d.root); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", d.root, err))
+	}
+	return errors.Join(errs...)
+}
+
+func applySizes(spec *ebpf.CollectionSpec, s MapSizes) error {
+	set := func(name string, v uint32) error {
+		if v == 0 {
+			return nil
+		}
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return fmt.Errorf("map %s not in spec", name)
+		}
+		ms.MaxEntries = v
+		return nil
+	}
+	if s.EventsBytes != 0 {
+		page := uint32(os.Getpagesize())
+		if s.EventsBytes&(s.EventsBytes-1) != 0 || s.EventsBytes < page {
+			return fmt.Errorf("events size %d: not a power of two >= page size", s.EventsBytes)
+		}
+	}
+	return errors.Join(
+		set("ipcache", s.IPCache), set("endpoints", s.Endpoints), set("policy", s.Policy),
+		set("conntrack", s.Conntrack), set("netns", s.Netns), set("events", s.EventsBytes),
+	)
+}
+
+// checkPinned compares every pinned map with the spec before loading, so
+// an incompatibility is reported per map (and migrated if asked to).
+func (d *Datapath) checkPinned(spec *ebpf.CollectionSpec) error {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(d.root, name)
+		old, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned map %s: %w", path, err)
+		}
+		cerr := ms.Compatible(old)
+		if cerr == nil {
+			old.Close()
+			continue
+		}
+		if !d.opts.Migrate {
+			old.Close()
+			return fmt.Errorf("map %s: %w: %w", name, ErrMapIncompatible, cerr)
+		}
+		mig, err := migrateMap(path, ms, old)
+		old.Close()
+		if err != nil {
+			return fmt.Errorf("migrate map %s: %w", name, err)
+		}
+		mig.Map, mig.Reason = name, cerr.Error()
+		d.migrated = append(d.migrated, mig)
+	}
+	return nil
+}
+
+// migrateMap creates a map from ms, copies old's entries if the layout
+// allows, and swaps the pin. The old map lives on while programs use it.
+func migrateMap(path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, error) {
+	var mig MapMigration
+	spec := ms.Copy()
+	spec.Pinning = ebpf.PinNone
+	nm, err := ebpf.NewMap(spec)
+	if err != nil {
+		return mig, fmt.Errorf("create: %w", err)
+	}
+	defer nm.Close()
+
+	perCPU := spec.Type == ebpf.PerCPUArray || spec.Type == ebpf.PerCPUHash || spec.Type == ebpf.LRUCPUHash
+	sameLayout := old.Type() == spec.Type && old.KeySize() == spec.KeySize && old.ValueSize() == spec.ValueSize
+	switch {
+	case spec.Type == ebpf.RingBuf || perCPU:
+		// nothing to carry over
+	case !sameLayout:
+		mig.Empty = true
+	default:
+		k := make([]byte, spec.KeySize)
+		v := make([]byte, spec.ValueSize)
+		it := old.Iterate()
+		for it.Next(&k, &v) {
+			if err := nm.Update(k, v, ebpf.UpdateAny); err != nil {
+				return mig, fmt.Errorf("copy entry %d: %w", mig.Copied, mapErr(ms.Name, err))
+			}
+			mig.Copied++
+		}
+		if err := it.Err(); err != nil {
+			return mig, fmt.Errorf("iterate: %w", err)
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		return mig, fmt.Errorf("unpin old: %w", err)
+	}
+	if err := nm.Pin(path); err != nil {
+		return mig, fmt.Errorf("pin new: %w", err)
+	}
+	return mig, nil
+}
+
+// mapErr wraps a failed map write, adding ErrMapFull when the map is full.
+func mapErr(name string, err error) error {
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
+		return fmt.Errorf("map %s: %w: %w", name, ErrMapFull, err)
+	}
+	return fmt.Errorf("map %s: %w", name, err)
+}
+
+const bpfFSMagic = 0xcafe4a11
+
+// ensureBPFFS makes sure root is on bpffs, mounting bpffs at /sys/fs/bpf
+// when root lives below it and nothing is mounted there yet.
+func ensureBPFFS(root string) error {
+	const mnt = "/sys/fs/bpf"
+	// Find the nearest existing ancestor and check what it is.
+	dir := root
+	for {
+		if _, err := os.Stat(dir); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == bpfFSMagic {
+		return nil
+	}
+	rel, err := filepath.Rel(mnt, root)
+	if err != nil || rel == ".." || filepath.IsAbs(rel) || (len(rel) >= 3 && rel[:3] == "../") {
+		return fmt.Errorf("%s is not on bpffs", root)
+	}
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", mnt, err)
+	}
+	if err := unix.Mount("bpf", mnt, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", mnt, err)
+	}
+	return nil
+}
