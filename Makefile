@@ -1,0 +1,49 @@
+# zt — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := _out/bin
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## install what building and testing needs (Debian packages, Go modules), idempotently
+	@hack/setup.sh
+
+.PHONY: generate
+generate: ## regenerate the bpf2go Go bindings and objects with clang-19
+	$(GO) generate ./...
+
+.PHONY: check-generated
+check-generated: generate ## fail when the committed generated files are stale
+	@git diff --exit-code --stat -- bpf pkg || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+
+.PHONY: build
+build: ## build ztctl into _out/bin
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt would change: $$out"; exit 1; }
+	$(GO) vet ./...
+
+.PHONY: test
+test: setup lint ## the whole test suite: unit, kernel (as root) and end-to-end
+	hack/test.sh
+
+.PHONY: bench
+bench: ## the benchmarks (compiler build vs incremental update)
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+.PHONY: fuzz
+fuzz: ## run the fuzzers for a minute each
+	$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 60s ./pkg/policy
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./pkg/bundle
+
+.PHONY: demo
+demo: setup build ## the shop, before and after zero-trust policies, as ztctl reach sees it
+	@hack/demo.sh

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite. Kernel tests need root; in CI (CI=true) they must run,
+# so a non-root CI run is an error rather than a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${CI:-}" = "true" ]; then echo "test: CI must run as root (kernel tests never skip there)"; exit 1; fi
+  echo "test: not root: kernel tests will fail; run as root (sudo make test)"
+fi
+go test -count=1 -race ./...
