@@ -248,6 +248,30 @@ func (c *Compiler) SetHostIPs(ips []netip.Addr) {
 	for ip := range next {
 		c.refreshAddr(ip)
 	}
+	if !maps.Equal(old, next) {
+		c.rematchHost()
+	}
+}
+
+// rematchHost recomputes which ipBlock peers the host identity matches
+// after the node's addresses changed. The host keeps its reserved identity
+// (the kernel allows from-host traffic by that number), so an ipBlock peer
+// matches it when it contains one of the node's addresses: a pod may reach
+// its own node through an ipBlock as it may reach any other node.
+func (c *Compiler) rematchHost() {
+	host, _ := c.ids.Get(identity.Host)
+	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
+		ps := c.policies[pk]
+		for d := range 2 {
+			for i := range ps.peerIDs[d] {
+				if ps.peerIDs[d][i].has(identity.Host) {
+					ps.peerIDs[d][i].del(identity.Host)
+					c.markSelected(ps)
+				}
+			}
+		}
+		c.matchIdentity(ps, host)
+	}
 }
 
 // SetPod adds or updates a pod.
@@ -676,6 +700,12 @@ func (c *Compiler) ruleMatches(cp *compiledPolicy, r *compiledRule, ident *ident
 	for i := range r.peers {
 		p := &r.peers[i]
 		if p.ipBlock {
+			if l.Kind == identity.KindHost {
+				if c.hostInBlock(p) {
+					return true
+				}
+				continue
+			}
 			if l.HasCIDR(p.cidr) && !slices.ContainsFunc(p.except, l.HasCIDR) {
 				return true
 			}
@@ -694,6 +724,20 @@ func (c *Compiler) ruleMatches(cp *compiledPolicy, r *compiledRule, ident *ident
 			continue
 		}
 		if p.podSel == nil || p.podSel.Matches(labels.Set(l.PodLabels)) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostInBlock reports whether an ipBlock peer contains one of the node's
+// addresses (and no except of it does).
+func (c *Compiler) hostInBlock(p *compiledPeer) bool {
+	for ip := range c.hostIPs {
+		if !p.cidr.Contains(ip) {
+			continue
+		}
+		if !slices.ContainsFunc(p.except, func(e netip.Prefix) bool { return e.Contains(ip) }) {
 			return true
 		}
 	}
@@ -725,7 +769,7 @@ func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 	}
 	if ipb {
 		for _, ident := range c.ids.All() {
-			if len(ident.Labels.CIDRs) > 0 {
+			if len(ident.Labels.CIDRs) > 0 || ident.ID == identity.Host {
 				out.add(ident.ID)
 			}
 		}

@@ -1,0 +1,566 @@
+package policy
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+var (
+	flagSeed   = flag.Uint64("policy.seed", 0, "seed of the randomized tests (0: time-based)")
+	flagWorlds = flag.Int("policy.worlds", 0, "number of random worlds (0: default)")
+)
+
+// testSeed returns the seed to use and logs how to reproduce a failure.
+func testSeed(t testing.TB) uint64 {
+	seed := *flagSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("reproduce with: go test ./pkg/policy -run '^%s$' -policy.seed=%d", t.Name(), seed)
+		}
+	})
+	return seed
+}
+
+func worldCount(def int) int {
+	if *flagWorlds > 0 {
+		return *flagWorlds
+	}
+	if testing.Short() || raceEnabled {
+		return max(def/5, 1)
+	}
+	return def
+}
+
+// gen draws random worlds and policies from the whole field space.
+type gen struct {
+	r *rand.Rand
+	// pools the world draws from
+	nsNames  []string
+	v4, v6   []netip.Addr
+	hostIP   []netip.Addr
+	external []netip.Addr
+}
+
+func newGen(seed uint64) *gen {
+	g := &gen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	g.nsNames = []string{"ns0", "ns1", "ns2", "ns3"}
+	for i := range 12 {
+		g.v4 = append(g.v4, netip.AddrFrom4([4]byte{10, 0, byte(i % 3), byte(10 + i)}))
+		g.v6 = append(g.v6, netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x", i%3, 16+i)))
+	}
+	g.hostIP = []netip.Addr{netip.MustParseAddr("10.0.9.1"), netip.MustParseAddr("fd00::9:1")}
+	g.external = []netip.Addr{
+		netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.1.77"), netip.MustParseAddr("8.8.8.8"),
+		netip.MustParseAddr("fd00::ff"), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("192.168.7.7"),
+	}
+	return g
+}
+
+func (g *gen) pick(xs []string) string { return xs[g.r.IntN(len(xs))] }
+func (g *gen) chance(p float64) bool   { return g.r.Float64() < p }
+
+var (
+	genPodKeys    = []string{"app", "tier", "role"}
+	genPodVals    = map[string][]string{"app": {"web", "db", "api"}, "tier": {"fe", "be"}, "role": {"x", "y"}}
+	genNSKeys     = []string{"team", "env"}
+	genNSVals     = map[string][]string{"team": {"a", "b", "c"}, "env": {"prod", "dev"}}
+	genPortNames  = []string{"http", "dns", "metrics", "web"}
+	genPortNums   = []uint16{53, 80, 81, 443, 8080}
+	genProtos     = []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}
+	genProbePorts = []probe{
+		{ProtoTCP, 80}, {ProtoTCP, 81}, {ProtoTCP, 53}, {ProtoUDP, 53}, {ProtoUDP, 80},
+		{ProtoSCTP, 80}, {ProtoTCP, 443}, {ProtoTCP, 8080}, {ProtoTCP, 100}, {ProtoSCTP, 81},
+		{identityICMP, 0},
+	}
+)
+
+const identityICMP Protocol = 1
+
+func (g *gen) labels(keys []string, vals map[string][]string) map[string]string {
+	out := map[string]string{}
+	for _, k := range keys {
+		if g.chance(0.5) {
+			out[k] = g.pick(vals[k])
+		}
+	}
+	return out
+}
+
+func (g *gen) world() *refWorld {
+	w := &refWorld{}
+	nns := 1 + g.r.IntN(len(g.nsNames))
+	used := g.nsNames[:nns]
+	for _, n := range used {
+		if g.chance(0.1) {
+			continue // pods whose Namespace object is unknown
+		}
+		w.Namespaces = append(w.Namespaces, Namespace{Name: n, Labels: g.labels(genNSKeys, genNSVals)})
+	}
+	v4 := slices.Clone(g.v4)
+	v6 := slices.Clone(g.v6)
+	g.r.Shuffle(len(v4), func(i, j int) { v4[i], v4[j] = v4[j], v4[i] })
+	g.r.Shuffle(len(v6), func(i, j int) { v6[i], v6[j] = v6[j], v6[i] })
+	npods := 1 + g.r.IntN(8)
+	for i := range npods {
+		p := Pod{Namespace: g.pick(used), Name: fmt.Sprintf("p%d", i), Labels: g.labels(genPodKeys, genPodVals)}
+		switch x := g.r.Float64(); {
+		case x < 0.55:
+			p.IPs = []netip.Addr{v4[i]}
+		case x < 0.75:
+			p.IPs = []netip.Addr{v6[i]}
+		case x < 0.93:
+			p.IPs = []netip.Addr{v4[i], v6[i]}
+			if g.chance(0.3) {
+				p.IPs = []netip.Addr{v6[i], v4[i]}
+			}
+		default:
+			// no IP yet
+		}
+		if i > 0 && g.chance(0.03) && len(w.Pods[i-1].IPs) > 0 {
+			p.IPs = slices.Clone(w.Pods[i-1].IPs) // duplicate address
+		}
+		if g.chance(0.04) {
+			p.HostNetwork = true
+			p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 0, byte(i + 1)})}
+		}
+		names := slices.Clone(genPortNames)
+		g.r.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+		for j := range g.r.IntN(4) {
+			cp := ContainerPort{Port: genPortNums[g.r.IntN(len(genPortNums))], Protocol: genProtos[g.r.IntN(3)]}
+			if g.chance(0.8) {
+				cp.Name = names[j]
+			}
+			p.Ports = append(p.Ports, cp)
+		}
+		w.Pods = append(w.Pods, p)
+	}
+	if g.chance(0.7) {
+		w.HostIPs = []netip.Addr{g.hostIP[g.r.IntN(2)]}
+	}
+	for i := range g.r.IntN(6) {
+		w.Policies = append(w.Policies, g.policy(fmt.Sprintf("np%d", i), used, w))
+	}
+	return w
+}
+
+func (g *gen) selector(keys []string, vals map[string][]string) *metav1.LabelSelector {
+	s := &metav1.LabelSelector{}
+	if g.chance(0.25) {
+		return s // everything
+	}
+	if g.chance(0.5) {
+		s.MatchLabels = map[string]string{}
+		for range 1 + g.r.IntN(2) {
+			k := g.pick(keys)
+			s.MatchLabels[k] = g.pick(vals[k])
+		}
+	}
+	if len(s.MatchLabels) == 0 || g.chance(0.3) {
+		for range 1 + g.r.IntN(2) {
+			k := g.pick(keys)
+			req := metav1.LabelSelectorRequirement{Key: k}
+			switch g.r.IntN(4) {
+			case 0:
+				req.Operator = metav1.LabelSelectorOpIn
+				req.Values = []string{g.pick(vals[k])}
+				if g.chance(0.4) {
+					req.Values = append(req.Values, g.pick(vals[k]))
+				}
+			case 1:
+				req.Operator = metav1.LabelSelectorOpNotIn
+				req.Values = []string{g.pick(vals[k])}
+			case 2:
+				req.Operator = metav1.LabelSelectorOpExists
+			case 3:
+				req.Operator = metav1.LabelSelectorOpDoesNotExist
+			}
+			s.MatchExpressions = append(s.MatchExpressions, req)
+		}
+	}
+	return s
+}
+
+func (g *gen) nsSelector(w *refWorld) *metav1.LabelSelector {
+	if g.chance(0.2) {
+		// by the name label the API server sets
+		s := &metav1.LabelSelector{}
+		if g.chance(0.5) {
+			s.MatchLabels = map[string]string{NamespaceNameLabel: g.pick(g.nsNames)}
+		} else {
+			s.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: NamespaceNameLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{g.pick(g.nsNames)}}}
+		}
+		return s
+	}
+	return g.selector(genNSKeys, genNSVals)
+}
+
+var genCIDRs = []string{
+	"10.0.0.0/16", "10.0.1.0/24", "10.0.0.0/8", "0.0.0.0/0", "10.0.0.0/30", "10.0.2.0/28",
+	"fd00::/64", "::/0", "fd00::1:0/112", "fd00::/120", "10.0.9.0/24", "fd00::9:0/112",
+}
+
+func (g *gen) ipBlock(w *refWorld) *networkingv1.IPBlock {
+	var cidr netip.Prefix
+	var all []netip.Addr
+	for _, p := range w.Pods {
+		all = append(all, p.IPs...)
+	}
+	all = append(all, g.external...)
+	all = append(all, g.hostIP...)
+	if g.chance(0.25) && len(all) > 0 {
+		a := all[g.r.IntN(len(all))]
+		cidr = netip.PrefixFrom(a, a.BitLen())
+	} else {
+		cidr = netip.MustParsePrefix(g.pick(genCIDRs))
+	}
+	b := &networkingv1.IPBlock{CIDR: cidr.String()}
+	if cidr.Bits() < cidr.Addr().BitLen() && g.chance(0.5) {
+		for range 1 + g.r.IntN(2) {
+			// a strict subset of cidr, around some address in it
+			var in []netip.Addr
+			for _, a := range all {
+				if cidr.Contains(a) {
+					in = append(in, a)
+				}
+			}
+			if len(in) == 0 {
+				break
+			}
+			a := in[g.r.IntN(len(in))]
+			bits := cidr.Bits() + 1 + g.r.IntN(a.BitLen()-cidr.Bits())
+			if g.chance(0.5) {
+				bits = a.BitLen()
+			}
+			e, _ := a.Prefix(bits)
+			b.Except = append(b.Except, e.String())
+		}
+	}
+	return b
+}
+
+func (g *gen) peers(w *refWorld) []networkingv1.NetworkPolicyPeer {
+	switch x := g.r.Float64(); {
+	case x < 0.15:
+		return nil
+	case x < 0.25:
+		return []networkingv1.NetworkPolicyPeer{}
+	}
+	var out []networkingv1.NetworkPolicyPeer
+	for range 1 + g.r.IntN(3) {
+		var p networkingv1.NetworkPolicyPeer
+		switch g.r.IntN(4) {
+		case 0:
+			p.PodSelector = g.selector(genPodKeys, genPodVals)
+		case 1:
+			p.NamespaceSelector = g.nsSelector(w)
+		case 2:
+			p.PodSelector = g.selector(genPodKeys, genPodVals)
+			p.NamespaceSelector = g.nsSelector(w)
+		case 3:
+			p.IPBlock = g.ipBlock(w)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (g *gen) ports() []networkingv1.NetworkPolicyPort {
+	switch x := g.r.Float64(); {
+	case x < 0.3:
+		return nil
+	case x < 0.4:
+		return []networkingv1.NetworkPolicyPort{}
+	}
+	var out []networkingv1.NetworkPolicyPort
+	for range 1 + g.r.IntN(3) {
+		var p networkingv1.NetworkPolicyPort
+		if g.chance(0.7) {
+			proto := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[g.r.IntN(3)]
+			p.Protocol = &proto
+		}
+		switch x := g.r.Float64(); {
+		case x < 0.15:
+			// every port of the protocol
+		case x < 0.45:
+			n := append(slices.Clone(genPortNames), "nope")
+			v := intstr.FromString(g.pick(n))
+			p.Port = &v
+		default:
+			n := int32(genPortNums[g.r.IntN(len(genPortNums))])
+			if g.chance(0.1) {
+				n = 100
+			}
+			v := intstr.FromInt32(n)
+			p.Port = &v
+			if g.chance(0.3) {
+				e := n + []int32{0, 1, 5, 100, 65535 - n}[g.r.IntN(5)]
+				p.EndPort = &e
+			}
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (g *gen) policy(name string, nss []string, w *refWorld) *networkingv1.NetworkPolicy {
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: g.pick(nss), Name: name}}
+	np.Spec.PodSelector = *g.selector(genPodKeys, genPodVals)
+	switch g.r.IntN(6) {
+	case 0, 1:
+	case 2:
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+	case 3:
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
+	case 4:
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+	case 5:
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress, networkingv1.PolicyTypeIngress}
+	}
+	switch x := g.r.Float64(); {
+	case x < 0.2:
+	case x < 0.3:
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
+	default:
+		for range 1 + g.r.IntN(3) {
+			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(w), Ports: g.ports()})
+		}
+	}
+	switch x := g.r.Float64(); {
+	case x < 0.35:
+	case x < 0.45:
+		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{}
+	default:
+		for range 1 + g.r.IntN(3) {
+			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(w), Ports: g.ports()})
+		}
+	}
+	return np
+}
+
+// addrs returns every address worth probing in w: pod addresses, the
+// host's, and a few external ones.
+func (w *refWorld) addrs(g *gen) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range w.Pods {
+		out = append(out, p.IPs...)
+	}
+	out = append(out, w.HostIPs...)
+	out = append(out, g.external...)
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(out)
+}
+
+// probes returns the probes for w: the fixed set plus every declared port.
+func (w *refWorld) probes() []probe {
+	out := slices.Clone(genProbePorts)
+	for _, p := range w.Pods {
+		for _, cp := range p.Ports {
+			out = append(out, probe{cp.Protocol, cp.Port})
+		}
+	}
+	slices.SortFunc(out, func(a, b probe) int {
+		if a.Proto != b.Proto {
+			return int(a.Proto) - int(b.Proto)
+		}
+		return int(a.Port) - int(b.Port)
+	})
+	return slices.Compact(out)
+}
+
+// dump renders w for a failure message.
+func (w *refWorld) dump() string {
+	var b strings.Builder
+	for _, ns := range w.Namespaces {
+		fmt.Fprintf(&b, "namespace %s %v\n", ns.Name, ns.Labels)
+	}
+	for _, p := range w.Pods {
+		fmt.Fprintf(&b, "pod %s/%s labels=%v ips=%v ports=%v hostNetwork=%v\n", p.Namespace, p.Name, p.Labels, p.IPs, p.Ports, p.HostNetwork)
+	}
+	fmt.Fprintf(&b, "hostIPs %v\n", w.HostIPs)
+	for _, np := range w.Policies {
+		y, _ := yaml.Marshal(np)
+		fmt.Fprintf(&b, "--- policy %s/%s\n%s", np.Namespace, np.Name, y)
+	}
+	return b.String()
+}
+
+// compareWithRef checks c against the reference on every address pair and
+// probe and returns the first few disagreements.
+func compareWithRef(c *Compiler, w *refWorld, g *gen, max int) []string {
+	var bad []string
+	addrs := w.addrs(g)
+	probes := w.probes()
+	for _, src := range addrs {
+		for _, dst := range addrs {
+			if src.Is4() != dst.Is4() {
+				continue
+			}
+			for _, pr := range probes {
+				want := w.refAllowed(src, dst, pr.Proto, pr.Port)
+				v := c.Evaluate(src, dst, pr.Proto, pr.Port)
+				if v.Allowed != want {
+					bad = append(bad, fmt.Sprintf("%s -> %s %s: compiler %v (%s), reference %v; verdict %s",
+						src, dst, pr, v.Allowed, v.Reason, want, fmtVerdict(v)))
+					if len(bad) >= max {
+						return bad
+					}
+				}
+			}
+		}
+	}
+	return bad
+}
+
+func fmtVerdict(v Verdict) string {
+	s := fmt.Sprintf("src-id=%s dst-id=%s", v.SrcIdentity, v.DstIdentity)
+	for _, dv := range []*DirVerdict{v.Egress, v.Ingress} {
+		if dv != nil {
+			s += fmt.Sprintf(" [%s isolated=%v by=%v allowed=%v rules=%v host=%v]", dv.Endpoint, dv.Isolated, dv.IsolatedBy, dv.Allowed, dv.AllowedBy, dv.FromHost)
+		}
+	}
+	return s
+}
+
+// checkInvariants checks what must hold of any compiler state.
+func checkInvariants(t *testing.T, c *Compiler) {
+	t.Helper()
+	c.Sync()
+	for _, ep := range c.Endpoints() {
+		for d := range 2 {
+			dp := ep.Dir(Direction(d))
+			if dp.Isolated != (len(dp.IsolatedBy) > 0) {
+				t.Errorf("%s %s: isolated=%v but isolatedBy=%v", ep.Pod, Direction(d), dp.Isolated, dp.IsolatedBy)
+			}
+			for _, r := range dp.Rules {
+				ref, ok := c.Rule(r.ID)
+				if !ok {
+					t.Errorf("%s %s: rule %s has no RuleRef", ep.Pod, Direction(d), r)
+					continue
+				}
+				if ref.Direction != Direction(d) {
+					t.Errorf("%s %s: rule %s refers to %s", ep.Pod, Direction(d), r, ref)
+				}
+				if _, ok := c.policies[ref.Policy]; !ok {
+					t.Errorf("%s %s: rule %s refers to missing policy %s", ep.Pod, Direction(d), r, ref)
+				}
+				if r.Peer != 0 {
+					if _, ok := c.Identity(r.Peer); !ok {
+						t.Errorf("%s %s: rule %s names a released identity", ep.Pod, Direction(d), r)
+					}
+				}
+			}
+		}
+	}
+	// Every rule number maps back to a live policy's rule.
+	for id, ref := range c.ruleRefs {
+		ps, ok := c.policies[ref.Policy]
+		if !ok {
+			if _, bad := c.problems[ref.Policy]; !bad {
+				t.Errorf("rule %d refers to %s, which is not compiled", id, ref)
+			}
+			continue
+		}
+		if ref.Index >= len(ps.cp.rules[ref.Direction]) {
+			t.Errorf("rule %d refers to %s, past the policy's rules", id, ref)
+		}
+	}
+	// Peer sets hold live identities only.
+	for pk, ps := range c.policies {
+		for d := range 2 {
+			for i, s := range ps.peerIDs[d] {
+				for id := range s {
+					if _, ok := c.Identity(id); !ok {
+						t.Errorf("policy %s %s[%d]: peer set holds released identity %d", pk, Direction(d), i, id)
+					}
+				}
+			}
+		}
+	}
+	// The ipcache points at live identities.
+	for p, id := range c.IPCache().Entries() {
+		if _, ok := c.Identity(id); !ok {
+			t.Errorf("ipcache %s -> %d: identity not live", p, id)
+		}
+	}
+}
+
+// buildIncrementally loads w into a fresh compiler one object at a time,
+// in an order drawn from r.
+func buildIncrementally(w *refWorld, r *rand.Rand) *Compiler {
+	c := New(w.Opts)
+	type op func()
+	var ops []op
+	for _, ns := range w.Namespaces {
+		ops = append(ops, func() { c.SetNamespace(ns) })
+	}
+	for _, p := range w.Pods {
+		ops = append(ops, func() { c.SetPod(p) })
+	}
+	for _, np := range w.Policies {
+		ops = append(ops, func() { _ = c.SetPolicy(np) })
+	}
+	ops = append(ops, func() { c.SetHostIPs(w.HostIPs) })
+	r.Shuffle(len(ops), func(i, j int) { ops[i], ops[j] = ops[j], ops[i] })
+	for _, o := range ops {
+		o()
+		if r.IntN(3) == 0 {
+			c.Sync()
+		}
+	}
+	c.Sync()
+	return c
+}
+
+func TestRandomWorldsAgainstReference(t *testing.T) {
+	seed := testSeed(t)
+	g := newGen(seed)
+	n := worldCount(400)
+	for i := range n {
+		w := g.world()
+		switch g.r.IntN(8) {
+		case 0:
+			w.Opts.DenyFromHost = true
+		case 1:
+			w.Opts.ClusterDefaultDeny = &DefaultDeny{
+				ExemptNamespaces: []string{"ns3"},
+				Allow: []DefaultDenyAllow{{
+					Name:  "dns",
+					To:    networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "a"}}, PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
+					Ports: []networkingv1.NetworkPolicyPort{{Port: ptr(intstr.FromInt32(53)), Protocol: ptr(corev1.ProtocolUDP)}},
+				}},
+			}
+		}
+		for _, mode := range []string{"build", "incremental"} {
+			var c *Compiler
+			if mode == "build" {
+				c = Build(w.snapshot(), w.Opts)
+			} else {
+				c = buildIncrementally(w, g.r)
+			}
+			if p := c.Problems(); len(p) > 0 {
+				t.Fatalf("world %d (%s): unexpected problems %v\n%s", i, mode, p, w.dump())
+			}
+			checkInvariants(t, c)
+			if bad := compareWithRef(c, w, g, 5); len(bad) > 0 {
+				t.Fatalf("world %d (%s, opts %+v): compiler and reference disagree:\n  %s\nworld:\n%s", i, mode, w.Opts, strings.Join(bad, "\n  "), w.dump())
+			}
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
