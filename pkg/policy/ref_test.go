@@ -326,7 +326,9 @@ type probe struct {
 	Port  uint16
 }
 
-func (p probe) String() string { return protoName(p.Proto) + "/" + strings.TrimSpace(itoa(int(p.Port))) }
+func (p probe) String() string {
+	return protoName(p.Proto) + "/" + strings.TrimSpace(itoa(int(p.Port)))
+}
 
 func itoa(n int) string {
 	if n == 0 {
