@@ -115,6 +115,10 @@ func Open(opts Options) (*Datapath, error) {
 		d.tc.Close()
 		return nil, fmt.Errorf("load sock spec: %w", err)
 	}
+	if err := applySizes(sockSpec, opts.MapSizes); err != nil {
+		d.tc.Close()
+		return nil, err
+	}
 	if err := sockSpec.LoadAndAssign(&d.sock, &ebpf.CollectionOptions{
 		MapReplacements: d.tcMapsByName(),
 	}); err != nil {
