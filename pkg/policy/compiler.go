@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/ztnet/zt/pkg/identity"
@@ -358,6 +359,13 @@ func (c *Compiler) DeletePod(key PodKey) {
 // invalid policy enforces nothing, as it would fail API validation.
 func (c *Compiler) SetPolicy(np *networkingv1.NetworkPolicy) error {
 	key := PolicyKey{Namespace: np.Namespace, Name: np.Name}
+	if prev, ok := c.user[key]; ok && equality.Semantic.DeepEqual(prev.Spec, np.Spec) {
+		if p, bad := c.problems[key]; bad {
+			return p
+		}
+		return nil // unchanged (informer resyncs deliver these)
+	}
+	np = np.DeepCopy()
 	c.user[key] = np
 	return c.setPolicy(key, np, false)
 }
@@ -373,6 +381,12 @@ func (c *Compiler) DeletePolicy(key PolicyKey) {
 
 func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synthetic bool) error {
 	cp, err := compile(np, c.ruleID)
+	if err == nil {
+		// Count the new version's references before dropping the old
+		// one's: references both share never fall to zero, so an update
+		// does not relabel pods (and renumber their identities) twice.
+		c.addRefs(cp, +1)
+	}
 	old := c.removePolicy(key)
 	// Rule numbers stay stable across updates of a policy (the kernel
 	// stores them); only those of rules that are gone are freed.
@@ -394,7 +408,6 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	}
 	delete(c.problems, key)
 	cp.synthetic = synthetic
-	c.addRefs(cp, +1)
 	ps := &policyState{cp: cp, selected: set[PodKey]{}}
 	c.policies[key] = ps
 	for d := range 2 {
