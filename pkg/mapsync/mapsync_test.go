@@ -1,0 +1,500 @@
+package mapsync
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ztnet/zt/pkg/datapath"
+	"github.com/ztnet/zt/pkg/policy"
+)
+
+// fakeMaps is an in-memory Maps. After every write it calls check, so a
+// test can assert invariants on every intermediate state.
+type fakeMaps struct {
+	st     State
+	capa   datapath.MapSizes
+	writes int
+	check  func(State)
+	failAt int // fail the n-th write (1-based) when > 0
+}
+
+func newFake() *fakeMaps { return &fakeMaps{st: newState()} }
+
+func (f *fakeMaps) write() error {
+	f.writes++
+	if f.failAt > 0 && f.writes == f.failAt {
+		return errors.New("injected failure")
+	}
+	return nil
+}
+
+func (f *fakeMaps) after() {
+	if f.check != nil {
+		f.check(f.st)
+	}
+}
+
+func (f *fakeMaps) IPCacheList() (map[netip.Prefix]datapath.IPCacheVal, error) {
+	return clone(f.st.IPCache), nil
+}
+func (f *fakeMaps) IPCachePut(p netip.Prefix, v datapath.IPCacheVal) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	f.st.IPCache[p] = v
+	f.after()
+	return nil
+}
+func (f *fakeMaps) IPCacheDelete(p netip.Prefix) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	delete(f.st.IPCache, p)
+	f.after()
+	return nil
+}
+func (f *fakeMaps) EndpointList() (map[uint32]datapath.Endpoint, error) {
+	return clone(f.st.Endpoints), nil
+}
+func (f *fakeMaps) EndpointPut(i uint32, e datapath.Endpoint) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	f.st.Endpoints[i] = e
+	f.after()
+	return nil
+}
+func (f *fakeMaps) EndpointDelete(i uint32) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	delete(f.st.Endpoints, i)
+	f.after()
+	return nil
+}
+func (f *fakeMaps) PolicyList() (map[datapath.PolicyKey]datapath.PolicyVal, error) {
+	return clone(f.st.Policy), nil
+}
+func (f *fakeMaps) PolicyPut(k datapath.PolicyKey, v datapath.PolicyVal) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	f.st.Policy[k] = v
+	f.after()
+	return nil
+}
+func (f *fakeMaps) PolicyDelete(k datapath.PolicyKey) error {
+	if err := f.write(); err != nil {
+		return err
+	}
+	delete(f.st.Policy, k)
+	f.after()
+	return nil
+}
+func (f *fakeMaps) Capacity() datapath.MapSizes { return f.capa }
+
+func clone[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// allowed models the kernel's forward-packet decision on State: the
+// endpoint's isolation flag, the ipcache longest-prefix match, then the
+// policy LPM for (peer identity) and (any).
+func allowed(s State, ifindex uint32, dir policy.Direction, peer netip.Addr, proto uint8, port uint16) bool {
+	ep, ok := s.Endpoints[ifindex]
+	if !ok {
+		return true
+	}
+	flag := datapath.EndpointIngressIsolated
+	if dir == policy.Egress {
+		flag = datapath.EndpointEgressIsolated
+	}
+	if ep.Flags&flag == 0 {
+		return true
+	}
+	id := datapath.IdentityWorld
+	best := -1
+	for p, v := range s.IPCache {
+		if p.Contains(peer) && p.Bits() > best {
+			best, id = p.Bits(), v.Identity
+		}
+	}
+	if dir == policy.Ingress && id == datapath.IdentityHost && ep.Flags&datapath.EndpointAllowHost != 0 {
+		return true
+	}
+	for k := range s.Policy {
+		if k.EpId != ep.EpId || k.Dir != datapath.Dir(dir) || (k.PeerId != id && k.PeerId != datapath.IdentityAny) {
+			continue
+		}
+		if k.Prefixlen == 72 {
+			return true
+		}
+		if k.Proto != proto {
+			continue
+		}
+		lo, hi, ranged := k.PortRange()
+		if !ranged || (port >= lo && port <= hi) {
+			return true
+		}
+	}
+	return false
+}
+
+// world is a small random cluster on one node.
+type world struct {
+	rng      *rand.Rand
+	nsLabels map[string]map[string]string
+	pods     map[policy.PodKey]policy.Pod
+	pols     map[policy.PolicyKey]*networkingv1.NetworkPolicy
+	ifindex  map[policy.PodKey]uint32
+	// c is updated incrementally, as the agent's compiler is: identity
+	// numbers are never reused for another label set.
+	c       *policy.Compiler
+	applied map[policy.PolicyKey]bool
+}
+
+var apps = []string{"web", "api", "db"}
+
+func newWorld(seed uint64) *world {
+	w := &world{
+		rng:      rand.New(rand.NewPCG(seed, 1)),
+		nsLabels: map[string]map[string]string{"a": {"team": "x"}, "b": {"team": "y"}},
+		pods:     map[policy.PodKey]policy.Pod{},
+		pols:     map[policy.PolicyKey]*networkingv1.NetworkPolicy{},
+		ifindex:  map[policy.PodKey]uint32{},
+		c:        policy.New(policy.Options{}),
+		applied:  map[policy.PolicyKey]bool{},
+	}
+	for i := range 6 {
+		ns := []string{"a", "b"}[i%2]
+		p := policy.Pod{
+			Namespace: ns, Name: fmt.Sprintf("p%d", i),
+			Labels: map[string]string{"app": apps[w.rng.IntN(3)]},
+			IPs:    []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)}), netip.MustParseAddr(fmt.Sprintf("fd00::%x", 10+i))},
+			Ports:  []policy.ContainerPort{{Name: "http", Port: uint16(80 + w.rng.IntN(2)), Protocol: policy.ProtoTCP}},
+		}
+		w.pods[p.Key()] = p
+		w.ifindex[p.Key()] = uint32(100 + i)
+	}
+	for range 3 {
+		w.mutatePolicy()
+	}
+	return w
+}
+
+func (w *world) mutatePolicy() {
+	name := fmt.Sprintf("np%d", w.rng.IntN(4))
+	ns := []string{"a", "b"}[w.rng.IntN(2)]
+	key := policy.PolicyKey{Namespace: ns, Name: name}
+	if _, ok := w.pols[key]; ok && w.rng.IntN(3) == 0 {
+		delete(w.pols, key)
+		return
+	}
+	sel := func() *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchLabels: map[string]string{"app": apps[w.rng.IntN(3)]}}
+	}
+	var peer networkingv1.NetworkPolicyPeer
+	switch w.rng.IntN(5) {
+	case 4: // no peers: every peer (the wildcard identity)
+		peer.PodSelector = nil
+	case 0:
+		peer.PodSelector = sel()
+	case 1:
+		peer.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"team": []string{"x", "y"}[w.rng.IntN(2)]}}
+		peer.PodSelector = sel()
+	case 2:
+		peer.IPBlock = &networkingv1.IPBlock{CIDR: "10.0.0.0/28", Except: []string{fmt.Sprintf("10.0.0.%d/32", 10+w.rng.IntN(6))}}
+	default:
+		peer.IPBlock = &networkingv1.IPBlock{CIDR: "fd00::/120"}
+	}
+	var ports []networkingv1.NetworkPolicyPort
+	switch w.rng.IntN(3) {
+	case 0:
+		p := intstr.FromInt32(80)
+		end := int32(80 + w.rng.IntN(3))
+		ports = []networkingv1.NetworkPolicyPort{{Port: &p, EndPort: &end}}
+	case 1:
+		p := intstr.FromString("http")
+		ports = []networkingv1.NetworkPolicyPort{{Port: &p}}
+	}
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: *sel(),
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+			Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: peers(peer), Ports: ports}},
+			Egress:      []networkingv1.NetworkPolicyEgressRule{{To: peers(peer), Ports: ports}},
+		},
+	}
+	w.pols[key] = np
+}
+
+func peers(p networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer {
+	if p.PodSelector == nil && p.NamespaceSelector == nil && p.IPBlock == nil {
+		return nil
+	}
+	return []networkingv1.NetworkPolicyPeer{p}
+}
+
+func (w *world) mutate() {
+	switch w.rng.IntN(4) {
+	case 3: // a pod's address changes (a restarted pod keeps its name here)
+		k := policy.PodKey{Namespace: []string{"a", "b"}[w.rng.IntN(2)], Name: fmt.Sprintf("p%d", w.rng.IntN(6))}
+		if p, ok := w.pods[k]; ok {
+			p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(2 + w.rng.IntN(20))})}
+			w.pods[k] = p
+		}
+	case 0:
+		w.mutatePolicy()
+	case 1: // a pod changes labels: moves to another identity
+		k := policy.PodKey{Namespace: []string{"a", "b"}[w.rng.IntN(2)], Name: fmt.Sprintf("p%d", w.rng.IntN(6))}
+		if p, ok := w.pods[k]; ok {
+			p.Labels = map[string]string{"app": apps[w.rng.IntN(3)]}
+			w.pods[k] = p
+		}
+	default: // a namespace changes labels
+		ns := []string{"a", "b"}[w.rng.IntN(2)]
+		w.nsLabels[ns] = map[string]string{"team": []string{"x", "y", "z"}[w.rng.IntN(3)]}
+	}
+}
+
+func (w *world) desired(t *testing.T) State {
+	t.Helper()
+	for ns, l := range w.nsLabels {
+		w.c.SetNamespace(policy.Namespace{Name: ns, Labels: l})
+	}
+	var binds []Binding
+	for k, p := range w.pods {
+		w.c.SetPod(p)
+		binds = append(binds, Binding{Pod: k, Ifindex: w.ifindex[k]})
+	}
+	for k := range w.applied {
+		if _, ok := w.pols[k]; !ok {
+			w.c.DeletePolicy(k)
+			delete(w.applied, k)
+		}
+	}
+	for k, np := range w.pols {
+		w.applied[k] = true
+		if err := w.c.SetPolicy(np); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.c.Sync()
+	d, err := Desired(w.c, binds, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+type probe struct {
+	ifindex uint32
+	dir     policy.Direction
+	peer    netip.Addr
+	port    uint16
+}
+
+func (w *world) probes() []probe {
+	var out []probe
+	var addrs []netip.Addr
+	for _, q := range w.pods {
+		addrs = append(addrs, q.IPs...)
+	}
+	// Addresses no pod has: inside and outside the ipBlocks.
+	addrs = append(addrs, netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("fd00::3"), netip.MustParseAddr("fd01::1"))
+	for k, p := range w.pods {
+		for _, peer := range addrs {
+			{
+				for _, port := range []uint16{80, 81, 82} {
+					for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+						out = append(out, probe{w.ifindex[k], d, peer, port})
+					}
+				}
+			}
+		}
+		_ = p
+	}
+	return out
+}
+
+// TestApplyOpensNoWindow: across every intermediate state of an update,
+// a packet allowed before and after stays allowed, and one denied before
+// and after stays denied.
+func TestApplyOpensNoWindow(t *testing.T) {
+	frozen := 0
+	defer func() {
+		if !t.Failed() && frozen == 0 {
+			t.Error("no update parked a prefix on a temporary identity: the test misses that path")
+		}
+	}()
+	for seed := range uint64(60) {
+		w := newWorld(seed)
+		f := newFake()
+		s := New(f)
+		before := w.desired(t)
+		if _, err := s.Reconcile(before); err != nil {
+			t.Fatal(err)
+		}
+		for step := range 8 {
+			w.mutate()
+			after := w.desired(t)
+			probes := w.probes()
+			f.check = func(mid State) {
+				for _, p := range probes {
+					a, b, m := allowed(before, p.ifindex, p.dir, p.peer, 6, p.port),
+						allowed(after, p.ifindex, p.dir, p.peer, 6, p.port),
+						allowed(mid, p.ifindex, p.dir, p.peer, 6, p.port)
+					if a == b && m != a {
+						t.Fatalf("seed %d step %d: probe %+v was %v before and after, %v in between\nbefore:%s\nafter:%s\nmid:%s", seed, step, p, a, m, dumpFor(before, p.ifindex, uint8(p.dir), p.peer), dumpFor(after, p.ifindex, uint8(p.dir), p.peer), dumpFor(mid, p.ifindex, uint8(p.dir), p.peer))
+					}
+				}
+			}
+			st, err := s.Apply(after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frozen += st.Frozen
+			f.check = nil
+			if !equalState(f.st, after) {
+				t.Fatalf("seed %d step %d: maps differ from desired after Apply (%+v)", seed, step, st)
+			}
+			before = after
+		}
+	}
+}
+
+func equalState(a, b State) bool {
+	eq := func(x, y int) bool { return x == y }
+	if !eq(len(a.IPCache), len(b.IPCache)) || !eq(len(a.Endpoints), len(b.Endpoints)) || !eq(len(a.Policy), len(b.Policy)) {
+		return false
+	}
+	for k, v := range a.IPCache {
+		if b.IPCache[k] != v {
+			return false
+		}
+	}
+	for k, v := range a.Endpoints {
+		if b.Endpoints[k] != v {
+			return false
+		}
+	}
+	for k, v := range a.Policy {
+		if w, ok := b.Policy[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestApplyIsMinimal(t *testing.T) {
+	w := newWorld(7)
+	f := newFake()
+	s := New(f)
+	d := w.desired(t)
+	st, err := s.Reconcile(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Writes() != len(d.IPCache)+len(d.Endpoints)+len(d.Policy) {
+		t.Errorf("first sync wrote %d, want one write per entry (%d)", st.Writes(), len(d.IPCache)+len(d.Endpoints)+len(d.Policy))
+	}
+	st, err = s.Apply(w.desired(t))
+	if err != nil || st.Writes() != 0 {
+		t.Errorf("an unchanged state wrote %d (%v)", st.Writes(), err)
+	}
+	// A restarted agent (new Syncer) adopts the maps without writing.
+	st, err = New(f).Reconcile(w.desired(t))
+	if err != nil || st.Writes() != 0 {
+		t.Errorf("adopting an up-to-date map wrote %d (%v)", st.Writes(), err)
+	}
+}
+
+func TestReconcileRepairsDrift(t *testing.T) {
+	w := newWorld(3)
+	f := newFake()
+	s := New(f)
+	d := w.desired(t)
+	if _, err := s.Reconcile(d); err != nil {
+		t.Fatal(err)
+	}
+	// Someone deletes an entry and adds a bogus allow behind our back.
+	for k := range f.st.Policy {
+		delete(f.st.Policy, k)
+		break
+	}
+	bogus := datapath.PolicyKey{Prefixlen: 72, EpId: 100, PeerId: datapath.IdentityAny, Dir: datapath.DirIngress}
+	f.st.Policy[bogus] = datapath.PolicyVal{RuleId: 999, Action: datapath.ActionAllow}
+	// Apply trusts its cache and does not see it...
+	if st, _ := s.Apply(d); st.Writes() != 0 {
+		t.Fatalf("Apply wrote %d", st.Writes())
+	}
+	// ...Reconcile dumps the kernel and repairs both.
+	st, err := s.Reconcile(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PolicyPut != 1 || st.PolicyDeleted != 1 || !equalState(f.st, d) {
+		t.Errorf("reconcile: %+v, state equal: %v", st, equalState(f.st, d))
+	}
+}
+
+func TestMapFullRefusedWhole(t *testing.T) {
+	w := newWorld(5)
+	f := newFake()
+	s := New(f)
+	d := w.desired(t)
+	f.capa = datapath.MapSizes{Policy: uint32(len(d.Policy) - 1)}
+	_, err := s.Reconcile(d)
+	if !errors.Is(err, ErrMapFull) {
+		t.Fatalf("err = %v, want ErrMapFull", err)
+	}
+	if f.writes != 0 {
+		t.Errorf("%d writes before refusing: the previous state must stay untouched", f.writes)
+	}
+	f.capa.Policy = uint32(len(d.Policy))
+	if _, err := s.Reconcile(d); err != nil {
+		t.Fatalf("fits exactly: %v", err)
+	}
+}
+
+func TestFailedWriteReconcilesNext(t *testing.T) {
+	w := newWorld(9)
+	f := newFake()
+	s := New(f)
+	d := w.desired(t)
+	f.failAt = 3
+	if _, err := s.Reconcile(d); err == nil {
+		t.Fatal("no error from the injected failure")
+	}
+	if _, ok := s.Realized(); ok {
+		t.Fatal("after a failed write the cache must be dropped")
+	}
+	f.failAt = 0
+	if _, err := s.Apply(d); err != nil {
+		t.Fatal(err)
+	}
+	if !equalState(f.st, d) {
+		t.Error("state differs after recovery")
+	}
+}
+
+func TestDesiredUnknownPod(t *testing.T) {
+	c := policy.Build(policy.Snapshot{}, policy.Options{})
+	_, err := Desired(c, []Binding{{Pod: policy.PodKey{Namespace: "a", Name: "x"}, Ifindex: 5}}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "endpoint a/x (ifindex 5)") {
+		t.Fatalf("err = %v, want one naming the pod", err)
+	}
+}
