@@ -380,7 +380,17 @@ func (c *Compiler) DeletePolicy(key PolicyKey) {
 }
 
 func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synthetic bool) error {
-	cp, err := compile(np, c.ruleID)
+	// Numbers handed out for rules that had none; freed again if the
+	// policy turns out invalid, so a rejected policy leaves none behind.
+	var fresh []RuleID
+	cp, err := compile(np, func(ref RuleRef) RuleID {
+		_, had := c.ruleIDs[ref]
+		id := c.ruleID(ref)
+		if !had {
+			fresh = append(fresh, id)
+		}
+		return id
+	})
 	if err == nil {
 		// Count the new version's references before dropping the old
 		// one's: references both share never fall to zero, so an update
@@ -402,6 +412,10 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 		c.freeRuleIDs(old, keep)
 	}
 	if err != nil {
+		for _, id := range fresh {
+			delete(c.ruleIDs, c.ruleRefs[id])
+			delete(c.ruleRefs, id)
+		}
 		p := Problem{Policy: key, Err: err}
 		c.problems[key] = p
 		return p
@@ -570,7 +584,13 @@ func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
 			l.NamedPorts = append(l.NamedPorts, identity.NamedPort{Name: cport.Name, Protocol: cport.Protocol, Port: cport.Port})
 		}
 	}
-	slices.SortFunc(l.NamedPorts, identity.CompareNamedPort)
+	// A name declared twice for one protocol (invalid, but possible in
+	// input that bypassed the API server) resolves to the first declared
+	// port, as resolvePort does for ingress: sort stably on name and
+	// protocol only, and keep the first of each.
+	slices.SortStableFunc(l.NamedPorts, func(a, b identity.NamedPort) int {
+		return identity.CompareNamedPort(identity.NamedPort{Name: a.Name, Protocol: a.Protocol}, identity.NamedPort{Name: b.Name, Protocol: b.Protocol})
+	})
 	l.NamedPorts = slices.CompactFunc(l.NamedPorts, func(a, b identity.NamedPort) bool {
 		return a.Name == b.Name && a.Protocol == b.Protocol
 	})

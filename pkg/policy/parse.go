@@ -113,20 +113,21 @@ func compile(np *networkingv1.NetworkPolicy, ruleID func(RuleRef) RuleID) (*comp
 	if cp.podSel, err = selector("spec.podSelector", &np.Spec.PodSelector); err != nil {
 		return nil, err
 	}
+	// As the API server validates: at most two entries, each Ingress or
+	// Egress. A repeated value passes its validation, so it is accepted
+	// here too (rejecting it would leave an admitted policy unenforced).
+	if len(np.Spec.PolicyTypes) > 2 {
+		return nil, fieldError("spec.policyTypes", "may not specify more than two policyTypes")
+	}
 	for i, t := range np.Spec.PolicyTypes {
-		var d Direction
 		switch t {
 		case networkingv1.PolicyTypeIngress:
-			d = Ingress
+			cp.types[Ingress] = true
 		case networkingv1.PolicyTypeEgress:
-			d = Egress
+			cp.types[Egress] = true
 		default:
 			return nil, fieldError(fmt.Sprintf("spec.policyTypes[%d]", i), "unsupported value %q (want Ingress or Egress)", t)
 		}
-		if cp.types[d] {
-			return nil, fieldError(fmt.Sprintf("spec.policyTypes[%d]", i), "duplicate value %q", t)
-		}
-		cp.types[d] = true
 	}
 	for i, r := range np.Spec.Ingress {
 		path := fmt.Sprintf("spec.ingress[%d]", i)

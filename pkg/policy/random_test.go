@@ -470,14 +470,18 @@ func checkInvariants(t *testing.T, c *Compiler) {
 	for id, ref := range c.ruleRefs {
 		ps, ok := c.policies[ref.Policy]
 		if !ok {
-			if _, bad := c.problems[ref.Policy]; !bad {
-				t.Errorf("rule %d refers to %s, which is not compiled", id, ref)
-			}
+			t.Errorf("rule %d refers to %s, which is not compiled", id, ref)
 			continue
+		}
+		if c.ruleIDs[ref] != id {
+			t.Errorf("rule %d -> %s -> %d", id, ref, c.ruleIDs[ref])
 		}
 		if ref.Index >= len(ps.cp.rules[ref.Direction]) {
 			t.Errorf("rule %d refers to %s, past the policy's rules", id, ref)
 		}
+	}
+	if len(c.ruleIDs) != len(c.ruleRefs) {
+		t.Errorf("%d rule refs but %d rule numbers", len(c.ruleIDs), len(c.ruleRefs))
 	}
 	// Peer sets hold live identities only.
 	for pk, ps := range c.policies {
