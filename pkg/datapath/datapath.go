@@ -348,3 +348,17 @@ func ensureBPFFS(root string) error {
 	}
 	return nil
 }
+
+// Capacity returns the max_entries of the maps as loaded (EventsBytes is
+// the ring buffer size), so writers can refuse an update that cannot fit
+// before touching the kernel.
+func (d *Datapath) Capacity() MapSizes {
+	return MapSizes{
+		IPCache:     d.tc.Ipcache.MaxEntries(),
+		Endpoints:   d.tc.Endpoints.MaxEntries(),
+		Policy:      d.tc.Policy.MaxEntries(),
+		Conntrack:   d.tc.Conntrack.MaxEntries(),
+		Netns:       d.tc.Netns.MaxEntries(),
+		EventsBytes: d.tc.Events.MaxEntries(),
+	}
+}

@@ -506,3 +506,6 @@ func sortedPolicyKeys(ks []datapath.PolicyKey) []datapath.PolicyKey {
 	})
 	return ks
 }
+
+// The datapath is the Maps of record.
+var _ Maps = (*datapath.Datapath)(nil)
