@@ -19,7 +19,15 @@ generate: ## regenerate the bpf2go Go bindings and objects with clang-19
 
 .PHONY: check-generated
 check-generated: generate ## fail when the committed generated files are stale
-	@git diff --exit-code --stat -- bpf pkg || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- 'pkg/datapath/*_bpfel.go' 'pkg/datapath/*_bpfel.o' || { echo "generated files are stale: run 'make generate' and commit"; exit 1; }
+
+.PHONY: k8s-bins
+k8s-bins: ## build the pinned kube-apiserver, kubectl and etcd for tests into _out/bin (once; ~15 min cold)
+	hack/k8s-bins.sh
+
+.PHONY: verify
+verify: ## load every BPF program through the kernel verifier (root)
+	$(GO) test -count=1 -run 'TestVerifier' -v ./pkg/datapath
 
 .PHONY: build
 build: ## build ztctl into _out/bin
@@ -32,7 +40,7 @@ lint: ## gofmt and go vet
 	$(GO) vet ./...
 
 .PHONY: test
-test: setup lint ## the whole test suite: unit, kernel (as root) and end-to-end
+test: setup lint check-generated ## the whole test suite: unit, kernel (as root) and end-to-end
 	hack/test.sh
 
 .PHONY: bench

@@ -7,4 +7,7 @@ if [ "$(id -u)" -ne 0 ]; then
   if [ "${CI:-}" = "true" ]; then echo "test: CI must run as root (kernel tests never skip there)"; exit 1; fi
   echo "test: not root: kernel tests will fail; run as root (sudo make test)"
 fi
+# The end-to-end tests start a real kube-apiserver and etcd built from pinned
+# modules (tools/k8s); this is a no-op when they are up to date.
+hack/k8s-bins.sh
 go test -count=1 -race ./...
