@@ -49,7 +49,26 @@ type policyState struct {
 	selected set[PodKey]
 	// peerIDs[dir][rule] holds the identities the rule's peers match.
 	peerIDs [2][]set[identity.ID]
+	// sorted[dir][rule] caches peerIDs[dir][rule] sorted; nil when stale.
+	// Every endpoint the policy selects reads it on rebuild, so it is
+	// sorted once per change instead of once per endpoint.
+	sorted [2][][]identity.ID
 }
+
+// peerList returns the sorted peer identities of rule i of direction d.
+func (ps *policyState) peerList(d, i int) []identity.ID {
+	if l := ps.sorted[d][i]; l != nil {
+		return l
+	}
+	l := sortedKeys(ps.peerIDs[d][i], compareID)
+	if l == nil {
+		l = []identity.ID{}
+	}
+	ps.sorted[d][i] = l
+	return l
+}
+
+func compareID(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) }
 
 // Compiler turns namespaces, pods and NetworkPolicies into per-endpoint
 // rule sets keyed by identity. Updates are incremental: each Set/Delete
@@ -72,6 +91,8 @@ type Compiler struct {
 	// indexes
 	nsIdents    map[string]set[identity.ID]   // pod identities per namespace
 	namedIdents map[namedRef]set[identity.ID] // identities resolving a referenced name
+	namedLists  map[namedRef][]identity.ID    // namedIdents sorted, cached
+	cidrIdents  set[identity.ID]              // identities carrying some CIDR
 	ipOwners    map[netip.Addr][]PodKey       // pods claiming an address, sorted
 	hostIPs     set[netip.Addr]
 
@@ -114,6 +135,8 @@ func New(opts Options) *Compiler {
 		user:        map[PolicyKey]*networkingv1.NetworkPolicy{},
 		nsIdents:    map[string]set[identity.ID]{},
 		namedIdents: map[namedRef]set[identity.ID]{},
+		namedLists:  map[namedRef][]identity.ID{},
+		cidrIdents:  set[identity.ID]{},
 		ipOwners:    map[netip.Addr][]PodKey{},
 		hostIPs:     set[netip.Addr]{},
 		cidrRefs:    map[netip.Prefix]int{},
@@ -267,6 +290,7 @@ func (c *Compiler) rematchHost() {
 			for i := range ps.peerIDs[d] {
 				if ps.peerIDs[d][i].has(identity.Host) {
 					ps.peerIDs[d][i].del(identity.Host)
+					ps.sorted[d][i] = nil
 					c.markSelected(ps)
 				}
 			}
@@ -426,6 +450,7 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	c.policies[key] = ps
 	for d := range 2 {
 		ps.peerIDs[d] = make([]set[identity.ID], len(cp.rules[d]))
+		ps.sorted[d] = make([][]identity.ID, len(cp.rules[d]))
 		for i := range cp.rules[d] {
 			ps.peerIDs[d][i] = set[identity.ID]{}
 		}
@@ -657,10 +682,14 @@ func (c *Compiler) acquireIdentity(l identity.Labels) *identity.Identity {
 	if !created {
 		return ident
 	}
+	if len(l.CIDRs) > 0 {
+		c.cidrIdents.add(ident.ID)
+	}
 	if l.Kind == identity.KindPod {
 		addTo(c.nsIdents, l.Namespace, ident.ID)
 		for _, np := range l.NamedPorts {
 			addTo(c.namedIdents, namedRef{np.Name, np.Protocol}, ident.ID)
+			delete(c.namedLists, namedRef{np.Name, np.Protocol})
 		}
 	}
 	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
@@ -675,10 +704,12 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 		return
 	}
 	l := ident.Labels
+	c.cidrIdents.del(id)
 	if l.Kind == identity.KindPod {
 		delFrom(c.nsIdents, l.Namespace, id)
 		for _, np := range l.NamedPorts {
 			delFrom(c.namedIdents, namedRef{np.Name, np.Protocol}, id)
+			delete(c.namedLists, namedRef{np.Name, np.Protocol})
 		}
 	}
 	for _, ps := range c.policies {
@@ -687,6 +718,7 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 			for i, r := range ps.cp.rules[d] {
 				if ps.peerIDs[d][i].has(id) {
 					ps.peerIDs[d][i].del(id)
+					ps.sorted[d][i] = nil
 					touched = true
 				} else if r.allPeers && len(l.NamedPorts) > 0 {
 					touched = true
@@ -718,6 +750,7 @@ func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity) {
 			}
 			if c.ruleMatches(ps.cp, &r, ident) {
 				ps.peerIDs[d][i].add(ident.ID)
+				ps.sorted[d][i] = nil
 				touched = true
 			}
 		}
@@ -778,7 +811,7 @@ func (c *Compiler) hostInBlock(p *compiledPeer) bool {
 }
 
 // candidateIdentities returns the live identities some peer of cp could
-// match, sorted: pod identities of the namespaces its peers can select,
+// match, in no order: pod identities of the namespaces its peers can select,
 // and CIDR-carrying identities for ipBlock peers.
 func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 	out := set[identity.ID]{}
@@ -801,11 +834,10 @@ func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 		}
 	}
 	if ipb {
-		for _, ident := range c.ids.All() {
-			if len(ident.Labels.CIDRs) > 0 || ident.ID == identity.Host {
-				out.add(ident.ID)
-			}
+		for id := range c.cidrIdents {
+			out.add(id)
 		}
+		out.add(identity.Host)
 	}
 	for name, ids := range c.nsIdents {
 		take := allNS || (ownNS && name == cp.key.Namespace)
@@ -825,7 +857,8 @@ func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 			}
 		}
 	}
-	return sortedKeys(out, func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
+	// Unordered: matching an identity only adds it to sets.
+	return slices.Collect(maps.Keys(out))
 }
 
 // reselect recomputes which policies of the pod's namespace select it.
@@ -859,6 +892,10 @@ func (c *Compiler) markSelected(ps *policyState) {
 
 // Sync rebuilds the endpoints that changed and says which did.
 func (c *Compiler) Sync() Changes {
+	// Endpoints selected by the same policies (and declaring the same
+	// ports, for ingress named ports) have the same rules: compute them
+	// once per Sync and share them (endpoints are immutable).
+	memo := map[string]*[2]DirectionPolicy{}
 	for _, pk := range sortedKeys(c.dirty, comparePodKey) {
 		st := c.pods[pk]
 		if st == nil || !st.local {
@@ -868,7 +905,7 @@ func (c *Compiler) Sync() Changes {
 			}
 			continue
 		}
-		ep := c.buildEndpoint(st)
+		ep := c.buildEndpoint(st, memo)
 		if old := c.endpoints[pk]; old != nil && endpointEqual(old, ep) {
 			continue
 		}
@@ -881,9 +918,26 @@ func (c *Compiler) Sync() Changes {
 	return ch
 }
 
-func (c *Compiler) buildEndpoint(st *podState) *Endpoint {
+func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPolicy) *Endpoint {
 	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids)}
-	for _, pk := range sortedKeys(st.selectedBy, comparePolicyKey) {
+	selectedBy := sortedKeys(st.selectedBy, comparePolicyKey)
+	var key strings.Builder
+	for _, pk := range selectedBy {
+		key.WriteString(pk.Namespace)
+		key.WriteByte('/')
+		key.WriteString(pk.Name)
+		key.WriteByte(0)
+	}
+	key.WriteByte(1)
+	for _, cp := range st.pod.Ports {
+		fmt.Fprintf(&key, "%s/%d/%d,", cp.Name, cp.Protocol, cp.Port)
+	}
+	if dp := memo[key.String()]; dp != nil {
+		ep.Ingress, ep.Egress = dp[Ingress], dp[Egress]
+		return ep
+	}
+	defer func() { memo[key.String()] = &[2]DirectionPolicy{ep.Ingress, ep.Egress} }()
+	for _, pk := range selectedBy {
 		ps := c.policies[pk]
 		for d := range 2 {
 			if !ps.cp.types[d] {
@@ -893,7 +947,11 @@ func (c *Compiler) buildEndpoint(st *podState) *Endpoint {
 			dp.Isolated = true
 			dp.IsolatedBy = append(dp.IsolatedBy, pk)
 			for i := range ps.cp.rules[d] {
-				dp.Rules = c.appendRules(dp.Rules, &st.pod, Direction(d), &ps.cp.rules[d][i], ps.peerIDs[d][i])
+				var peers []identity.ID
+				if !ps.cp.rules[d][i].allPeers {
+					peers = ps.peerList(d, i)
+				}
+				dp.Rules = c.appendRules(dp.Rules, &st.pod, Direction(d), &ps.cp.rules[d][i], peers)
 			}
 		}
 	}
@@ -907,12 +965,12 @@ func (c *Compiler) buildEndpoint(st *podState) *Endpoint {
 	return ep
 }
 
-func (c *Compiler) appendRules(out []Rule, pod *Pod, dir Direction, r *compiledRule, peers set[identity.ID]) []Rule {
-	var peerList []identity.ID
+// appendRules appends the allows of rule r for endpoint pod; peers are the
+// rule's peer identities, sorted (unused when the rule allows all peers).
+func (c *Compiler) appendRules(out []Rule, pod *Pod, dir Direction, r *compiledRule, peers []identity.ID) []Rule {
+	peerList := peers
 	if r.allPeers {
 		peerList = []identity.ID{identity.Any}
-	} else {
-		peerList = sortedKeys(peers, func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
 	}
 	if len(r.ports) == 0 {
 		for _, p := range peerList {
@@ -941,7 +999,11 @@ func (c *Compiler) appendRules(out []Rule, pod *Pod, dir Direction, r *compiledR
 			ref := namedRef{port.name, port.proto}
 			list := peerList
 			if r.allPeers {
-				list = sortedKeys(c.namedIdents[ref], func(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) })
+				var ok bool
+				if list, ok = c.namedLists[ref]; !ok {
+					list = sortedKeys(c.namedIdents[ref], compareID)
+					c.namedLists[ref] = list
+				}
 			}
 			for _, p := range list {
 				ident, ok := c.ids.Get(p)

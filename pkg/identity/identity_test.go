@@ -1,0 +1,109 @@
+package identity
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestAllocatorRefcountsAndNeverReuses(t *testing.T) {
+	a := NewAllocator()
+	l := Labels{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"app": "web"}, NamespaceLabels: map[string]string{"team": "a"}}
+	id1, created := a.Acquire(l)
+	if !created || id1.ID != FirstAllocated {
+		t.Fatalf("first acquire: %v %v", id1.ID, created)
+	}
+	// Equal label sets (maps in another order, another instance) share one identity.
+	l2 := Labels{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"app": "web"}, NamespaceLabels: map[string]string{"team": "a"}}
+	if id2, created := a.Acquire(l2); created || id2.ID != id1.ID {
+		t.Fatalf("second acquire: %v %v", id2.ID, created)
+	}
+	if a.Release(id1.ID) {
+		t.Fatal("released while still used")
+	}
+	if !a.Release(id1.ID) {
+		t.Fatal("not released after the last user")
+	}
+	if _, ok := a.Get(id1.ID); ok {
+		t.Fatal("still live")
+	}
+	id3, created := a.Acquire(l)
+	if !created || id3.ID == id1.ID {
+		t.Fatalf("a released number was reused: %v", id3.ID)
+	}
+	// Reserved identities are never released.
+	if a.Release(Host) || a.Release(World) {
+		t.Fatal("released a reserved identity")
+	}
+	if a.Len() != 3 {
+		t.Fatalf("Len = %d", a.Len())
+	}
+}
+
+func TestLabelsKeyDistinguishes(t *testing.T) {
+	base := Labels{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b"}}
+	for _, other := range []Labels{
+		{Kind: KindPod, Namespace: "y", PodLabels: map[string]string{"a": "b"}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "c"}},
+		{Kind: KindPod, Namespace: "x", NamespaceLabels: map[string]string{"a": "b"}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a,": "b"}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b"}, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b"}, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}}},
+		{Kind: KindCIDR, Namespace: "x", PodLabels: map[string]string{"a": "b"}},
+	} {
+		if other.Key() == base.Key() {
+			t.Errorf("%+v and %+v share key %q", base, other, base.Key())
+		}
+	}
+	l := Labels{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16")}, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}}}
+	if !l.HasCIDR(netip.MustParsePrefix("10.1.0.0/16")) || l.HasCIDR(netip.MustParsePrefix("10.2.0.0/16")) {
+		t.Error("HasCIDR")
+	}
+	if p, ok := l.NamedPort("http", ProtoTCP); !ok || p != 80 {
+		t.Error("NamedPort")
+	}
+	if _, ok := l.NamedPort("http", ProtoUDP); ok {
+		t.Error("NamedPort matched another protocol")
+	}
+}
+
+func TestIPCacheLongestPrefix(t *testing.T) {
+	var c IPCache
+	c.Set(netip.MustParsePrefix("10.0.0.0/8"), 300)
+	c.Set(netip.MustParsePrefix("10.1.0.0/16"), 301)
+	c.Set(netip.MustParsePrefix("10.1.2.3/32"), 302)
+	c.Set(netip.MustParsePrefix("fd00::/8"), 303)
+	c.Set(netip.MustParsePrefix("10.1.2.99/24"), 304) // masked to 10.1.2.0/24
+	for ip, want := range map[string]ID{
+		"10.9.9.9": 300, "10.1.9.9": 301, "10.1.2.3": 302, "10.1.2.4": 304, "11.0.0.1": World,
+		"fd00::1": 303, "fe00::1": World, "::ffff:10.1.2.3": 302,
+	} {
+		if got := c.Lookup(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("Lookup(%s) = %v, want %v", ip, got, want)
+		}
+	}
+	c.Delete(netip.MustParsePrefix("10.1.2.3/32"))
+	if got := c.Lookup(netip.MustParseAddr("10.1.2.3")); got != 304 {
+		t.Errorf("after delete: %v", got)
+	}
+	c.Set(netip.MustParsePrefix("10.1.2.0/24"), 305) // overwrite keeps one entry
+	if c.Len() != 4 {
+		t.Errorf("Len = %d", c.Len())
+	}
+	c.Delete(netip.MustParsePrefix("10.0.0.0/8"))
+	if got := c.Lookup(netip.MustParseAddr("10.9.9.9")); got != World {
+		t.Errorf("after delete /8: %v", got)
+	}
+}
+
+func TestParseProtocol(t *testing.T) {
+	for s, want := range map[string]Protocol{"TCP": ProtoTCP, "UDP": ProtoUDP, "SCTP": ProtoSCTP} {
+		if p, err := ParseProtocol(s); err != nil || p != want || p.String() != s {
+			t.Errorf("%s: %v %v", s, p, err)
+		}
+	}
+	for _, s := range []string{"tcp", "ICMP", ""} {
+		if _, err := ParseProtocol(s); err == nil {
+			t.Errorf("%q: want an error", s)
+		}
+	}
+}
