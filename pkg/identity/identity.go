@@ -244,6 +244,15 @@ func NewAllocator() *Allocator {
 	return a
 }
 
+// Reserve makes the allocator hand out numbers from first upward, never
+// below. An agent that adopts pinned maps reserves every number they use,
+// so no number of the old process ever names another label set.
+func (a *Allocator) Reserve(first ID) {
+	if first > a.next {
+		a.next = first
+	}
+}
+
 // Acquire returns the identity for l, allocating it if needed, and counts
 // one more user. created reports whether it was new.
 func (a *Allocator) Acquire(l Labels) (id *Identity, created bool) {

@@ -107,3 +107,22 @@ func TestParseProtocol(t *testing.T) {
 		}
 	}
 }
+
+func TestReserve(t *testing.T) {
+	a := NewAllocator()
+	a.Reserve(10) // below FirstAllocated: no effect
+	id, _ := a.Acquire(Labels{Kind: KindPod, Namespace: "a"})
+	if id.ID != FirstAllocated {
+		t.Fatalf("first id %d, want %d", id.ID, FirstAllocated)
+	}
+	a.Reserve(5000)
+	id2, _ := a.Acquire(Labels{Kind: KindPod, Namespace: "b"})
+	if id2.ID != 5000 {
+		t.Fatalf("after Reserve(5000) got %d", id2.ID)
+	}
+	a.Reserve(100) // never goes back
+	id3, _ := a.Acquire(Labels{Kind: KindPod, Namespace: "c"})
+	if id3.ID != 5001 {
+		t.Fatalf("got %d, want 5001", id3.ID)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ztnet/zt/pkg/datapath"
+	"github.com/ztnet/zt/pkg/identity"
 	"github.com/ztnet/zt/pkg/policy"
 )
 
@@ -496,5 +497,59 @@ func TestDesiredUnknownPod(t *testing.T) {
 	_, err := Desired(c, []Binding{{Pod: policy.PodKey{Namespace: "a", Name: "x"}, Ifindex: 5}}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "endpoint a/x (ifindex 5)") {
 		t.Fatalf("err = %v, want one naming the pod", err)
+	}
+}
+
+// MaxIdentity returns the highest identity the state uses.
+func maxIdentity(s State) datapath.Identity {
+	var m datapath.Identity
+	for _, v := range s.IPCache {
+		m = max(m, v.Identity)
+	}
+	for k := range s.Policy {
+		m = max(m, k.PeerId)
+	}
+	return m
+}
+
+// TestRestartRenumbering: a restarted agent numbers identities afresh,
+// above every number in the adopted maps. Reconciling rewrites entries but
+// every packet keeps its verdict at every step.
+func TestRestartRenumbering(t *testing.T) {
+	for seed := range uint64(30) {
+		w := newWorld(seed)
+		for range 5 {
+			w.mutate()
+		}
+		f := newFake()
+		if _, err := New(f).Reconcile(w.desired(t)); err != nil {
+			t.Fatal(err)
+		}
+		before := f.st.clone()
+		w.c = policy.New(policy.Options{FirstIdentity: identity.ID(maxIdentity(before)) + 1})
+		w.applied = map[policy.PolicyKey]bool{}
+		after := w.desired(t)
+		probes := w.probes()
+		f.check = func(mid State) {
+			for _, p := range probes {
+				a, m := allowed(before, p.ifindex, p.dir, p.peer, 6, p.port), allowed(mid, p.ifindex, p.dir, p.peer, 6, p.port)
+				if b := allowed(after, p.ifindex, p.dir, p.peer, 6, p.port); a != b {
+					t.Fatalf("seed %d: the same objects compiled twice disagree on %+v", seed, p)
+				}
+				if m != a {
+					t.Fatalf("seed %d: probe %+v changed verdict during the restart reconcile", seed, p)
+				}
+			}
+		}
+		st, err := New(f).Reconcile(after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Writes() == 0 && len(after.IPCache) > 0 {
+			t.Fatalf("seed %d: renumbered identities but nothing was written", seed)
+		}
+		if !equalState(f.st, after) {
+			t.Fatalf("seed %d: maps differ from desired", seed)
+		}
 	}
 }

@@ -27,6 +27,11 @@ type Options struct {
 	// ClusterDefaultDeny, when set, isolates every pod in both directions
 	// (zt's zero-trust option beyond the standard); see DefaultDeny.
 	ClusterDefaultDeny *DefaultDeny
+	// FirstIdentity, when above identity.FirstAllocated, is the lowest
+	// number identities get. An agent adopting pinned maps sets it above
+	// every identity they hold, so no number keeps an old meaning while
+	// the maps are reconciled (see pkg/mapsync).
+	FirstIdentity identity.ID
 }
 
 // NamespaceNameLabel is the label the API server puts on every namespace.
@@ -148,6 +153,7 @@ func New(opts Options) *Compiler {
 		endpoints:   map[PodKey]*Endpoint{},
 		dirty:       set[PodKey]{},
 	}
+	c.ids.Reserve(opts.FirstIdentity)
 	return c
 }
 
