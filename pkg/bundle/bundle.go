@@ -11,9 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -219,7 +217,7 @@ func (b *Bundle) Snapshot() (policy.Snapshot, error) {
 	var errs []error
 	for _, p := range b.Pods {
 		implicit(p.Namespace)
-		pod, err := PodFromAPI(p)
+		pod, err := policy.PodFromAPI(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%w: %v", ErrBundle, err))
 			continue
@@ -235,55 +233,6 @@ func (b *Bundle) Snapshot() (policy.Snapshot, error) {
 		s.Policies = append(s.Policies, np)
 	}
 	return s, errors.Join(errs...)
-}
-
-// PodFromAPI projects a Pod onto what the compiler reads: labels, the
-// addresses in status.podIPs (or status.podIP), and the ports its
-// containers (and restartable init containers) declare.
-func PodFromAPI(p *corev1.Pod) (policy.Pod, error) {
-	out := policy.Pod{
-		Namespace:   p.Namespace,
-		Name:        p.Name,
-		Labels:      p.Labels,
-		NodeName:    p.Spec.NodeName,
-		HostNetwork: p.Spec.HostNetwork,
-	}
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
-	}
-	for i, ip := range ips {
-		a, err := netip.ParseAddr(ip.IP)
-		if err != nil {
-			return out, fmt.Errorf("pod %s/%s: status.podIPs[%d]: invalid IP %q", p.Namespace, p.Name, i, ip.IP)
-		}
-		if !slices.Contains(out.IPs, a.Unmap()) {
-			out.IPs = append(out.IPs, a.Unmap())
-		}
-	}
-	containers := slices.Clone(p.Spec.Containers)
-	for _, c := range p.Spec.InitContainers {
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			containers = append(containers, c)
-		}
-	}
-	for _, c := range containers {
-		for j, cp := range c.Ports {
-			proto := cp.Protocol
-			if proto == "" {
-				proto = corev1.ProtocolTCP
-			}
-			pr, err := identity.ParseProtocol(string(proto))
-			if err != nil {
-				return out, fmt.Errorf("pod %s/%s: container %s ports[%d]: %v", p.Namespace, p.Name, c.Name, j, err)
-			}
-			if cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
-				return out, fmt.Errorf("pod %s/%s: container %s ports[%d]: containerPort %d out of range", p.Namespace, p.Name, c.Name, j, cp.ContainerPort)
-			}
-			out.Ports = append(out.Ports, policy.ContainerPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: pr})
-		}
-	}
-	return out, nil
 }
 
 // PortKey is a (port, protocol) a pod declares.
