@@ -2,7 +2,11 @@
 /* cgroup socket hooks: an early, friendly EPERM for connect()/sendmsg() to
  * a destination that egress policy denies. tc (zt_from_pod) stays the
  * enforcement of record; these programs only refuse, they never allow what
- * tc would drop, and they do not touch conntrack.
+ * tc would drop, and they never refuse what tc would pass: a datagram that
+ * answers a flow allowed into this endpoint (a UDP server replying with
+ * sendto() on an unconnected socket, or connect()ing a socket to its
+ * client) passes, as tc passes it as a reply. They read conntrack, never
+ * write it.
  *
  * The endpoint is found by network namespace cookie (netns map) and then by
  * host ifindex (endpoints map). Unknown namespaces are allowed (return 1).
@@ -11,6 +15,7 @@
 #include "lib/maps.h"
 #include "lib/account.h"
 #include "lib/lookup.h"
+#include "lib/ct.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
@@ -24,6 +29,50 @@ static __always_inline int zt_is_own_ip(const struct zt_endpoint *ep, __u8 famil
 		if (i >= ep->nr_ips)
 			break;
 		if (ep->ips[i].family == family && zt_addr_eq(ep->ips[i].addr, a))
+			return 1;
+	}
+	return 0;
+}
+
+/* Would tc pass this send as the reply of a flow allowed into the endpoint?
+ * The forward entry was written at ingress (peer -> pod): its source is the
+ * destination here and its destination port the socket's local port. The
+ * local address is one of the endpoint's own of the family (the socket may
+ * be bound to the wildcard address). */
+static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, const struct zt_endpoint *ep,
+					    const struct zt_flow *f)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct zt_config *cfg;
+	struct zt_ct_key k = {};
+	struct zt_ct_val *v;
+	__u16 lport;
+	__u64 now;
+
+	if (!sk)
+		return 0;
+	lport = (__u16)sk->src_port;
+	if (!lport)
+		return 0; /* not bound yet: a new flow */
+	cfg = zt_config_get();
+	now = bpf_ktime_get_ns();
+	k.ep_id = ep->ep_id;
+	k.family = f->family;
+	k.proto = f->proto;
+	k.dir = ZT_DIR_INGRESS;
+	k.sport = f->dport;
+	k.dport = bpf_htons(lport);
+	zt_addr_copy(k.saddr, f->daddr);
+
+#pragma unroll
+	for (int i = 0; i < ZT_MAX_IPS; i++) {
+		if (i >= ep->nr_ips)
+			break;
+		if (ep->ips[i].family != f->family)
+			continue;
+		zt_addr_copy(k.daddr, ep->ips[i].addr);
+		v = bpf_map_lookup_elem(&conntrack, &k);
+		if (v && zt_ct_live(cfg, v, now))
 			return 1;
 	}
 	return 0;
@@ -63,6 +112,8 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 	action = zt_policy_lookup(v.ep_id, ZT_DIR_EGRESS, v.peer_id, f->proto, f->dport, &v.rule_id);
 	if (action == ZT_ACTION_ALLOW || (ep->flags & ZT_EP_AUDIT))
 		return ZT_SOCK_ALLOW; /* tc counts and reports it */
+	if (zt_sock_is_reply(ctx, ep, f))
+		return ZT_SOCK_ALLOW; /* tc passes it as a reply */
 
 	v.verdict = ZT_VERDICT_DROP;
 	v.reason = ZT_REASON_SOCK_DENIED;
