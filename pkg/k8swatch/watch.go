@@ -1,0 +1,205 @@
+// Package k8swatch watches the Kubernetes objects zt compiles: all Pods
+// (trimmed to what policy reads), Namespaces and NetworkPolicies.
+//
+//	API server ──informers──▶ handlers: record the key, signal ──▶ Changes()
+//	                                                           ──▶ listers (current objects)
+//
+// Handlers only mark work: a key set and a one-slot signal channel. The
+// consumer drains the keys and reads the current objects from the listers,
+// so a burst of events becomes one sync and nothing is processed twice.
+package k8swatch
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	listersnetworkingv1 "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Kind names a watched kind.
+type Kind int
+
+// Watched kinds.
+const (
+	KindNamespace Kind = iota
+	KindPod
+	KindNetworkPolicy
+)
+
+func (k Kind) String() string {
+	return [...]string{"Namespace", "Pod", "NetworkPolicy"}[k]
+}
+
+// Changes are the keys ("ns/name", or "name" for namespaces) of objects
+// that changed since the previous call, per kind. An object whose key is
+// listed but that the lister no longer has was deleted.
+type Changes struct {
+	Namespaces, Pods, Policies []string
+}
+
+// Empty reports whether nothing changed.
+func (c Changes) Empty() bool {
+	return len(c.Namespaces) == 0 && len(c.Pods) == 0 && len(c.Policies) == 0
+}
+
+// Watcher owns the informers.
+type Watcher struct {
+	factory    informers.SharedInformerFactory
+	Namespaces listerscorev1.NamespaceLister
+	Pods       listerscorev1.PodLister
+	Policies   listersnetworkingv1.NetworkPolicyLister
+	synced     []cache.InformerSynced
+
+	mu      sync.Mutex
+	pending [3]map[string]struct{}
+	signal  chan struct{}
+	// lastEvent is when the oldest undrained change arrived (for the
+	// propagation-latency metric).
+	firstPending time.Time
+}
+
+// New sets up informers on client. resync is the informers' periodic
+// resync (0 disables it; the agent reconciles the kernel on its own timer).
+func New(client kubernetes.Interface, resync time.Duration) (*Watcher, error) {
+	f := informers.NewSharedInformerFactory(client, resync)
+	w := &Watcher{factory: f, signal: make(chan struct{}, 1)}
+	for i := range w.pending {
+		w.pending[i] = map[string]struct{}{}
+	}
+	pods := f.Core().V1().Pods().Informer()
+	// Keep only what the compiler reads: all pods of the cluster are held
+	// in memory on every node.
+	if err := pods.SetTransform(TrimPod); err != nil {
+		return nil, fmt.Errorf("set pod transform: %w", err)
+	}
+	nss := f.Core().V1().Namespaces().Informer()
+	if err := nss.SetTransform(trimMeta); err != nil {
+		return nil, fmt.Errorf("set namespace transform: %w", err)
+	}
+	pols := f.Networking().V1().NetworkPolicies().Informer()
+	if err := pols.SetTransform(trimMeta); err != nil {
+		return nil, fmt.Errorf("set networkpolicy transform: %w", err)
+	}
+	for kind, inf := range map[Kind]cache.SharedIndexInformer{KindNamespace: nss, KindPod: pods, KindNetworkPolicy: pols} {
+		if _, err := inf.AddEventHandler(w.handler(kind)); err != nil {
+			return nil, fmt.Errorf("add %s handler: %w", kind, err)
+		}
+		w.synced = append(w.synced, inf.HasSynced)
+	}
+	w.Namespaces = f.Core().V1().Namespaces().Lister()
+	w.Pods = f.Core().V1().Pods().Lister()
+	w.Policies = f.Networking().V1().NetworkPolicies().Lister()
+	return w, nil
+}
+
+func (w *Watcher) handler(kind Kind) cache.ResourceEventHandler {
+	mark := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		w.mu.Lock()
+		if len(w.pending[0])+len(w.pending[1])+len(w.pending[2]) == 0 {
+			w.firstPending = time.Now()
+		}
+		w.pending[kind][key] = struct{}{}
+		w.mu.Unlock()
+		select {
+		case w.signal <- struct{}{}:
+		default:
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    mark,
+		UpdateFunc: func(_, obj any) { mark(obj) },
+		DeleteFunc: mark,
+	}
+}
+
+// Start starts the informers; they stop with ctx.
+func (w *Watcher) Start(ctx context.Context) { w.factory.Start(ctx.Done()) }
+
+// WaitForSync waits until every informer has listed once.
+func (w *Watcher) WaitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), w.synced...)
+}
+
+// Signal is readable when changes are pending.
+func (w *Watcher) Signal() <-chan struct{} { return w.signal }
+
+// Drain returns the pending changes and when the oldest of them arrived.
+func (w *Watcher) Drain() (Changes, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	take := func(k Kind) []string {
+		out := make([]string, 0, len(w.pending[k]))
+		for key := range w.pending[k] {
+			out = append(out, key)
+		}
+		clear(w.pending[k])
+		return out
+	}
+	c := Changes{Namespaces: take(KindNamespace), Pods: take(KindPod), Policies: take(KindNetworkPolicy)}
+	return c, w.firstPending
+}
+
+// Shutdown stops the informer goroutines and waits for them.
+func (w *Watcher) Shutdown() { w.factory.Shutdown() }
+
+// TrimPod drops everything of a Pod the compiler and the agent do not
+// read: managed fields, annotations, owner references, volumes,
+// conditions, container statuses, and all of a container but its ports.
+func TrimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a DeletedFinalStateUnknown tombstone
+	}
+	out := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Labels: pod.Labels,
+			ResourceVersion: pod.ResourceVersion, DeletionTimestamp: pod.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{NodeName: pod.Spec.NodeName, HostNetwork: pod.Spec.HostNetwork},
+		Status: corev1.PodStatus{
+			Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs,
+		},
+	}
+	trim := func(cs []corev1.Container, restartableOnly bool) []corev1.Container {
+		var keep []corev1.Container
+		for _, c := range cs {
+			if restartableOnly && (c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
+				continue
+			}
+			if len(c.Ports) == 0 {
+				continue
+			}
+			keep = append(keep, corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy})
+		}
+		return keep
+	}
+	out.Spec.Containers = trim(pod.Spec.Containers, false)
+	out.Spec.InitContainers = trim(pod.Spec.InitContainers, true)
+	return out, nil
+}
+
+func trimMeta(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
+	}
+	return obj, nil
+}
+
+// Terminated reports whether a pod no longer holds its addresses: its
+// phase is final, so its IPs may already belong to another pod.
+func Terminated(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
