@@ -58,4 +58,3 @@ func PodFromAPI(p *corev1.Pod) (Pod, error) {
 	}
 	return out, nil
 }
-
