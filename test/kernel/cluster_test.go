@@ -300,6 +300,7 @@ type (
 	networkingPolicy  = networkingv1.NetworkPolicy
 	networkingIngress = networkingv1.NetworkPolicyIngressRule
 	networkingEgress  = networkingv1.NetworkPolicyEgressRule
+	networkingPort    = networkingv1.NetworkPolicyPort
 )
 
 var (
