@@ -25,7 +25,8 @@ import (
 
 // testRoot returns a unique bpffs root, removed at cleanup.
 func testRoot(t testing.TB) string {
-	root := filepath.Join("/sys/fs/bpf", "zt-test-"+randHex(6))
+	root := filepath.Join("/sys/fs/bpf", "zt-test-k-"+randHex(6))
+	track(func() { created.roots = append(created.roots, root) })
 	t.Cleanup(func() {
 		if err := os.RemoveAll(root); err != nil {
 			t.Errorf("remove %s: %v", root, err)
@@ -54,6 +55,7 @@ func openDatapath(t testing.TB, root string) *datapath.Datapath {
 		t.Fatalf("open datapath at %s: %v", root, err)
 	}
 	t.Cleanup(func() {
+		recordLinks(root)
 		if err := dp.Remove(); err != nil {
 			t.Errorf("remove datapath: %v", err)
 		}
@@ -150,6 +152,7 @@ func (cl *cluster) enableSocketHooks() {
 	if err := cl.dp.AttachCgroup(""); err != nil {
 		t.Fatalf("attach socket hooks: %v", err)
 	}
+	recordLinks(cl.root)
 	t.Cleanup(func() {
 		if err := cl.dp.DetachCgroup(); err != nil {
 			t.Errorf("detach socket hooks: %v", err)

@@ -106,6 +106,7 @@ func newNamedNS(t testing.TB, name string) netns.NsHandle {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+	track(func() { created.netns = append(created.netns, name) })
 	t.Cleanup(func() {
 		ns.Close()
 		if err := netns.DeleteNamed(name); err != nil {
