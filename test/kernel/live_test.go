@@ -19,7 +19,7 @@ func TestRevokeCutsLiveStream(t *testing.T) {
 	n := newNode(t)
 	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
 	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
-	sink := newTCPSink(t, srv, 9000)
+	sink := newTCPSink(t, srv, 9000, 100)
 	n.waitReady(t)
 	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
 	cl.setPolicy(netpol("prod", "srv-isolate", labels("app", "srv"), ingressOnly, nil, nil))
@@ -43,7 +43,7 @@ func TestRevokeCutsLiveStream(t *testing.T) {
 			defer st.halt()
 			time.Sleep(300 * time.Millisecond)
 			before := sink.bytes.Load()
-			if since := time.Since(time.Unix(0, sink.lastRead.Load())); before == 0 || since > 50*time.Millisecond {
+			if since := time.Since(time.Unix(0, sink.lastRead.Load())); before == 0 || since > 200*time.Millisecond {
 				t.Fatalf("stream not flowing before the revoke: %d bytes, last %v ago", before, since)
 			}
 			drops := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied)
@@ -63,10 +63,18 @@ func TestRevokeCutsLiveStream(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 			last := time.Unix(0, sink.lastRead.Load())
 			after := sink.bytes.Load()
+			lastSent := sink.lastSent.Load()
 			lat := last.Sub(applied)
-			t.Logf("revoke %s: Apply took %v (%+v); last byte %v after Apply returned (%v after it started); "+
-				"%d bytes before, %d while applying, %d after; packet interval %v",
-				name, applied.Sub(start), stats, lat, last.Sub(start), before, atApply-before, after-atApply, interval)
+			t.Logf("revoke %s: Apply took %v (%+v); last byte read %v after Apply returned; "+
+				"the last delivered record was sent %v after Apply returned; %d bytes before, %d while applying, %d after; packet interval %v",
+				name, applied.Sub(start), stats, lat, time.Duration(int64(lastSent)-int64(monoApplied)),
+				before, atApply-before, after-atApply, interval)
+			// Nothing written after the revoke is delivered: the record
+			// stamps come from the sender, so reader delays do not matter.
+			if lastSent > monoApplied {
+				t.Errorf("a record sent %v after the revoke was applied was delivered",
+					time.Duration(lastSent-monoApplied))
+			}
 			// The kernel's side: the first segment dropped after the revoke
 			// (event timestamps are CLOCK_MONOTONIC).
 			first, ok := ev.wait(time.Second, func(e *datapath.FlowEvent) bool {
@@ -77,9 +85,6 @@ func TestRevokeCutsLiveStream(t *testing.T) {
 			} else {
 				t.Logf("revoke %s: first dropped segment %v after Apply returned (%v after it started), reason %s",
 					name, time.Duration(int64(first.TsNs)-int64(monoApplied)), time.Duration(first.TsNs-monoStart), first.Reason)
-			}
-			if lat > 20*time.Millisecond {
-				t.Errorf("stream still delivered %v after the revoke was applied", lat)
 			}
 			if d := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied) - drops; d == 0 {
 				t.Error("no policy-denied drop counted after the revoke")
@@ -105,7 +110,7 @@ func TestRelabelKeepsFlow(t *testing.T) {
 	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: l1, Index: 11})
 	bad := n.addPod(podSpec{Namespace: "prod", Name: "bad", Labels: labels("role", "bad"), Index: 12})
 	sink := newUDPSink(t, srv, 5000)
-	tsink := newTCPSink(t, srv, 6000)
+	tsink := newTCPSink(t, srv, 6000, 200)
 	n.waitReady(t)
 	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
 	ports := []networkingPort{port("udp", 5000), port("tcp", 6000)}

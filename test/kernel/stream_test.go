@@ -147,13 +147,17 @@ func (s *udpStream) halt() {
 }
 
 // tcpSink accepts TCP connections on a pod's port and records, for all of
-// them, the bytes read and when data last arrived.
+// them, the bytes read, when data last arrived and the send time stamped
+// in the last complete record (tcpStream writes records of chunk bytes
+// starting with their CLOCK_MONOTONIC send time), which does not depend on
+// when the reader got to run.
 type tcpSink struct {
 	bytes    atomic.Int64
-	lastRead atomic.Int64 // unix nanoseconds
+	lastRead atomic.Int64  // unix nanoseconds
+	lastSent atomic.Uint64 // monotonic ns, latest record stamp delivered
 }
 
-func newTCPSink(t testing.TB, p *pod, port int) *tcpSink {
+func newTCPSink(t testing.TB, p *pod, port, chunk int) *tcpSink {
 	t.Helper()
 	s := &tcpSink{}
 	var ln net.Listener
@@ -174,12 +178,26 @@ func newTCPSink(t testing.TB, p *pod, port int) *tcpSink {
 				defer conns.Done()
 				defer c.Close()
 				buf := make([]byte, 64<<10)
+				off := 0 // bytes of the current record seen
+				var stamp [8]byte
 				for {
 					_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 					n, err := c.Read(buf)
 					if n > 0 {
 						s.lastRead.Store(time.Now().UnixNano())
 						s.bytes.Add(int64(n))
+						for _, b := range buf[:n] {
+							if off < 8 {
+								stamp[off] = b
+							}
+							off++
+							if off == chunk {
+								off = 0
+								if v := binary.NativeEndian.Uint64(stamp[:]); v > s.lastSent.Load() {
+									s.lastSent.Store(v)
+								}
+							}
+						}
 					}
 					if err != nil {
 						return
@@ -212,6 +230,7 @@ func startTCPStream(t testing.TB, from *pod, dst netip.AddrPort, chunk int, inte
 		defer tick.Stop()
 		buf := make([]byte, chunk)
 		for range maxCount {
+			binary.NativeEndian.PutUint64(buf, monotonic())
 			_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = s.conn.Write(buf)
 			select {
