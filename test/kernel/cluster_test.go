@@ -141,7 +141,7 @@ func (cl *cluster) enableSocketHooks() {
 	t := cl.t
 	t.Helper()
 	for _, p := range cl.n.pods {
-		cookie, err := datapath.NetnsCookie("/var/run/netns/" + p.nsName)
+		cookie, err := datapath.NetnsCookie(nsPath(p.ns))
 		if err != nil {
 			t.Fatal(err)
 		}

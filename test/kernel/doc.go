@@ -9,8 +9,14 @@
 // as the agent does.
 //
 // The tests need root and a kernel with tcx (6.6+). They never skip:
-// failing to load BPF is a failure. Every namespace, link and bpffs pin is
-// unique per test and removed at cleanup; the socket hooks, which are
-// machine-wide, only act on the test's namespaces (by netns cookie) and are
-// detached at cleanup.
+// failing to load BPF is a failure. Namespaces are anonymous (held by file
+// descriptors, never bind-mounted under /run/netns), so nothing of them
+// outlives the test; links live inside them; bpffs pins go under a unique
+// /sys/fs/bpf/zt-test-k-<rand> root removed at cleanup. The socket hooks,
+// which are machine-wide, only act on the test's namespaces (by netns
+// cookie) and are detached at cleanup. TestMain checks afterwards that no
+// bpffs root or BPF link the run created is left.
+//
+// TestRestartKeepsEnforcing runs the loader as a separate process: the
+// test binary re-executed with ZT_KERNEL_TEST_LOADER set (see loaderMain).
 package kernel

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/pkg/datapath"
 	"github.com/ztnet/zt/pkg/identity"
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 	} else {
 		created.Lock()
 		fmt.Printf("leftovers: none (%d namespaces, %d bpffs roots, %d BPF links created and removed)\n",
-			len(created.netns), len(created.roots), len(created.links))
+			created.netns, len(created.roots), len(created.links))
 		created.Unlock()
 	}
 	os.Exit(code)
@@ -49,7 +50,7 @@ func TestMain(m *testing.M) {
 // start, from a file instead of the API server.
 type loaderConfig struct {
 	Root      string // bpffs root to open (adopting its pins)
-	NodeNetns string // namespace the host veths live in
+	NodeNetns string // namespace the host veths live in (set by startLoader)
 	Snapshot  policy.Snapshot
 	Bindings  []mapsync.Binding
 	// Renumber numbers identities above every identity in the adopted
@@ -176,9 +177,17 @@ type loader struct {
 }
 
 // startLoader runs the test binary in loader mode and waits for READY.
-func startLoader(t testing.TB, cfg loaderConfig) *loader {
+// The node namespace is passed as an inherited descriptor (fd 3).
+func startLoader(t testing.TB, node netns.NsHandle, cfg loaderConfig) *loader {
 	t.Helper()
 	dir := t.TempDir()
+	cfg.NodeNetns = "/proc/self/fd/3"
+	dup, err := unix.Dup(int(node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsFile := os.NewFile(uintptr(dup), "node-netns")
+	defer nsFile.Close()
 	cfg.Result = filepath.Join(dir, "result.json")
 	if cfg.MaxLife == 0 {
 		cfg.MaxLife = 60 * time.Second
@@ -194,6 +203,7 @@ func startLoader(t testing.TB, cfg loaderConfig) *loader {
 	l := &loader{stderr: &bytes.Buffer{}, exited: make(chan struct{})}
 	l.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	l.cmd.Env = append(os.Environ(), helperEnv+"="+path)
+	l.cmd.ExtraFiles = []*os.File{nsFile}
 	l.cmd.Stderr = l.stderr
 	l.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := l.cmd.StdoutPipe()

@@ -40,9 +40,9 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 		bindings = append(bindings, mapsync.Binding{Pod: p.key(), Ifindex: uint32(p.hostIfindex)})
 	}
 	root := testRoot(t)
-	cfg := loaderConfig{Root: root, NodeNetns: n.path(), Snapshot: snap, Bindings: bindings}
+	cfg := loaderConfig{Root: root, Snapshot: snap, Bindings: bindings}
 
-	l1 := startLoader(t, cfg)
+	l1 := startLoader(t, n.ns, cfg)
 	if l1.res.Writes == 0 {
 		t.Fatalf("first loader wrote nothing: %+v", l1.res)
 	}
@@ -78,7 +78,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 
 	mark("start loader 2 (same numbering)")
 	b2 := startBlast(t, good, netip.AddrPortFrom(srv.ip4, 5001), 5)
-	l2 := startLoader(t, cfg)
+	l2 := startLoader(t, n.ns, cfg)
 	b2.halt()
 	mark("loader 2 ready")
 	if l2.res.Writes != 0 {
@@ -93,7 +93,7 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	renum.Renumber = true
 	mark("start loader 3 (FirstIdentity above)")
 	b3 := startBlast(t, good, netip.AddrPortFrom(srv.ip6, 5001), 6)
-	l3 := startLoader(t, renum)
+	l3 := startLoader(t, n.ns, renum)
 	b3.halt()
 	mark("loader 3 ready")
 	if l3.res.Writes == 0 || l3.res.FirstIdentity <= l3.res.MaxAdopted {

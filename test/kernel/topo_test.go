@@ -76,9 +76,13 @@ func mustNS(t testing.TB, ns netns.NsHandle, fn func() error) {
 	}
 }
 
-// newNamedNS creates a named network namespace (so a helper process can
-// enter it by path) and deletes it at cleanup.
-func newNamedNS(t testing.TB, name string) netns.NsHandle {
+// newNS creates an anonymous network namespace, alive as long as its
+// handle (closed at cleanup), sockets or processes in it. It is not bind
+// mounted under /run/netns: such mounts can become undeletable (EBUSY)
+// when anything on the machine runs "ip netns add" meanwhile, which
+// re-binds /run/netns over itself with ours underneath. Helpers reach the
+// namespace by /proc/self/fd path or an inherited descriptor.
+func newNS(t testing.TB) netns.NsHandle {
 	t.Helper()
 	var ns netns.NsHandle
 	errc := make(chan error, 1)
@@ -90,10 +94,10 @@ func newNamedNS(t testing.TB, name string) netns.NsHandle {
 			return
 		}
 		defer orig.Close()
-		ns, err = netns.NewNamed(name)
+		ns, err = netns.New() // unshare(CLONE_NEWNET) on this thread
 		if err != nil {
-			errc <- fmt.Errorf("create netns %s: %w", name, err)
-			_ = netns.Set(orig) // stays locked either way if this fails
+			errc <- fmt.Errorf("create netns: %w", err)
+			_ = netns.Set(orig) // the thread stays locked either way if this fails
 			return
 		}
 		if err := netns.Set(orig); err != nil {
@@ -106,15 +110,18 @@ func newNamedNS(t testing.TB, name string) netns.NsHandle {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	track(func() { created.netns = append(created.netns, name) })
+	track(func() { created.netns++ })
 	t.Cleanup(func() {
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
+		if err := ns.Close(); err != nil {
+			t.Errorf("close netns: %v", err)
 		}
+		track(func() { created.netnsClosed++ })
 	})
 	return ns
 }
+
+// nsPath names a namespace handle of this process as a path.
+func nsPath(ns netns.NsHandle) string { return fmt.Sprintf("/proc/self/fd/%d", int(ns)) }
 
 // node is the per-test namespace playing the Kubernetes node: it routes
 // between the pods (forwarding on), owns the host-side veths and carries
@@ -122,7 +129,6 @@ func newNamedNS(t testing.TB, name string) netns.NsHandle {
 type node struct {
 	t      testing.TB
 	tag    string // unique per test
-	nsName string
 	ns     netns.NsHandle
 	h      *netlink.Handle
 	pods   []*pod
@@ -132,8 +138,7 @@ type node struct {
 func newNode(t testing.TB) *node {
 	t.Helper()
 	n := &node{t: t, tag: randHex(4)}
-	n.nsName = "ztk-" + n.tag + "-node"
-	n.ns = newNamedNS(t, n.nsName)
+	n.ns = newNS(t)
 	h, err := netlink.NewHandleAt(n.ns)
 	if err != nil {
 		t.Fatal(err)
@@ -168,9 +173,6 @@ func newNode(t testing.TB) *node {
 	return n
 }
 
-// NodeNetnsPath is the path a helper process enters the node through.
-func (n *node) path() string { return "/var/run/netns/" + n.nsName }
-
 func hostAddr(a netip.Addr) *netlink.Addr {
 	bits := 32
 	if a.Is6() {
@@ -202,7 +204,6 @@ type pod struct {
 	Name        string
 	Labels      map[string]string
 	Ports       []policy.ContainerPort
-	nsName      string
 	ns          netns.NsHandle
 	hostIf      string
 	hostIfindex int
@@ -239,8 +240,7 @@ func (n *node) addPod(s podSpec) *pod {
 	n.nextIf++
 	p := &pod{node: n, Namespace: s.Namespace, Name: s.Name, Labels: s.Labels, Ports: s.Ports,
 		ip4: podIP4(s.Index), ip6: podIP6(s.Index), hostIf: fmt.Sprintf("zv%d", n.nextIf)}
-	p.nsName = fmt.Sprintf("ztk-%s-p%d", n.tag, n.nextIf)
-	p.ns = newNamedNS(t, p.nsName)
+	p.ns = newNS(t)
 	ph, err := netlink.NewHandleAt(p.ns)
 	if err != nil {
 		t.Fatal(err)
