@@ -39,6 +39,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs.StringVar(&cfg.NodeName, "node-name", "", "this node's name (pods with this spec.nodeName are enforced here)")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster)")
 	fs.StringVar(&cfg.BPFFSRoot, "bpffs-root", cfg.BPFFSRoot, "bpffs directory for pinned maps and links")
+	fs.BoolVar(&cfg.NoMountBPFFS, "no-mount-bpffs", false, "refuse to start unless the host mounted bpffs under --bpffs-root (set in containers)")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "address for /healthz, /readyz and /metrics (empty disables)")
 	fs.DurationVar(&cfg.MinSyncInterval, "min-sync-interval", cfg.MinSyncInterval, "minimum time between two kernel syncs (events in between are coalesced)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", cfg.ReconcileInterval, "how often the kernel maps are dumped and repaired")

@@ -103,7 +103,7 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 		opts.ClusterDefaultDeny = dd
 	}
 
-	dp, err := datapath.Open(datapath.Options{BPFFSRoot: cfg.BPFFSRoot, MapSizes: cfg.MapSizes, Migrate: true})
+	dp, err := datapath.Open(datapath.Options{BPFFSRoot: cfg.BPFFSRoot, MapSizes: cfg.MapSizes, Migrate: true, NoMount: cfg.NoMountBPFFS})
 	if err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}

@@ -46,6 +46,10 @@ type Config struct {
 	// NetnsDirs are searched for pod network namespaces (bind mounts made
 	// by the container runtime) to key the socket hooks.
 	NetnsDirs []string
+	// NoMountBPFFS refuses to start when BPFFSRoot is not on a bpffs the
+	// host mounted (the DaemonSet sets it: a bpffs the agent mounted inside
+	// its container would vanish, with every pin, when it restarts).
+	NoMountBPFFS bool
 	// MapSizes overrides the kernel map capacities.
 	MapSizes datapath.MapSizes
 }

@@ -54,6 +54,12 @@ type Options struct {
 	// reports what was done.
 	Migrate bool
 
+	// NoMount refuses to mount bpffs when the root is not on one, instead
+	// of mounting it. In a container a bpffs mounted by the agent is
+	// private to it: the pins, and with them the attached programs, would
+	// vanish when the container restarts. The host must mount it.
+	NoMount bool
+
 	// forceLegacyTC makes AttachEndpoint skip tcx (tests of the fallback).
 	forceLegacyTC bool
 }
@@ -83,7 +89,7 @@ func Open(opts Options) (*Datapath, error) {
 		opts.BPFFSRoot = DefaultBPFFSRoot
 	}
 	root := filepath.Clean(opts.BPFFSRoot)
-	if err := ensureBPFFS(root); err != nil {
+	if err := ensureBPFFS(root, bpffsMount, !opts.NoMount); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(root, linksDir), 0o700); err != nil {
@@ -315,8 +321,10 @@ const bpfFSMagic = 0xcafe4a11
 
 // ensureBPFFS makes sure root is on bpffs, mounting bpffs at /sys/fs/bpf
 // when root lives below it and nothing is mounted there yet.
-func ensureBPFFS(root string) error {
-	const mnt = "/sys/fs/bpf"
+// bpffsMount is where bpffs is mounted when it is missing.
+const bpffsMount = "/sys/fs/bpf"
+
+func ensureBPFFS(root, mnt string, mount bool) error {
 	// Find the nearest existing ancestor and check what it is.
 	dir := root
 	for {
@@ -339,6 +347,10 @@ func ensureBPFFS(root string) error {
 	rel, err := filepath.Rel(mnt, root)
 	if err != nil || rel == ".." || filepath.IsAbs(rel) || (len(rel) >= 3 && rel[:3] == "../") {
 		return fmt.Errorf("%s is not on bpffs", root)
+	}
+	if !mount {
+		return fmt.Errorf("%s is not on bpffs: mount it on the host (mount -t bpf bpf %s); "+
+			"a bpffs mounted inside a container would take the pinned maps and programs with it when the container restarts", root, mnt)
 	}
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", mnt, err)
