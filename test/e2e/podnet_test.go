@@ -2,8 +2,8 @@ package e2e_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -528,4 +528,3 @@ func tcxLinksOn(ifindexes []int) []string {
 	}
 	return out
 }
-
