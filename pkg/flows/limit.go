@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -16,6 +17,11 @@ type LimiterOptions struct {
 	// MaxSources bounds the buckets kept; the least recently used is
 	// evicted (its pending summary emitted). Default 8192.
 	MaxSources int
+	// GlobalRate and GlobalBurst bound all sources together (defaults
+	// 2000/s and 10000): a flood from more sources than MaxSources would
+	// otherwise meet a fresh, full bucket at every event.
+	GlobalRate  float64
+	GlobalBurst float64
 }
 
 // Limiter is a token bucket per source address over a bounded LRU of
@@ -25,14 +31,38 @@ type LimiterOptions struct {
 // safe for concurrent use (the pipeline owns it).
 type Limiter struct {
 	o       LimiterOptions
+	global  tokens
+	// evicted aggregates the pending counts of evicted buckets, so a
+	// spray of sources yields one summary per flush, not one per source.
+	evicted        map[string]uint64
+	evictedSources uint64
+	node           string
 	buckets map[netip.Addr]*list.Element // of *bucket, most recent at Front
 	lru     *list.List
 }
 
+// tokens is a token bucket.
+type tokens struct {
+	n    float64
+	last time.Time
+}
+
+// take refills at rate up to burst and takes a token if there is one.
+func (t *tokens) take(now time.Time, rate, burst float64) bool {
+	if dt := now.Sub(t.last); dt > 0 {
+		t.n = min(burst, t.n+dt.Seconds()*rate)
+		t.last = now
+	}
+	if t.n >= 1 {
+		t.n--
+		return true
+	}
+	return false
+}
+
 type bucket struct {
 	src    netip.Addr
-	tokens float64
-	last   time.Time
+	tokens tokens
 	// suppressed per verdict, with the source as last seen, for summaries.
 	suppressed map[string]uint64
 	peer       Peer
@@ -50,13 +80,18 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	if o.MaxSources <= 0 {
 		o.MaxSources = 8192
 	}
-	return &Limiter{o: o, buckets: map[netip.Addr]*list.Element{}, lru: list.New()}
+	if o.GlobalRate <= 0 {
+		o.GlobalRate = 2000
+	}
+	if o.GlobalBurst < 1 {
+		o.GlobalBurst = 10000
+	}
+	return &Limiter{o: o, global: tokens{n: o.GlobalBurst}, evicted: map[string]uint64{}, buckets: map[netip.Addr]*list.Element{}, lru: list.New()}
 }
 
 // Allow reports whether r may be stored at time now, charging its
-// source's bucket. Evicting a bucket to make room returns its summaries.
-func (l *Limiter) Allow(r *Record, now time.Time) (bool, []Record) {
-	var out []Record
+// source's bucket and the global one.
+func (l *Limiter) Allow(r *Record, now time.Time) bool {
 	e, ok := l.buckets[r.Src.IP]
 	if ok {
 		l.lru.MoveToFront(e)
@@ -64,37 +99,59 @@ func (l *Limiter) Allow(r *Record, now time.Time) (bool, []Record) {
 		if l.lru.Len() >= l.o.MaxSources {
 			old := l.lru.Back()
 			b := old.Value.(*bucket)
-			out = b.summaries(now, out)
+			if len(b.suppressed) > 0 {
+				l.evictedSources++
+				for v, n := range b.suppressed {
+					l.evicted[v] += n
+				}
+			}
 			l.lru.Remove(old)
 			delete(l.buckets, b.src)
 		}
-		e = l.lru.PushFront(&bucket{src: r.Src.IP, tokens: l.o.Burst, last: now})
+		e = l.lru.PushFront(&bucket{src: r.Src.IP, tokens: tokens{n: l.o.Burst, last: now}})
 		l.buckets[r.Src.IP] = e
 	}
 	b := e.Value.(*bucket)
-	if dt := now.Sub(b.last); dt > 0 {
-		b.tokens = min(l.o.Burst, b.tokens+dt.Seconds()*l.o.Rate)
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, out
+	// The source's bucket first: a noisy source must not use up the
+	// global budget of the others.
+	if b.tokens.take(now, l.o.Rate, l.o.Burst) && l.global.take(now, l.o.GlobalRate, l.o.GlobalBurst) {
+		return true
 	}
 	if b.suppressed == nil {
 		b.suppressed = map[string]uint64{}
 	}
 	b.suppressed[r.Verdict]++
 	b.peer, b.node = r.Src, r.Node
-	return false, out
+	l.node = r.Node
+	return false
 }
 
-// Flush returns a summary for every source with suppressed records and
-// resets the counts.
+// Flush returns a summary for every source with suppressed records (at
+// most MaxSources), plus one per verdict for the sources evicted since
+// the last flush, and resets the counts.
 func (l *Limiter) Flush(now time.Time) []Record {
 	var out []Record
 	for e := l.lru.Front(); e != nil; e = e.Next() {
 		out = e.Value.(*bucket).summaries(now, out)
 	}
+	for _, v := range sortedVerdicts(l.evicted) {
+		n := l.evicted[v]
+		out = append(out, Record{
+			Time: now, Node: l.node, Verdict: v, Reason: ReasonSuppressed, Suppressed: n,
+			Summary: fmt.Sprintf("suppressed %d %s events from %d other sources (too many to track one by one)", n, v, l.evictedSources),
+		})
+	}
+	clear(l.evicted)
+	l.evictedSources = 0
+	return out
+}
+
+func sortedVerdicts(m map[string]uint64) []string {
+	out := make([]string, 0, len(m))
+	for v := range m {
+		out = append(out, v)
+	}
+	slices.Sort(out)
 	return out
 }
 
@@ -102,23 +159,16 @@ func (l *Limiter) Flush(now time.Time) []Record {
 func (l *Limiter) Sources() int { return l.lru.Len() }
 
 func (b *bucket) summaries(now time.Time, out []Record) []Record {
-	for _, v := range []string{"drop", "audit", "allow"} {
+	if len(b.suppressed) == 0 {
+		return out
+	}
+	for _, v := range sortedVerdicts(b.suppressed) {
 		n := b.suppressed[v]
-		if n == 0 {
-			continue
-		}
-		delete(b.suppressed, v)
 		out = append(out, Record{
 			Time: now, Node: b.node, Src: b.peer, Verdict: v, Reason: ReasonSuppressed, Suppressed: n,
 			Summary: fmt.Sprintf("suppressed %d %s events from %s", n, v, b.peer.Name()),
 		})
 	}
-	for v, n := range b.suppressed { // verdicts not named above
-		out = append(out, Record{
-			Time: now, Node: b.node, Src: b.peer, Verdict: v, Reason: ReasonSuppressed, Suppressed: n,
-			Summary: fmt.Sprintf("suppressed %d %s events from %s", n, v, b.peer.Name()),
-		})
-		delete(b.suppressed, v)
-	}
+	b.suppressed = nil
 	return out
 }

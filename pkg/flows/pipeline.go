@@ -25,9 +25,10 @@ type PipelineOptions struct {
 
 // Stats counts what a pipeline did. Received = Stored + Suppressed +
 // SampledOut + DecodeErrors, where Stored counts flow records only
-// (summaries are Summaries).
+// (summaries are Summaries). After Flush, Reported (the sum of the
+// summaries' Suppressed) equals Suppressed.
 type Stats struct {
-	Received, Stored, Suppressed, SampledOut, DecodeErrors, Summaries uint64
+	Received, Stored, Suppressed, SampledOut, DecodeErrors, Summaries, Reported uint64
 }
 
 // Pipeline decodes, enriches, rate-limits and stores events. Handle and
@@ -39,7 +40,7 @@ type Pipeline struct {
 	o        PipelineOptions
 	allowed  uint64
 
-	received, stored, suppressed, sampledOut, decodeErrors, summaries atomic.Uint64
+	received, stored, suppressed, sampledOut, decodeErrors, summaries, reported atomic.Uint64
 }
 
 // NewPipeline wires an enricher, a limiter and a store.
@@ -55,6 +56,7 @@ func (p *Pipeline) Stats() Stats {
 	return Stats{
 		Received: p.received.Load(), Stored: p.stored.Load(), Suppressed: p.suppressed.Load(),
 		SampledOut: p.sampledOut.Load(), DecodeErrors: p.decodeErrors.Load(), Summaries: p.summaries.Load(),
+		Reported: p.reported.Load(),
 	}
 }
 
@@ -81,9 +83,7 @@ func (p *Pipeline) Handle(ev *datapath.FlowEvent) {
 		}
 	}
 	r := p.enricher.Enrich(ev)
-	ok, sums := p.limiter.Allow(&r, r.Time)
-	p.storeSummaries(sums)
-	if !ok {
+	if !p.limiter.Allow(&r, r.Time) {
 		p.suppressed.Add(1)
 		return
 	}
@@ -95,6 +95,7 @@ func (p *Pipeline) storeSummaries(sums []Record) {
 	for _, s := range sums {
 		p.store.Append(s)
 		p.summaries.Add(1)
+		p.reported.Add(s.Suppressed)
 	}
 }
 
