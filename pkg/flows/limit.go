@@ -30,15 +30,15 @@ type LimiterOptions struct {
 // suppressed counts of the summaries always equal the records seen. Not
 // safe for concurrent use (the pipeline owns it).
 type Limiter struct {
-	o       LimiterOptions
-	global  tokens
+	o      LimiterOptions
+	global tokens
 	// evicted aggregates the pending counts of evicted buckets, so a
 	// spray of sources yields one summary per flush, not one per source.
 	evicted        map[string]uint64
 	evictedSources uint64
 	node           string
-	buckets map[netip.Addr]*list.Element // of *bucket, most recent at Front
-	lru     *list.List
+	buckets        map[netip.Addr]*list.Element // of *bucket, most recent at Front
+	lru            *list.List
 }
 
 // tokens is a token bucket.
