@@ -1,4 +1,4 @@
-package testenv
+package kubeenv
 
 import (
 	"crypto/ecdsa"
@@ -56,8 +56,9 @@ func randomToken() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// writePKI generates all key material into dir.
-func writePKI(dir string) (*pki, error) {
+// writePKI generates all key material into dir; the serving certificate
+// carries loopback, the service IP and extraIPs.
+func writePKI(dir string, extraIPs []net.IP) (*pki, error) {
 	p := &pki{
 		caFile:    filepath.Join(dir, "ca.crt"),
 		certFile:  filepath.Join(dir, "apiserver.crt"),
@@ -77,7 +78,7 @@ func writePKI(dir string) (*pki, error) {
 	}
 	caTmpl := &x509.Certificate{
 		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: "zt-testenv-ca"},
+		Subject:               pkix.Name{CommonName: "zt-kubeenv-ca"},
 		NotBefore:             now,
 		NotAfter:              now.Add(48 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -114,7 +115,7 @@ func writePKI(dir string) (*pki, error) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default",
 			"kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.ParseIP(serviceIP)},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.ParseIP(serviceIP)}, extraIPs...),
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {

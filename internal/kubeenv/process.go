@@ -1,4 +1,4 @@
-package testenv
+package kubeenv
 
 import (
 	"bytes"
@@ -22,7 +22,7 @@ type process struct {
 	err     error // valid once done is closed
 }
 
-func startProcess(name, bin, logPath string, args ...string) (*process, error) {
+func startProcess(detach bool, name, bin, logPath string, args ...string) (*process, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, err
@@ -33,10 +33,16 @@ func startProcess(name, bin, logPath string, args ...string) (*process, error) {
 	cmd.Stderr = f
 	cmd.Env = os.Environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// Own process group, so stopping it cannot touch the test binary,
-		// and SIGKILL when the test binary dies (panic, timeout, kill).
-		Setpgid:   true,
+		// Own process group, so stopping it cannot touch the caller, and
+		// SIGKILL when the caller dies (panic, timeout, kill) unless the
+		// server must outlive it (detach: own session, no death signal).
+		Setpgid:   !detach,
+		Setsid:    detach,
 		Pdeathsig: syscall.SIGKILL,
+	}
+	if detach {
+		cmd.SysProcAttr.Pdeathsig = 0
+		cmd.Stdin = nil
 	}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -77,6 +83,9 @@ func (p *process) stop(grace time.Duration) {
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 }
 
+// Pid is the process id.
+func (p *process) Pid() int { return p.cmd.Process.Pid }
+
 // tail returns the last n lines of the process's log.
 func (p *process) tail(n int) string {
 	if p == nil {
@@ -105,9 +114,9 @@ func (p *process) portInUse() bool {
 	return bytes.Contains(b, []byte("address already in use"))
 }
 
-// freePorts returns n distinct free TCP ports on 127.0.0.1. All listeners are
+// freePorts returns n distinct free TCP ports on host. All listeners are
 // held until every port is chosen, so the ports differ from each other.
-func freePorts(n int) ([]int, error) {
+func freePorts(host string, n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -116,7 +125,7 @@ func freePorts(n int) ([]int, error) {
 	}()
 	ports := make([]int, 0, n)
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", hostPort(host, 0))
 		if err != nil {
 			return nil, fmt.Errorf("find free port: %w", err)
 		}
@@ -128,4 +137,4 @@ func freePorts(n int) ([]int, error) {
 
 var errPortRace = errors.New("port taken before the server could bind it")
 
-func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
