@@ -50,6 +50,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs.BoolVar(&cfg.Audit, "audit", false, "report would-be drops as audit events but let the traffic pass")
 	fs.BoolVar(&cfg.SocketHooks, "socket-hooks", cfg.SocketHooks, "attach cgroup connect/sendmsg hooks so denied connects fail at once with EPERM")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "", "cgroup v2 mount for the socket hooks (default: found in /proc/self/mountinfo)")
+	fs.BoolVar(&cfg.Flows.Disabled, "flows-disabled", false, "record no flows and serve no flows API")
+	fs.StringVar(&cfg.Flows.Socket, "flows-socket", cfg.Flows.Socket, "unix socket of the flows API read by ztctl flows (empty disables)")
+	fs.StringVar(&cfg.Flows.Addr, "flows-addr", cfg.Flows.Addr, "loopback address of the flows API, for kubectl port-forward (empty disables)")
+	fs.StringVar(&cfg.Flows.Dir, "flows-dir", cfg.Flows.Dir, "directory of the on-disk flow journal (empty: memory only)")
+	fs.Int64Var(&cfg.Flows.JournalMaxBytes, "flows-journal-max-bytes", cfg.Flows.JournalMaxBytes, "size cap of the flow journal; the oldest files are deleted first")
+	fs.IntVar(&cfg.Flows.AllowedSample, "flows-allowed-sample", 0, "also record allowed new connections, 1 in N (0: drops and audits only)")
 	netnsDirs := fs.String("netns-dirs", strings.Join(cfg.NetnsDirs, ","), "comma-separated folders holding pod network namespaces")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

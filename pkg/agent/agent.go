@@ -63,6 +63,8 @@ type Agent struct {
 
 	ready     atomic.Bool
 	heartbeat atomic.Int64
+
+	flows *flowState // see flows.go
 }
 
 type binding struct {
@@ -193,6 +195,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	defer a.startFlows(ctx)()
 	srv := a.serveHealth()
 	defer func() {
 		if srv != nil {
@@ -276,6 +279,7 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	a.compiler.Sync()
 
 	needRetry = a.bindEndpoints()
+	a.flowsRefresh(changes)
 	var binds []mapsync.Binding
 	for pk, b := range a.bound {
 		binds = append(binds, mapsync.Binding{Pod: pk, Ifindex: b.ifindex, Audit: a.cfg.Audit})

@@ -52,6 +52,8 @@ type Config struct {
 	NoMountBPFFS bool
 	// MapSizes overrides the kernel map capacities.
 	MapSizes datapath.MapSizes
+	// Flows configures flow records and their API (see flows.go).
+	Flows FlowsConfig
 }
 
 // DefaultConfig returns the defaults.
@@ -64,6 +66,7 @@ func DefaultConfig() Config {
 		RetryInterval:     time.Second,
 		SocketHooks:       true,
 		NetnsDirs:         []string{"/run/netns", "/var/run/netns"},
+		Flows:             DefaultFlowsConfig(),
 	}
 }
 
@@ -103,5 +106,6 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--default-deny-exemptions: %v", err))
 		}
 	}
+	errs = append(errs, c.Flows.validate()...)
 	return errors.Join(errs...)
 }
