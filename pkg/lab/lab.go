@@ -39,6 +39,7 @@ import (
 	"github.com/ztnet/zt/internal/kubeenv"
 	"github.com/ztnet/zt/pkg/bundle"
 	"github.com/ztnet/zt/pkg/identity"
+	"github.com/ztnet/zt/pkg/policy"
 	"github.com/ztnet/zt/pkg/reach"
 )
 
@@ -508,21 +509,19 @@ func (l *Lab) placePod(p *corev1.Pod) (Node, bool, error) {
 // addPod creates the pod's namespace and wiring.
 func (l *Lab) addPod(p *corev1.Pod, node Node) (Pod, error) {
 	key := p.Namespace + "/" + p.Name
-	ips := p.Status.PodIPs
-	if len(ips) == 0 && p.Status.PodIP != "" {
-		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
+	// The compiler's projection of the pod: its addresses and declared
+	// ports are exactly what reach.Compute evaluates.
+	pp, err := policy.PodFromAPI(p)
+	if err != nil {
+		return Pod{}, err
 	}
-	if len(ips) == 0 {
+	if len(pp.IPs) == 0 {
 		return Pod{}, fmt.Errorf("pod %s has no IP (status.podIPs is empty): a bundle needs every pod's address", key)
 	}
 	lp := Pod{Namespace: p.Namespace, Name: p.Name, Node: node.Name,
 		Netns:  filepath.Join(node.PodNetns, p.Namespace+"_"+p.Name),
 		HostIf: fmt.Sprintf("zp%d", len(l.st.Pods)+1)}
-	for _, ip := range ips {
-		a, err := netip.ParseAddr(ip.IP)
-		if err != nil {
-			return lp, fmt.Errorf("pod %s: %w", key, err)
-		}
+	for _, a := range pp.IPs {
 		for _, other := range l.st.Pods {
 			if slices.Contains(other.IPs, a.String()) {
 				return lp, fmt.Errorf("pod %s: address %s is also pod %s's", key, a, other.Key())
@@ -531,17 +530,11 @@ func (l *Lab) addPod(p *corev1.Pod, node Node) (Pod, error) {
 		lp.IPs = append(lp.IPs, a.String())
 	}
 	seen := map[PortProto]bool{}
-	for _, c := range p.Spec.Containers {
-		for _, cp := range c.Ports {
-			proto := string(cp.Protocol)
-			if proto == "" {
-				proto = "TCP"
-			}
-			pp := PortProto{Port: uint16(cp.ContainerPort), Protocol: proto}
-			if !seen[pp] {
-				seen[pp] = true
-				lp.Ports = append(lp.Ports, pp)
-			}
+	for _, cp := range pp.Ports {
+		pp := PortProto{Port: cp.Port, Protocol: cp.Protocol.String()}
+		if !seen[pp] {
+			seen[pp] = true
+			lp.Ports = append(lp.Ports, pp)
 		}
 	}
 	if err := l.st.record(func(s *State) { s.Mounts = append(s.Mounts, lp.Netns) }); err != nil {
@@ -742,8 +735,9 @@ func (l *Lab) syncCounts() map[string]float64 {
 // the kernel, from informer caches listed after the objects were created.
 // The endpoint count (zt_map_entries{map="endpoints"}) must also equal the
 // node's pod count. After a change to a running lab (before != nil), each
-// agent must also have synced at least once more and then stayed quiet for
-// 300 ms (no realized generation is exposed by the agent yet).
+// agent must also have synced at least once more (or not at all for 2 s:
+// nothing changed) and then stayed quiet for 300 ms. That part is a
+// heuristic: the agent exposes no realized generation yet.
 func (l *Lab) waitAgents(ctx context.Context, before map[string]float64) error {
 	hc := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(l.cfg.ReadyTimeout)
@@ -751,6 +745,7 @@ func (l *Lab) waitAgents(ctx context.Context, before map[string]float64) error {
 	for _, p := range l.st.Pods {
 		local[p.Node]++
 	}
+	changed := time.Now()
 	for _, n := range l.st.Nodes {
 		var last string
 		var lastCount float64 = -1
@@ -771,7 +766,9 @@ func (l *Lab) waitAgents(ctx context.Context, before map[string]float64) error {
 				switch c := syncCount(m); {
 				case err != nil:
 					ok, why = false, err.Error()
-				case c <= before[n.Name]:
+				case c <= before[n.Name] && time.Since(changed) < 2*time.Second:
+					// Nothing may have changed (a bundle applied twice):
+					// after 2 s without a sync, there is nothing to sync.
 					ok, why = false, "no sync since the change"
 				case c != lastCount:
 					lastCount, quietSince = c, time.Now()

@@ -1,0 +1,502 @@
+package lab_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ztnet/zt/pkg/bundle"
+	"github.com/ztnet/zt/pkg/lab"
+	"github.com/ztnet/zt/pkg/policy"
+	"github.com/ztnet/zt/pkg/reach"
+)
+
+// env is one lab's folder and name, unique per test; cleanup checks that
+// the lab left nothing behind.
+type env struct {
+	t    *testing.T
+	dir  string
+	name string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	tag := hex.EncodeToString(b)
+	e := &env{t: t, dir: filepath.Join(os.TempDir(), "ztlab-test-"+tag), name: "zt" + tag}
+	linksBefore := rootLinks()
+	t.Cleanup(func() {
+		if t.Failed() {
+			if st, err := lab.LoadState(e.dir); err == nil {
+				for _, n := range st.Nodes {
+					if b, err := os.ReadFile(n.AgentLog); err == nil {
+						t.Logf("agent log of %s:\n%s", n.Name, lastLines(string(b), 30))
+					}
+				}
+			}
+			// Never leave a lab behind, even when the test failed.
+			_, _, _ = e.ztlab("down")
+		}
+		for _, l := range e.leftovers(linksBefore) {
+			t.Errorf("left behind: %s", l)
+		}
+	})
+	return e
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ztlab runs the ztlab binary on this env's lab.
+func (e *env) ztlab(args ...string) (stdout, stderr string, err error) {
+	return e.ztlabIn(nil, args...)
+}
+
+func (e *env) ztlabIn(attr *syscall.SysProcAttr, args ...string) (stdout, stderr string, err error) {
+	all := append([]string{args[0], "--dir", e.dir}, args[1:]...)
+	if args[0] == "run" || args[0] == "up" {
+		all = append(all, "--name", e.name, "--agent-bin", agentBin, "--k8s-bin", k8sBin)
+	}
+	cmd := exec.Command(ztlabBin, all...)
+	cmd.SysProcAttr = attr
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+func (e *env) mustZtlab(args ...string) string {
+	e.t.Helper()
+	out, stderr, err := e.ztlab(args...)
+	e.t.Logf("ztlab %s:\n%s", strings.Join(args, " "), strings.TrimSpace(stderr))
+	if err != nil {
+		e.t.Fatalf("ztlab %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+func rootLinks() map[string]bool {
+	out := map[string]bool{}
+	links, _ := netlink.LinkList()
+	for _, l := range links {
+		out[l.Attrs().Name] = true
+	}
+	return out
+}
+
+// leftovers lists what of this env's lab still exists: its folder, mounts
+// under it, its bpffs roots, new ztl-* links in the root namespace, and
+// processes of the lab (agents, pod servers, etcd and kube-apiserver).
+func (e *env) leftovers(linksBefore map[string]bool) []string {
+	var out []string
+	if _, err := os.Stat(e.dir); err == nil {
+		out = append(out, "lab folder "+e.dir)
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(mi), "\n") {
+			if strings.Contains(l, e.dir) {
+				out = append(out, "mount "+l)
+			}
+		}
+	}
+	if ents, err := os.ReadDir("/sys/fs/bpf"); err == nil {
+		for _, d := range ents {
+			if strings.HasPrefix(d.Name(), e.name+"-") {
+				out = append(out, "bpffs root /sys/fs/bpf/"+d.Name())
+			}
+		}
+	}
+	for name := range rootLinks() {
+		if strings.HasPrefix(name, "ztl-") && !linksBefore[name] {
+			out = append(out, "root link "+name)
+		}
+	}
+	// Processes go a moment after their namespaces' last user: allow it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		procs := e.processes()
+		if len(procs) == 0 || time.Now().After(deadline) {
+			out = append(out, procs...)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return out
+}
+
+func (e *env) processes() []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid := d.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if st, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil {
+			if i := bytes.LastIndexByte(st, ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+				continue
+			}
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.HasPrefix(cmd, agentBin) || strings.HasPrefix(cmd, ztlabBin+" serve") || strings.Contains(cmd, e.dir) {
+			out = append(out, fmt.Sprintf("process %s: %s", pid, cmd))
+		}
+	}
+	return out
+}
+
+// expected is ztctl's answer: reach.Compute on the same bundle.
+func expected(t *testing.T, files ...string) reach.Report {
+	t.Helper()
+	b, err := bundle.Load(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := policy.Build(s, policy.Options{})
+	for _, p := range c.Problems() {
+		t.Logf("compiler: %v", p)
+	}
+	r, err := reach.Compute(c, reach.Targets(s.Pods))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func parseReport(t *testing.T, out string) reach.Report {
+	t.Helper()
+	var r reach.Report
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		t.Fatalf("probe output is no reachability JSON: %v\n%s", err, out)
+	}
+	return r
+}
+
+// agree checks that the probes and the compiler agree on every row, and
+// that the JSON is byte for byte what `ztctl reach -o json` prints.
+func agree(t *testing.T, want reach.Report, gotJSON string) reach.Report {
+	t.Helper()
+	got := parseReport(t, gotJSON)
+	if d := lab.Diff(want, got); len(d) > 0 {
+		t.Errorf("probes disagree with reach.Compute on %d of %d rows:\n  %s", len(d), len(want.Results), strings.Join(d, "\n  "))
+	}
+	var wb bytes.Buffer
+	if err := want.WriteJSON(&wb); err != nil {
+		t.Fatal(err)
+	}
+	if len(lab.Diff(want, got)) == 0 && wb.String() != gotJSON {
+		t.Errorf("same verdicts but not the same JSON text as ztctl reach -o json")
+	}
+	allowed := 0
+	for _, r := range got.Results {
+		if r.Verdict == reach.Allow {
+			allowed++
+		}
+	}
+	t.Logf("%d rows, %d allowed, %d denied", len(got.Results), allowed, len(got.Results)-allowed)
+	return got
+}
+
+func shop(f string) string { return filepath.Join(repoRoot, "examples", "shop", f) }
+
+func TestShop(t *testing.T) {
+	for _, nodes := range []int{1, 2} {
+		t.Run(fmt.Sprintf("nodes=%d", nodes), func(t *testing.T) {
+			e := newEnv(t)
+			files := []string{shop("cluster.yaml"), shop("policies.yaml")}
+			out := e.mustZtlab("run", "--nodes", fmt.Sprint(nodes), "-f", files[0], "-f", files[1], "-o", "json")
+			agree(t, expected(t, files...), out)
+		})
+	}
+}
+
+// conformanceBundle renders step 0 of a pkg/policy conformance scenario
+// (a scenario whose first step only applies objects) over the upstream
+// world (namespaces x, y, z; pods a, b, c; 80 and 81 on TCP, UDP, SCTP)
+// into one bundle file.
+func conformanceBundle(t *testing.T, scenario, fam string) string {
+	t.Helper()
+	world := filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-"+fam+".yaml")
+	wb, err := bundle.Load(world)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := map[string]netip.Addr{}
+	for _, p := range wb.Pods {
+		ips[p.Namespace+"/"+p.Name] = netip.MustParseAddr(p.Status.PodIPs[0].IP)
+	}
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "conformance", scenario+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	funcs := template.FuncMap{
+		"ip":       func(pod string) string { return ips[pod].String() },
+		"hostbits": func() int { return ips["x/a"].BitLen() },
+		"large": func(pod string) string {
+			p, _ := ips[pod].Prefix(4)
+			return p.String()
+		},
+	}
+	tmpl, err := template.New(scenario).Funcs(funcs).Option("missingkey=error").Parse(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	var sc struct {
+		Objects []json.RawMessage `json:"objects"`
+		Steps   []struct {
+			Apply  []json.RawMessage `json:"apply"`
+			Delete []any             `json:"delete"`
+			Labels []any             `json:"labels"`
+		} `json:"steps"`
+	}
+	if err := yaml.Unmarshal(buf.Bytes(), &sc); err != nil {
+		t.Fatalf("%s: %v", scenario, err)
+	}
+	if len(sc.Steps) == 0 || len(sc.Steps[0].Delete) > 0 || len(sc.Steps[0].Labels) > 0 {
+		t.Fatalf("%s: step 0 must only apply objects", scenario)
+	}
+	wraw, err := os.ReadFile(world)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	out.Write(wraw)
+	for _, o := range append(sc.Objects, sc.Steps[0].Apply...) {
+		y, err := yaml.JSONToYAML(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out.WriteString("\n---\n")
+		out.Write(y)
+	}
+	path := filepath.Join(t.TempDir(), scenario+"-"+fam+".yaml")
+	if err := os.WriteFile(path, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestConformance runs representative upstream scenarios (pkg/policy's
+// conformance data, step 0) with real packets: 9 pods, 6 ports each
+// (80 and 81 on TCP, UDP, SCTP), on one and on two nodes, IPv4 and IPv6.
+func TestConformance(t *testing.T) {
+	cases := []struct {
+		scenario, fam string
+		nodes         int
+	}{
+		{"default-deny-ingress-sctp", "v4", 2},
+		{"ports-udp", "v4", 1},
+		{"egress-cidr-except", "v4", 2},
+		{"ingress-one-named-port", "v4", 1},
+		{"deny-egress-namespace", "v4", 2},
+		{"endport-sctp", "v6", 2},
+		{"podselector-and-namespaceselector", "v6", 1},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s/%s/nodes=%d", c.scenario, c.fam, c.nodes), func(t *testing.T) {
+			e := newEnv(t)
+			file := conformanceBundle(t, c.scenario, c.fam)
+			out := e.mustZtlab("run", "--nodes", fmt.Sprint(c.nodes), "-f", file, "-o", "json")
+			got := agree(t, expected(t, file), out)
+			if len(got.Results) != 9*8*6 {
+				t.Errorf("%d rows, want 9 sources x 8 destinations x 6 ports = 432", len(got.Results))
+			}
+		})
+	}
+}
+
+// denyAll isolates every pod of x, y and z for ingress: every probe waits
+// for its timeouts, the slowest case.
+const denyAll = `
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: "x", name: deny-all}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: "y", name: deny-all}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: "z", name: deny-all}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+`
+
+// TestNinePodsSixPortsUnderAMinute is the issue's requirement: `ztlab run`
+// over 9 pods with 6 ports each, every probe denied at the destination
+// (so every one waits out its timeouts), on two nodes, end to end (API
+// server, agents, probes, teardown) in under a minute.
+func TestNinePodsSixPortsUnderAMinute(t *testing.T) {
+	e := newEnv(t)
+	world, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-v4.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "deny-all.yaml")
+	if err := os.WriteFile(file, append(world, denyAll...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out := e.mustZtlab("run", "--nodes", "2", "-f", file, "-o", "json")
+	took := time.Since(start)
+	got := agree(t, expected(t, file), out)
+	if len(got.Results) != 432 {
+		t.Errorf("%d rows, want 432", len(got.Results))
+	}
+	t.Logf("ztlab run, 9 pods x 6 ports, all denied, 2 nodes: %s", took.Round(time.Millisecond))
+	if took >= time.Minute {
+		t.Errorf("ztlab run took %s, want under a minute", took)
+	}
+}
+
+// TestInteractive: up (two nodes, the shop without policies), probe,
+// apply the policies, probe, ztctl against the live cluster, a second up
+// over the running lab (as after a crash) that starts clean, down.
+func TestInteractive(t *testing.T) {
+	e := newEnv(t)
+	out := e.mustZtlab("up", "--nodes", "2", "-f", shop("cluster.yaml"))
+	for _, want := range []string{"kubeconfig:", "agent http://", "node node2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ztlab up does not print %q:\n%s", want, out)
+		}
+	}
+	t.Logf("ztlab up:\n%s", out)
+	agree(t, expected(t, shop("cluster.yaml")), e.mustZtlab("probe", "-o", "json"))
+
+	e.mustZtlab("apply", shop("policies.yaml"))
+	agree(t, expected(t, shop("cluster.yaml"), shop("policies.yaml")), e.mustZtlab("probe", "-o", "json"))
+
+	// ztctl on what the live API server holds agrees with the probes.
+	st, err := lab.LoadState(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, err := exec.Command(st.Kubectl, "--kubeconfig", st.AdminKubeconfig, "--cache-dir", filepath.Join(e.dir, "kubectl-cache"),
+		"get", "ns,pods,netpol", "-A", "-o", "yaml").Output()
+	if err != nil {
+		t.Fatalf("kubectl get: %v", err)
+	}
+	live := filepath.Join(t.TempDir(), "live.yaml")
+	if err := os.WriteFile(live, dump, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agree(t, expected(t, live), e.mustZtlab("probe", "-o", "json"))
+
+	// A second up over a lab that was never taken down (a crash) removes
+	// the leftovers first and comes up clean.
+	oldRoot := st.RootLink
+	e.mustZtlab("up", "-f", shop("cluster.yaml"), "-f", shop("policies.yaml"))
+	if _, err := netlink.LinkByName(oldRoot); err == nil {
+		t.Errorf("root link %s of the first lab still exists", oldRoot)
+	}
+	agree(t, expected(t, shop("cluster.yaml"), shop("policies.yaml")), e.mustZtlab("probe", "-o", "json"))
+	e.mustZtlab("down")
+}
+
+// TestCrashThenUp: the lab's processes die by SIGKILL (as if ztlab, the
+// machine's OOM killer or a user killed everything); the next up removes
+// every leftover recorded in the state and starts clean.
+func TestCrashThenUp(t *testing.T) {
+	e := newEnv(t)
+	e.mustZtlab("up", "-f", shop("cluster.yaml"))
+	st, err := lab.LoadState(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Procs {
+		_ = syscall.Kill(p.Pid, syscall.SIGKILL)
+	}
+	e.mustZtlab("up", "-f", shop("cluster.yaml"), "-f", shop("policies.yaml"))
+	agree(t, expected(t, shop("cluster.yaml"), shop("policies.yaml")), e.mustZtlab("probe", "-o", "json"))
+	e.mustZtlab("down")
+}
+
+// TestInterrupt: Ctrl-C (SIGINT) during the probes of `ztlab run` removes
+// everything.
+func TestInterrupt(t *testing.T) {
+	e := newEnv(t)
+	world, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-v4.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "deny-all.yaml")
+	if err := os.WriteFile(file, append(world, denyAll...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ztlabBin, "run", "--dir", e.dir, "--name", e.name, "--agent-bin", agentBin, "--k8s-bin", k8sBin, "-f", file)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var log []string
+	interrupted := false
+	for sc.Scan() {
+		log = append(log, sc.Text())
+		if strings.Contains(sc.Text(), "lab up in") {
+			interrupted = true
+			time.Sleep(500 * time.Millisecond) // into the probes
+			_ = cmd.Process.Signal(syscall.SIGINT)
+		}
+	}
+	err = cmd.Wait()
+	t.Logf("ztlab run, interrupted:\n%s", strings.Join(log, "\n"))
+	if !interrupted {
+		t.Fatalf("the lab never came up: %v", err)
+	}
+	if err == nil {
+		t.Errorf("interrupted ztlab run exited 0")
+	}
+}
+
+// TestNotRoot: without root ztlab refuses to run and says why.
+func TestNotRoot(t *testing.T) {
+	e := &env{t: t, dir: t.TempDir(), name: "ztnoroot"}
+	for _, args := range [][]string{{"run", "-f", shop("cluster.yaml")}, {"up"}, {"down"}} {
+		_, stderr, err := e.ztlabIn(&syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}, args...)
+		if err == nil || !strings.Contains(stderr, "must run as root") {
+			t.Errorf("ztlab %s as nobody: err %v, stderr %q; want a refusal naming root", args[0], err, stderr)
+		}
+	}
+}
