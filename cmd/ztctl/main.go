@@ -31,7 +31,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newReachCmd(), newCompileCmd())
+	root.AddCommand(newReachCmd(), newCompileCmd(), newFlowsCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "ztctl:", err)
 		return 1
