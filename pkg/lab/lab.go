@@ -355,12 +355,13 @@ func (l *Lab) addNodes(b *bundle.Bundle) error {
 		ip := nodeFabricIP(fabric, idx)
 		n := Node{
 			Name: name, Index: idx,
-			Netns:      filepath.Join(l.cfg.Dir, "netns", "nodes", name),
-			PodNetns:   filepath.Join(l.cfg.Dir, "netns", "pods", name),
-			IP:         ip.String(),
-			HealthAddr: netip.AddrPortFrom(ip, uint16(9870+idx)).String(),
-			BPFFS:      fmt.Sprintf("/sys/fs/bpf/%s-%s", l.cfg.Name, name),
-			AgentLog:   filepath.Join(l.cfg.Dir, "logs", "agent-"+name+".log"),
+			Netns:       filepath.Join(l.cfg.Dir, "netns", "nodes", name),
+			PodNetns:    filepath.Join(l.cfg.Dir, "netns", "pods", name),
+			IP:          ip.String(),
+			HealthAddr:  netip.AddrPortFrom(ip, uint16(9870+idx)).String(),
+			BPFFS:       fmt.Sprintf("/sys/fs/bpf/%s-%s", l.cfg.Name, name),
+			AgentLog:    filepath.Join(l.cfg.Dir, "logs", "agent-"+name+".log"),
+			FlowsSocket: filepath.Join(l.cfg.Dir, "flows-"+name+".sock"),
 		}
 		if err := l.st.record(func(s *State) { s.Mounts = append(s.Mounts, n.Netns) }); err != nil {
 			return err
@@ -650,7 +651,7 @@ func (l *Lab) startAgent(agentBin string, n Node) error {
 		return err
 	}
 	defer logf.Close()
-	args := append([]string{
+	args := []string{
 		"--node-name", n.Name,
 		"--kubeconfig", l.st.AgentKubeconfig,
 		"--bpffs-root", n.BPFFS,
@@ -658,7 +659,16 @@ func (l *Lab) startAgent(agentBin string, n Node) error {
 		"--netns-dirs", n.PodNetns,
 		"--log-format", "console",
 		"--min-sync-interval", "50ms",
-	}, l.cfg.AgentArgs...)
+	}
+	// Every agent shares this machine's mount namespace: give each its own
+	// flows socket and journal (agents that have them).
+	if agentHasFlag(agentBin, "flows-socket") {
+		args = append(args, "--flows-socket", n.FlowsSocket)
+	}
+	if agentHasFlag(agentBin, "flows-dir") {
+		args = append(args, "--flows-dir", filepath.Join(l.cfg.Dir, "flows", n.Name))
+	}
+	args = append(args, l.cfg.AgentArgs...)
 	cmd := exec.Command(agentBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
@@ -670,6 +680,20 @@ func (l *Lab) startAgent(agentBin string, n Node) error {
 	return l.st.record(func(s *State) {
 		s.Procs = append(s.Procs, newProc("agent", n.Name, cmd.Process.Pid, n.AgentLog))
 	})
+}
+
+var agentFlags struct {
+	sync.Once
+	help string
+}
+
+// agentHasFlag reports whether zt-agent knows --name (its -h output).
+func agentHasFlag(bin, name string) bool {
+	agentFlags.Do(func() {
+		out, _ := exec.Command(bin, "-h").CombinedOutput()
+		agentFlags.help = string(out)
+	})
+	return strings.Contains(agentFlags.help, "-"+name+" ")
 }
 
 // ---- readiness ----
@@ -955,8 +979,8 @@ func (l *Lab) Addresses(w io.Writer) {
 	fmt.Fprintf(w, "kubectl:    %s --kubeconfig %s get ns,pods,netpol -A\n", st.Kubectl, st.AdminKubeconfig)
 	fmt.Fprintf(w, "ztctl:      %s --kubeconfig %s get ns,pods,netpol -A -o yaml | ztctl reach -f -\n", st.Kubectl, st.AdminKubeconfig)
 	for _, n := range st.Nodes {
-		fmt.Fprintf(w, "node %-8s agent http://%s (/readyz /metrics), netns %s, bpffs %s, log %s\n",
-			n.Name, n.HealthAddr, n.Netns, n.BPFFS, n.AgentLog)
+		fmt.Fprintf(w, "node %-8s agent http://%s (/readyz /metrics), flows %s, netns %s, bpffs %s, log %s\n",
+			n.Name, n.HealthAddr, n.FlowsSocket, n.Netns, n.BPFFS, n.AgentLog)
 	}
 	for _, p := range st.Pods {
 		fmt.Fprintf(w, "pod %-24s on %s %s ports %v\n", p.Key(), p.Node, strings.Join(p.IPs, ","), p.Ports)

@@ -72,6 +72,8 @@ type Node struct {
 	HealthAddr string `json:"healthAddr"`
 	BPFFS      string `json:"bpffs"`
 	AgentLog   string `json:"agentLog,omitempty"`
+	// FlowsSocket is the agent's flows API (ztctl flows).
+	FlowsSocket string `json:"flowsSocket,omitempty"`
 }
 
 // Pod is one lab pod: a network namespace with the pod's addresses and a
