@@ -19,4 +19,14 @@
 //
 // TestRestartKeepsEnforcing runs the loader as a separate process: the
 // test binary re-executed with ZT_KERNEL_TEST_LOADER set (see loaderMain).
+//
+// TestKernelAgreesWithCompiler (differential_test.go, package kernel_test)
+// needs no pods: it compiles seeded random worlds, writes them through
+// mapsync into a Datapath under /sys/fs/bpf/zt-test-diff-<rand>, and runs
+// crafted first packets (internal/pkttest) through zt_from_pod and
+// zt_to_pod with BPF_PROG_RUN, each endpoint on its own interface of a
+// scratch namespace. Verdict, counter slot and flow event must be what
+// policy.Compiler.Evaluate says. -diff.seed (or ZT_DIFF_SEED) pins the
+// seed, -diff.worlds the number of worlds, -diff.world one world alone. It
+// checks its own leftovers (bpffs root, links) at cleanup.
 package kernel
