@@ -52,6 +52,9 @@ type podState struct {
 type policyState struct {
 	cp       *compiledPolicy
 	selected set[PodKey]
+	// marked is the Sync generation in which its selected pods were last
+	// all marked dirty (a pod selected later is marked on its own).
+	marked uint64
 	// peerIDs[dir][rule] holds the identities the rule's peers match.
 	peerIDs [2][]set[identity.ID]
 	// sorted[dir][rule] caches peerIDs[dir][rule] sorted; nil when stale.
@@ -114,6 +117,10 @@ type Compiler struct {
 	dirty     set[PodKey]
 	changes   Changes
 
+	// generation counts Syncs (starting at 1, so a new policy's zero
+	// marked generation is never current).
+	generation uint64
+
 	// batch defers relabelling while Build loads a snapshot.
 	batch, needRelabel bool
 }
@@ -154,6 +161,7 @@ func New(opts Options) *Compiler {
 		dirty:       set[PodKey]{},
 	}
 	c.ids.Reserve(opts.FirstIdentity)
+	c.generation = 1
 	return c
 }
 
@@ -549,11 +557,12 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 		changed = changed || n == delta
 	}
 	if changed {
-		if c.batch {
-			c.needRelabel = true
-			return
-		}
-		c.relabel()
+		// Relabelling touches every pod: defer it to Sync, so a burst of
+		// policies (an agent's first sync, a kubectl apply of a folder)
+		// relabels once, not once per policy. Until then new identities
+		// carry stale references; the relabel's new identities are matched
+		// against every policy, as in Build.
+		c.needRelabel = true
 	}
 }
 
@@ -698,8 +707,9 @@ func (c *Compiler) acquireIdentity(l identity.Labels) *identity.Identity {
 			delete(c.namedLists, namedRef{np.Name, np.Protocol})
 		}
 	}
-	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
-		c.matchIdentity(c.policies[pk], ident)
+	// Order does not matter: matching only adds to sets and marks work.
+	for _, ps := range c.policies {
+		c.matchIdentity(ps, ident)
 	}
 	return ident
 }
@@ -891,6 +901,12 @@ func (c *Compiler) reselect(st *podState) {
 func (c *Compiler) markPod(k PodKey) { c.dirty.add(k) }
 
 func (c *Compiler) markSelected(ps *policyState) {
+	// Once per Sync is enough: a relabel touches a policy once per new
+	// identity, thousands of times.
+	if ps.marked == c.generation {
+		return
+	}
+	ps.marked = c.generation
 	for pk := range ps.selected {
 		c.dirty.add(pk)
 	}
@@ -898,6 +914,10 @@ func (c *Compiler) markSelected(ps *policyState) {
 
 // Sync rebuilds the endpoints that changed and says which did.
 func (c *Compiler) Sync() Changes {
+	if c.needRelabel && !c.batch {
+		c.needRelabel = false
+		c.relabel()
+	}
 	// Endpoints selected by the same policies (and declaring the same
 	// ports, for ingress named ports) have the same rules: compute them
 	// once per Sync and share them (endpoints are immutable).
@@ -919,6 +939,7 @@ func (c *Compiler) Sync() Changes {
 		c.changes.Endpoints = append(c.changes.Endpoints, pk)
 	}
 	clear(c.dirty)
+	c.generation++
 	ch := c.changes
 	c.changes = Changes{}
 	return ch
