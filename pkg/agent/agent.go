@@ -407,11 +407,20 @@ func (a *Agent) bindEndpoints() (missing bool) {
 		if len(ep.IPs) == 0 {
 			continue // no address yet: nothing to route to, nothing to enforce
 		}
-		link, err := hostInterface(ep.IPs)
+		link, err := lookupHostInterface(ep.IPs)
 		if err != nil {
-			delete(a.bound, ep.Pod)
 			missing = true
 			a.reportMissing(ep.Pod, err)
+			// Fail closed: a lookup that fails (a transient netlink error,
+			// a route being replaced) must not unbind a pod whose interface
+			// still exists, or its endpoint entry would be deleted and the
+			// pod left unenforced. Only a vanished interface unbinds.
+			if b, ok := a.bound[ep.Pod]; ok {
+				if _, lerr := linkByIndex(int(b.ifindex)); lerr == nil {
+					continue
+				}
+				delete(a.bound, ep.Pod)
+			}
 			continue
 		}
 		ifindex := uint32(link.Attrs().Index)
@@ -451,6 +460,9 @@ func (a *Agent) reportMissing(pk policy.PodKey, err error) {
 	a.missing[pk] = msg
 	a.metrics.errors.WithLabelValues("interface_not_found").Inc()
 	a.log.Warn("pod not enforced yet: its interface was not found; retrying", zap.String("pod", pk.String()), zap.Error(err))
+	if a.watch == nil || a.recorder == nil {
+		return
+	}
 	if pod, gerr := a.watch.Pods.Pods(pk.Namespace).Get(pk.Name); gerr == nil {
 		a.recorder.Eventf(pod, corev1.EventTypeWarning, "InterfaceNotFound", "zt cannot enforce policy on this pod yet: %v", err)
 	}
@@ -560,4 +572,8 @@ func (a *Agent) serveHealth() *http.Server {
 // Ready reports whether the first full sync is realized.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
-func linkByIndex(i int) (netlink.Link, error) { return netlink.LinkByIndex(i) }
+// Netlink lookups, replaceable in tests.
+var (
+	lookupHostInterface = hostInterface
+	linkByIndex         = netlink.LinkByIndex
+)
