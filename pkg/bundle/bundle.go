@@ -162,24 +162,12 @@ func (b *Bundle) add(decoder runtime.Decoder, data []byte, w where, seen map[str
 		}
 		b.Namespaces = append(b.Namespaces, o)
 	case *corev1.Pod:
-		if o.Namespace == "" {
-			o.Namespace = metav1.NamespaceDefault
-		}
-		if o.Name == "" {
-			return errAt(w, "Pod in namespace %s has no metadata.name", o.Namespace)
-		}
-		if err := dup(seen, w, "Pod "+o.Namespace+"/"+o.Name); err != nil {
+		if err := named(w, seen, "Pod", &o.ObjectMeta); err != nil {
 			return err
 		}
 		b.Pods = append(b.Pods, o)
 	case *networkingv1.NetworkPolicy:
-		if o.Namespace == "" {
-			o.Namespace = metav1.NamespaceDefault
-		}
-		if o.Name == "" {
-			return errAt(w, "NetworkPolicy in namespace %s has no metadata.name", o.Namespace)
-		}
-		if err := dup(seen, w, "NetworkPolicy "+o.Namespace+"/"+o.Name); err != nil {
+		if err := named(w, seen, "NetworkPolicy", &o.ObjectMeta); err != nil {
 			return err
 		}
 		b.Policies = append(b.Policies, o)
@@ -187,6 +175,18 @@ func (b *Bundle) add(decoder runtime.Decoder, data []byte, w where, seen map[str
 		return errAt(w, "unsupported kind %s (a bundle holds Namespaces, Pods and NetworkPolicies)", gvk.Kind)
 	}
 	return nil
+}
+
+// named defaults a namespaced object's namespace, requires its name and
+// refuses a duplicate.
+func named(w where, seen map[string]where, kind string, m *metav1.ObjectMeta) error {
+	if m.Namespace == "" {
+		m.Namespace = metav1.NamespaceDefault
+	}
+	if m.Name == "" {
+		return errAt(w, "%s in namespace %s has no metadata.name", kind, m.Namespace)
+	}
+	return dup(seen, w, kind+" "+m.Namespace+"/"+m.Name)
 }
 
 func dup(seen map[string]where, w where, name string) error {
