@@ -184,24 +184,8 @@ func (d *Datapath) DetachEndpoint(ifindex int) error {
 	var errs []error
 	in, eg := tcxPinNames(ifindex)
 	for _, name := range []string{in, eg} {
-		path := d.linkPath(name)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
-		}
-		if rl, ok := l.(interface{ Detach() error }); ok {
-			if err := rl.Detach(); err != nil && !errors.Is(err, unix.ENOLINK) {
-				errs = append(errs, fmt.Errorf("detach tcx link %s: %w", path, err))
-			}
-		}
-		l.Close()
+		// ENOLINK: the interface is gone, and the link with it.
+		errs = append(errs, d.removePinnedLink(name, unix.ENOLINK))
 	}
 	lp := d.linkPath(legacyPinName(ifindex))
 	if _, err := os.Stat(lp); err == nil {
@@ -308,24 +292,32 @@ func (d *Datapath) AttachCgroup(cgroupPath string) error {
 func (d *Datapath) DetachCgroup() error {
 	var errs []error
 	for _, c := range d.cgroupProgs() {
-		path := d.linkPath(c.name)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+		errs = append(errs, d.removePinnedLink(c.name, nil))
+	}
+	return errors.Join(errs...)
+}
+
+// removePinnedLink unpins and detaches the link pinned as name under the
+// links folder. A missing pin is not an error, nor is a detach error that
+// matches ignore.
+func (d *Datapath) removePinnedLink(name string, ignore error) error {
+	path := d.linkPath(name)
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	defer l.Close()
+	var errs []error
+	if err := l.Unpin(); err != nil {
+		errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+	}
+	if rl, ok := l.(interface{ Detach() error }); ok {
+		if err := rl.Detach(); err != nil && (ignore == nil || !errors.Is(err, ignore)) {
+			errs = append(errs, fmt.Errorf("detach %s: %w", path, err))
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
-		}
-		if rl, ok := l.(interface{ Detach() error }); ok {
-			if err := rl.Detach(); err != nil {
-				errs = append(errs, fmt.Errorf("detach %s: %w", path, err))
-			}
-		}
-		l.Close()
 	}
 	return errors.Join(errs...)
 }
