@@ -321,10 +321,22 @@ func slowestSyncs(logs string, n int) string {
 func createBulkPods(t testing.TB, c *cluster, from, to int) {
 	t.Helper()
 	ctx := context.Background()
+	inParallel(t, from, to, func(i int) error {
+		labels := map[string]string{"tier": "bulk", "group": fmt.Sprintf("g%d", i%bulkGroups)}
+		p := podObject(fmt.Sprintf("bulk-%d", i%bulkNamespaces), fmt.Sprintf("p-%d", i),
+			fmt.Sprintf("other-node-%d", i%bulkNodes), labels)
+		return createPodAPI(ctx, c.admin, p, bulkIP(i))
+	})
+}
+
+// inParallel runs f(i) for i in [from, to) on 16 workers and fails the test
+// with the first error (the others stop at their next index).
+func inParallel(t testing.TB, from, to int, f func(i int) error) {
+	t.Helper()
 	var next atomic.Int64
 	next.Store(int64(from))
 	var wg sync.WaitGroup
-	var mu sync.Mutex
+	var once sync.Once
 	var firstErr error
 	for range 16 {
 		wg.Go(func() {
@@ -333,15 +345,9 @@ func createBulkPods(t testing.TB, c *cluster, from, to int) {
 				if i >= to {
 					return
 				}
-				labels := map[string]string{"tier": "bulk", "group": fmt.Sprintf("g%d", i%bulkGroups)}
-				p := podObject(fmt.Sprintf("bulk-%d", i%bulkNamespaces), fmt.Sprintf("p-%d", i),
-					fmt.Sprintf("other-node-%d", i%bulkNodes), labels)
-				if err := createPodAPI(ctx, c.admin, p, bulkIP(i)); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
+				if err := f(i); err != nil {
+					once.Do(func() { firstErr = err })
+					next.Store(int64(to))
 					return
 				}
 			}
@@ -363,64 +369,42 @@ func createPolicies(t testing.TB, c *cluster, n int) {
 	named := intstr.FromString("http")
 	num := intstr.FromInt32(9090)
 	end := int32(9100)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range 16 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				ns := fmt.Sprintf("bulk-%d", i%bulkNamespaces)
-				sel := map[string]string{"group": fmt.Sprintf("g%d", i%bulkGroups)}
-				if i%100 == 0 {
-					ns, sel = "perf", map[string]string{"app": "server"}
-				}
-				np := &networkingv1.NetworkPolicy{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("np-%d", i), Namespace: ns},
-					Spec: networkingv1.NetworkPolicySpec{
-						PodSelector: metav1.LabelSelector{MatchLabels: sel},
-						PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-						Ingress: []networkingv1.NetworkPolicyIngressRule{{
-							From: []networkingv1.NetworkPolicyPeer{
-								{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"group": fmt.Sprintf("g%d", (i+1)%bulkGroups)}}},
-								{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", i%3)}},
-									PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-										Key: "group", Operator: metav1.LabelSelectorOpIn,
-										Values: []string{fmt.Sprintf("g%d", (i+2)%bulkGroups), fmt.Sprintf("g%d", (i+3)%bulkGroups)}}}}},
-							},
-							Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcpP, Port: &named}, {Protocol: &udpP, Port: &num, EndPort: &end}},
-						}},
-						Egress: []networkingv1.NetworkPolicyEgressRule{{
-							To: []networkingv1.NetworkPolicyPeer{
-								{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("10.232.%d.0/24", i%40), Except: []string{fmt.Sprintf("10.232.%d.128/25", i%40)}}},
-								{NamespaceSelector: &metav1.LabelSelector{}},
-							},
-						}},
+	inParallel(t, 0, n, func(i int) error {
+		ns := fmt.Sprintf("bulk-%d", i%bulkNamespaces)
+		sel := map[string]string{"group": fmt.Sprintf("g%d", i%bulkGroups)}
+		if i%100 == 0 {
+			ns, sel = "perf", map[string]string{"app": "server"}
+		}
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("np-%d", i), Namespace: ns},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: sel},
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From: []networkingv1.NetworkPolicyPeer{
+						{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"group": fmt.Sprintf("g%d", (i+1)%bulkGroups)}}},
+						{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", i%3)}},
+							PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+								Key: "group", Operator: metav1.LabelSelectorOpIn,
+								Values: []string{fmt.Sprintf("g%d", (i+2)%bulkGroups), fmt.Sprintf("g%d", (i+3)%bulkGroups)}}}}},
 					},
-				}
-				if ns == "perf" {
-					np.Spec.PolicyTypes = np.Spec.PolicyTypes[:1] // keep the server's egress open
-					np.Spec.Egress = nil
-				}
-				if _, err := c.admin.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		t.Fatal(firstErr)
-	}
+					Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcpP, Port: &named}, {Protocol: &udpP, Port: &num, EndPort: &end}},
+				}},
+				Egress: []networkingv1.NetworkPolicyEgressRule{{
+					To: []networkingv1.NetworkPolicyPeer{
+						{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("10.232.%d.0/24", i%40), Except: []string{fmt.Sprintf("10.232.%d.128/25", i%40)}}},
+						{NamespaceSelector: &metav1.LabelSelector{}},
+					},
+				}},
+			},
+		}
+		if ns == "perf" {
+			np.Spec.PolicyTypes = np.Spec.PolicyTypes[:1] // keep the server's egress open
+			np.Spec.Egress = nil
+		}
+		_, err := c.admin.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{})
+		return err
+	})
 }
 
 // holeWatch probes a flow that must stay denied every 20 ms and records
