@@ -49,6 +49,11 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	struct zt_ct_key k;
 	struct zt_ct_val *v;
 
+	/* A TCP SYN without ACK opens a connection: it is never a reply, even
+	 * when the reversed tuple is known (a reused source port towards a
+	 * port the pod sent from would otherwise slip past ingress policy). */
+	if (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)
+		return 0;
 	zt_ct_key_rev(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!v)

@@ -228,6 +228,13 @@ func testVerdicts(t *testing.T, v6 bool, proto uint8) {
 			fwdIn = f.in(f.peer, proto, 0, 0) // echo request from the peer
 		}
 		f.expect("peer-initiated", DirIngress, fwdIn.bytes(), VerdictDrop, ReasonPolicyDenied)
+		if proto == 6 {
+			// A new connection from the peer that reuses the reversed
+			// tuple of the pod's flow (port reuse): a SYN is never a reply.
+			syn := reply
+			syn.tcpFlags = tcpSYN
+			f.expect("peer SYN on the reversed tuple", DirIngress, syn.bytes(), VerdictDrop, ReasonPolicyDenied)
+		}
 		f.expect("forward again", DirEgress, fwd.bytes(), VerdictAllow, ReasonAllowed)
 		if err := f.d.PolicyDeleteRule(PortRule{EndpointID: testEpID, Dir: r.Dir, Peer: r.Peer, Proto: r.Proto, Port: r.Port}); err != nil {
 			t.Fatal(err)
