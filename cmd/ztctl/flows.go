@@ -87,7 +87,7 @@ how many were not kept. Exact drop counts come from the kernel counters.`,
 	f.IntVar(&o.last, "last", 0, "only the last N matching records")
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing new records")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table, wide, json or jsonl")
-	f.StringVar(&o.socket, "socket", flows.DefaultSocket, "the agent's unix socket")
+	f.StringVar(&o.socket, "socket", flows.DefaultSocket, "the agent's unix socket; several, comma-separated (a lab's nodes), are merged by time")
 	f.StringVar(&o.server, "server", "", "the agent's API address, e.g. http://127.0.0.1:9877 (instead of the socket)")
 	f.StringVar(&o.node, "node", "", "only records of this node (through the API server: only its agent)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
@@ -144,6 +144,18 @@ func (o *flowsOptions) source(ctx context.Context) (flowSource, func(), error) {
 	if o.server != "" {
 		c := flows.NewHTTPClient(o.server)
 		return c, func() {}, checkAgent(ctx, c)
+	}
+	if paths := strings.Split(o.socket, ","); len(paths) > 1 {
+		// Several agents' sockets (a lab's nodes): every one must answer.
+		var m mergeSource
+		for _, p := range paths {
+			c := flows.NewSocketClient(p)
+			if err := checkAgent(ctx, c); err != nil {
+				return nil, nil, err
+			}
+			m = append(m, c)
+		}
+		return m, func() {}, nil
 	}
 	if _, err := os.Stat(o.socket); err == nil {
 		c := flows.NewSocketClient(o.socket)
@@ -396,6 +408,14 @@ func (p *flowPrinter) rowCols(r *flows.Record) []string {
 		if src == "-" {
 			src = "(many sources)"
 		}
+	}
+	if r.Claimed != "" {
+		// A forged source: the sender, and whose address it claimed.
+		claimed := r.Claimed
+		if ns, name, ok := strings.Cut(claimed, "/"); ok && ns == p.namespace {
+			claimed = name
+		}
+		src += " as " + claimed
 	}
 	cols := []string{ts, src, dst, port, strings.ToUpper(r.Verdict), r.Reason, policy}
 	if p.output == "wide" {

@@ -322,3 +322,38 @@ func TestMergeSource(t *testing.T) {
 		t.Errorf("followed %v", got)
 	}
 }
+
+// TestFlowsSeveralSockets: a lab's nodes each have an agent socket;
+// --socket a,b merges their records by time, and a forged source shows as
+// the pod that sent it, "as" the pod it claimed to be.
+func TestFlowsSeveralSockets(t *testing.T) {
+	v := flows.Version{API: flows.APIVersion, Agent: "test"}
+	a, sockA := agentAPI(t, v)
+	b, sockB := agentAPI(t, v)
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	a.Append(flowRec(t0, fWeb, fDB, "drop", "policy-denied", "data/default-deny"))
+	spoof := flowRec(t0.Add(time.Second), fAPI, fDB, "drop", "spoofed")
+	spoof.Direction, spoof.Node, spoof.Src.IP, spoof.Claimed = "egress", "node-b", fWeb.IP, "shop/web"
+	b.Append(spoof)
+	a.Append(flowRec(t0.Add(2*time.Second), fAPI, fDB, "drop", "policy-denied", "data/default-deny"))
+
+	recs := flowsJSON(t, "-A", "--socket", sockA+","+sockB)
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Src.Name()+" "+r.Reason)
+	}
+	if want := []string{"shop/web policy-denied", "shop/api spoofed", "shop/api policy-denied"}; strings.Join(got, ";") != strings.Join(want, ";") {
+		t.Errorf("merged records %q, want %q (by time across both sockets)", got, want)
+	}
+	out, errOut, code := ztctl(t, "flows", "-n", "shop", "--socket", sockA+","+sockB, "--reason", "spoofed")
+	if code != 0 || !strings.Contains(out, "api as web ") {
+		t.Errorf("table of a forged source (exit %d, %s):\n%s", code, errOut, out)
+	}
+	if recs := flowsJSON(t, "-A", "--from", "shop/api", "--reason", "spoofed", "--socket", sockA+","+sockB); len(recs) != 1 {
+		t.Errorf("--from the forging pod: %d records, want 1", len(recs))
+	}
+	_, errOut, code = ztctl(t, "flows", "-A", "--socket", sockA+","+filepath.Join(t.TempDir(), "gone.sock"))
+	if code == 0 || !strings.Contains(errOut, "gone.sock") {
+		t.Errorf("a missing socket of several: exit %d, %q; want an error naming it", code, errOut)
+	}
+}

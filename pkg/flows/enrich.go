@@ -87,6 +87,15 @@ func (e *Enricher) Enrich(ev *datapath.FlowEvent) Record {
 	ep, ok := e.resolver.Endpoint(ev.Ifindex, ev.EpId)
 	if ok {
 		r.Endpoint = ep.Pod.Namespace + "/" + ep.Pod.Name
+		if ev.Reason == datapath.ReasonSpoofed && ev.Dir == datapath.DirEgress {
+			// The forged address may be another pod's: the sender is the
+			// pod whose interface it came from, never the one it claimed.
+			if r.Src.Pod != "" || r.Src.Reserved != "" {
+				r.Claimed = r.Src.Name()
+			}
+			r.Src = Peer{IP: r.Src.IP, Port: r.Src.Port, Namespace: ep.Pod.Namespace, Pod: ep.Pod.Name,
+				Labels: ep.Pod.Labels, Deleted: ep.Pod.Deleted}
+		}
 		switch ev.Reason {
 		case datapath.ReasonPolicyDenied, datapath.ReasonSockDenied:
 			if d := int(ev.Dir); d < len(ep.IsolatedBy) {

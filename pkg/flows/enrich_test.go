@@ -67,7 +67,16 @@ func TestEnrich(t *testing.T) {
 		ev := evSpec{src: ipSpoof, dst: ipDB, dport: 5432, dir: datapath.DirEgress,
 			verdict: datapath.VerdictDrop, reason: datapath.ReasonSpoofed, ifindex: ifWeb, peer: 300, ts: now}.event()
 		r := e.Enrich(&ev)
-		if r.Endpoint != "shop/web" || r.Src.Pod != "" || r.Dst.Pod != "db" || r.Reason != "spoofed" || r.Policies != nil {
+		if r.Endpoint != "shop/web" || r.Src.Name() != "shop/web" || r.Src.IP != ipSpoof || r.Claimed != "" ||
+			r.Dst.Pod != "db" || r.Reason != "spoofed" || r.Policies != nil {
+			t.Errorf("%+v", r)
+		}
+	})
+	t.Run("a source forging another pod's address is the sender, not the pod it claims", func(t *testing.T) {
+		ev := evSpec{src: ipDB, dst: ipSpoof, sport: 5432, dport: 80, dir: datapath.DirEgress,
+			verdict: datapath.VerdictDrop, reason: datapath.ReasonSpoofed, ifindex: ifWeb, peer: 300, ts: now}.event()
+		r := e.Enrich(&ev)
+		if r.Src.Name() != "shop/web" || r.Src.IP != ipDB || r.Src.Port != 5432 || r.Claimed != "data/db" || r.Endpoint != "shop/web" {
 			t.Errorf("%+v", r)
 		}
 	})

@@ -232,13 +232,14 @@ func TestKernelPipeline(t *testing.T) {
 		})
 		var got []string
 		for _, r := range recs {
-			got = append(got, fmt.Sprintf("%s %s %s %s>%s %d %s %s %v", r.Verdict, r.Reason, r.Direction, r.Src.Name(), r.Dst.Name(),
-				r.Dst.Port, r.Protocol, r.TCPFlags, r.Policies))
+			got = append(got, fmt.Sprintf("%s %s %s %s(%s)>%s %d %s %s %v", r.Verdict, r.Reason, r.Direction, r.Src.Name(), r.Src.IP,
+				r.Dst.Name(), r.Dst.Port, r.Protocol, r.TCPFlags, r.Policies))
 		}
 		want := []string{
-			"drop policy-denied ingress shop/web>data/db 5432 TCP SYN [data/db-from-api data/default-deny]",
-			"drop policy-denied ingress shop/web>data/db 53 UDP  [data/db-from-api data/default-deny]",
-			"drop spoofed egress 10.77.0.99>shop/web 80 TCP SYN []",
+			"drop policy-denied ingress shop/web(10.77.0.20)>data/db 5432 TCP SYN [data/db-from-api data/default-deny]",
+			"drop policy-denied ingress shop/web(10.77.0.20)>data/db 53 UDP  [data/db-from-api data/default-deny]",
+			// the sender (db's interface), with the address it forged
+			"drop spoofed egress data/db(10.77.0.99)>shop/web 80 TCP SYN []",
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("records:\n%q\nwant\n%q", got, want)

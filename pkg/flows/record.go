@@ -27,6 +27,10 @@ type Record struct {
 	// Endpoint is the pod whose interface saw the packet ("ns/name"), also
 	// when its addresses do not match (spoofed sources).
 	Endpoint string `json:"endpoint,omitempty"`
+	// Claimed is, for a spoofed source, whose address the packet forged
+	// ("ns/pod", or a reserved name); Src then names the pod that sent it,
+	// with the forged address as its IP.
+	Claimed  string `json:"claimed,omitempty"`
 	Protocol string `json:"protocol,omitempty"`
 	TCPFlags string `json:"tcp_flags,omitempty"`
 	// Verdict is "drop", "allow" or "audit"; Reason the datapath's reason,
