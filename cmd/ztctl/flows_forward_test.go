@@ -1,0 +1,358 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ztnet/zt/internal/testenv"
+	"github.com/ztnet/zt/pkg/flows"
+)
+
+// forwardCluster is a real API server with fake zt-agent pods (nobody runs
+// them: no kubelet answers) and kubeconfigs of users with less and more
+// RBAC in zt-system.
+type forwardCluster struct {
+	srv *testenv.APIServer
+	cs  kubernetes.Interface
+	// kubeconfigs by user: "outsider" (no RBAC), "reader" (get/list pods),
+	// "forwarder" (get/list pods, create pods/portforward).
+	kubeconfig map[string]string
+}
+
+func newForwardCluster(t *testing.T) *forwardCluster {
+	t.Helper()
+	srv := testenv.StartAPIServer(t)
+	c := &forwardCluster{srv: srv, cs: srv.AdminClient(t), kubeconfig: map[string]string{}}
+	srv.CreateNamespace(t, agentNamespace, nil)
+	srv.CreateNamespace(t, "elsewhere", nil)
+
+	// The nodes' kubelet port has nothing behind it.
+	dead := closedPort(t)
+	for _, n := range []string{"node-a", "node-b", "node-c"} {
+		c.createNode(t, n, dead)
+	}
+	agent := map[string]string{"app.kubernetes.io/name": "zt-agent"}
+	for _, p := range []struct {
+		ns, name, node string
+		labels         map[string]string
+		phase          corev1.PodPhase
+	}{
+		{agentNamespace, "zt-agent-a", "node-a", agent, corev1.PodRunning},
+		{agentNamespace, "zt-agent-b", "node-b", agent, corev1.PodRunning},
+		{agentNamespace, "zt-agent-c", "node-c", agent, corev1.PodPending},
+		{agentNamespace, "impostor", "node-a", map[string]string{"app.kubernetes.io/name": "zt-agent-debug"}, corev1.PodRunning},
+		{"elsewhere", "zt-agent-x", "node-a", agent, corev1.PodRunning},
+	} {
+		c.createPod(t, p.ns, p.name, p.node, p.labels, p.phase)
+	}
+	podsRead := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}
+	forward := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"create"}}
+	c.user(t, "outsider")
+	c.user(t, "reader", podsRead)
+	c.user(t, "forwarder", podsRead, forward)
+	return c
+}
+
+// closedPort is a loopback port nothing listens on.
+func closedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return port
+}
+
+// createNode creates a Node whose kubelet is at 127.0.0.1:port.
+func (c *forwardCluster) createNode(t *testing.T, name string, port int) {
+	t.Helper()
+	ctx := context.Background()
+	n, err := c.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}
+	n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(port)
+	if _, err := c.cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// createPod creates a pod on node and sets its phase, as a kubelet would.
+func (c *forwardCluster) createPod(t *testing.T, ns, name, node string, labels map[string]string, phase corev1.PodPhase) {
+	t.Helper()
+	ctx := context.Background()
+	p, err := c.cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: corev1.PodSpec{
+			NodeName:   node,
+			Containers: []corev1.Container{{Name: "agent", Image: "example.invalid/zt-agent:1"}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status = corev1.PodStatus{Phase: phase}
+	if _, err := c.cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// user creates the ServiceAccount zt-users/name, binds rules to it in
+// zt-system and writes a kubeconfig with its token.
+func (c *forwardCluster) user(t *testing.T, name string, rules ...rbacv1.PolicyRule) {
+	t.Helper()
+	ctx := context.Background()
+	tok := c.srv.TokenFor(t, "zt-users", name)
+	if len(rules) > 0 {
+		role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "flows-" + name, Namespace: agentNamespace}, Rules: rules}
+		if _, err := c.cs.RbacV1().Roles(agentNamespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		rb := &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "flows-" + name, Namespace: agentNamespace},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "zt-users", Name: name}},
+		}
+		if _, err := c.cs.RbacV1().RoleBindings(agentNamespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.kubeconfig[name] = writeKubeconfig(t, c.srv.ConfigForToken(tok), name)
+	// RBAC is read from an informer: wait until the grant is visible.
+	if len(rules) > 0 {
+		cs := kubernetes.NewForConfigOrDie(c.srv.ConfigForToken(tok))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := cs.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{Limit: 1})
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: RBAC not in effect: %v", name, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// writeKubeconfig writes rc (server, CA, token) as a kubeconfig file.
+func writeKubeconfig(t *testing.T, rc *rest.Config, user string) string {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{
+		Server:                   rc.Host,
+		CertificateAuthority:     rc.TLSClientConfig.CAFile,
+		CertificateAuthorityData: rc.TLSClientConfig.CAData,
+	}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: rc.BearerToken}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: user}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), user+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// flowsAs runs `ztctl flows -A` off the node (no socket) as user; it
+// must fail, and its error message is returned.
+func (c *forwardCluster) flowsAs(t *testing.T, user string, args ...string) string {
+	t.Helper()
+	args = append([]string{"flows", "-A", "--socket", filepath.Join(t.TempDir(), "none.sock"), "--kubeconfig", c.kubeconfig[user]}, args...)
+	start := time.Now()
+	out, errOut, code := ztctl(t, args...)
+	if code == 0 {
+		t.Fatalf("ztctl %v succeeded without a reachable agent:\n%s", args, out)
+	}
+	t.Logf("%s (%s): %s", user, time.Since(start).Round(time.Millisecond), errOut)
+	return errOut
+}
+
+func wantAll(t *testing.T, what, msg string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("%s: message lacks %q:\n%s", what, w, msg)
+		}
+	}
+}
+
+func wantNone(t *testing.T, what, msg string, unwanted ...string) {
+	t.Helper()
+	for _, w := range unwanted {
+		if strings.Contains(msg, w) {
+			t.Errorf("%s: message has %q:\n%s", what, w, msg)
+		}
+	}
+}
+
+// TestFlowsForward runs ztctl flows off the node against a real API server,
+// as users with different RBAC, with fake zt-agent pods that no kubelet
+// runs.
+func TestFlowsForward(t *testing.T) {
+	c := newForwardCluster(t)
+
+	t.Run("no pods/list", func(t *testing.T) {
+		msg := c.flowsAs(t, "outsider")
+		wantAll(t, "outsider", msg, "cannot list zt-agent pods", "get and list on pods", "pods/portforward",
+			"namespace zt-system", "--socket", `cannot list resource "pods"`)
+	})
+
+	t.Run("no pods/portforward", func(t *testing.T) {
+		// The API server refuses before it asks any kubelet: the nodes'
+		// kubelet port is closed, yet the message is about RBAC.
+		msg := c.flowsAs(t, "reader")
+		wantAll(t, "reader", msg, "refused", "create on pods/portforward in namespace zt-system", "--socket",
+			`cannot create resource "pods/portforward"`)
+		wantNone(t, "reader", msg, "kubelet", "connection refused")
+		if n := strings.Count(msg, "refused:"); n != 1 {
+			t.Errorf("the refusal is said %d times, want once:\n%s", n, msg)
+		}
+	})
+
+	t.Run("discovery by label", func(t *testing.T) {
+		// Only the labeled, Running pods of zt-system are tried: each is
+		// named with its node, and what to do.
+		msg := c.flowsAs(t, "forwarder")
+		wantAll(t, "forwarder", msg, "2 of 2 zt-agents failed",
+			"port-forward to zt-system/zt-agent-a on node node-a failed",
+			"port-forward to zt-system/zt-agent-b on node node-b failed",
+			"could not reach the node's kubelet", "kubectl get node node-a", "--node", "--socket")
+		wantNone(t, "forwarder", msg, "impostor", "zt-agent-c", "zt-agent-x", "elsewhere")
+
+		msg = c.flowsAs(t, "forwarder", "--node", "node-b")
+		wantAll(t, "--node node-b", msg, "zt-system/zt-agent-b on node node-b", "kubectl get node node-b")
+		wantNone(t, "--node node-b", msg, "zt-agent-a")
+	})
+
+	t.Run("node without a Node object", func(t *testing.T) {
+		c.createPod(t, agentNamespace, "zt-agent-ghost", "node-gone", map[string]string{"app.kubernetes.io/name": "zt-agent"}, corev1.PodRunning)
+		defer func() {
+			if err := c.cs.CoreV1().Pods(agentNamespace).Delete(context.Background(), "zt-agent-ghost", *metav1.NewDeleteOptions(0)); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		msg := c.flowsAs(t, "forwarder", "--node", "node-gone")
+		wantAll(t, "--node node-gone", msg, "zt-system/zt-agent-ghost on node node-gone", "kubectl get node node-gone")
+	})
+
+	t.Run("no running agent", func(t *testing.T) {
+		msg := c.flowsAs(t, "forwarder", "--node", "node-c")
+		wantAll(t, "--node node-c", msg, "no running zt-agent pod (app.kubernetes.io/name=zt-agent) in namespace zt-system on node node-c",
+			"not running: zt-agent-c (Pending)", "kubectl -n zt-system get pods -l app.kubernetes.io/name=zt-agent")
+		msg = c.flowsAs(t, "forwarder", "--node", "node-z")
+		wantAll(t, "--node node-z", msg, "no running zt-agent pod", "on node node-z", "is node-z a node's name?", "kubectl apply -k deploy/")
+		wantNone(t, "--node node-z", msg, "not running:")
+	})
+
+	t.Run("transport seam", func(t *testing.T) {
+		// The same discovery with agents reached on their sockets, as in
+		// the lab: records of both agents merged by time.
+		ctx := context.Background()
+		stA, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+		stB, sockB := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+		t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+		for i := range 2 {
+			ra := flowRec(t0.Add(time.Duration(2*i)*time.Minute), fWeb, fDB, "drop", "policy-denied")
+			ra.Node = "node-a"
+			stA.Append(ra)
+			rb := flowRec(t0.Add(time.Duration(2*i+1)*time.Minute), fAPI, fDB, "drop", "policy-denied")
+			rb.Node = "node-b"
+			stB.Append(rb)
+		}
+		tr := &socketTransport{sockets: map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB}}
+		src, closeSrc, err := agentsSource(ctx, c.cs, "", tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		if err := src.Query(ctx, flows.Filter{AllNamespaces: true}, func(r *flows.Record) error {
+			got = append(got, r.Node)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		closeSrc()
+		if want := "node-a node-b node-a node-b"; strings.Join(got, " ") != want {
+			t.Errorf("merged nodes %v, want %s", got, want)
+		}
+		if want := []string{"zt-system/zt-agent-a", "zt-system/zt-agent-b"}; !slices.Equal(tr.tried(), want) {
+			t.Errorf("tried %v, want %v", tr.tried(), want)
+		}
+		if tr.live != 0 {
+			t.Errorf("%d agents left open", tr.live)
+		}
+
+		tr = &socketTransport{sockets: map[string]string{"zt-agent-b": sockB}}
+		if _, _, err := agentsSource(ctx, c.cs, "node-b", tr); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"zt-system/zt-agent-b"}; !slices.Equal(tr.tried(), want) {
+			t.Errorf("--node node-b: tried %v, want %v", tr.tried(), want)
+		}
+	})
+
+	t.Run("version skew", func(t *testing.T) {
+		_, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+		_, sockB := agentAPI(t, flows.Version{API: flows.APIVersion + 1, Agent: "v9.9.9"})
+		tr := &socketTransport{sockets: map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB}}
+		_, _, err := agentsSource(context.Background(), c.cs, "", tr)
+		if err == nil {
+			t.Fatal("an agent of another API version was used")
+		}
+		wantAll(t, "skew", err.Error(), "zt-agent zt-system/zt-agent-b on node node-b: version skew", "v9.9.9",
+			"use a ztctl matching the agent")
+		wantNone(t, "skew", err.Error(), "zt-agent-a")
+		if tr.live != 0 {
+			t.Errorf("%d agents left open after the error", tr.live)
+		}
+	})
+}
+
+// socketTransport reaches fake agents on their unix sockets, by pod name,
+// and records which pods were opened.
+type socketTransport struct {
+	sockets map[string]string
+	mu      sync.Mutex
+	pods    []string
+	live    int
+}
+
+func (s *socketTransport) open(_ context.Context, pod *corev1.Pod) (*flows.Client, func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pods = append(s.pods, pod.Namespace+"/"+pod.Name)
+	sock, ok := s.sockets[pod.Name]
+	if !ok {
+		return nil, nil, fmt.Errorf("no socket for %s", pod.Name)
+	}
+	s.live++
+	var once sync.Once
+	return flows.NewSocketClient(sock), func() {
+		once.Do(func() { s.mu.Lock(); s.live--; s.mu.Unlock() })
+	}, nil
+}
+
+func (s *socketTransport) tried() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(slices.Values(s.pods))
+}
