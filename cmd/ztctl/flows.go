@@ -87,7 +87,11 @@ how many were not kept. Exact drop counts come from the kernel counters.`,
 	f.IntVar(&o.last, "last", 0, "only the last N matching records")
 	f.BoolVarP(&o.follow, "follow", "f", false, "keep printing new records")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table, wide, json or jsonl")
-	f.StringVar(&o.socket, "socket", flows.DefaultSocket, "the agent's unix socket; several, comma-separated (a lab's nodes), are merged by time")
+	socket := flows.DefaultSocket
+	if env := os.Getenv("ZT_FLOWS_SOCKET"); env != "" {
+		socket = env // eval "$(ztlab env)" points ztctl at a lab
+	}
+	f.StringVar(&o.socket, "socket", socket, "the agent's unix socket ($ZT_FLOWS_SOCKET); several, comma-separated (a lab's nodes), are merged by time")
 	f.StringVar(&o.server, "server", "", "the agent's API address, e.g. http://127.0.0.1:9877 (instead of the socket)")
 	f.StringVar(&o.node, "node", "", "only records of this node (through the API server: only its agent)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
@@ -409,13 +413,14 @@ func (p *flowPrinter) rowCols(r *flows.Record) []string {
 			src = "(many sources)"
 		}
 	}
-	if r.Claimed != "" {
-		// A forged source: the sender, and whose address it claimed.
+	if r.Claimed != "" && policy == "-" {
+		// A forged source: SOURCE is the sender, this whose address it
+		// claimed.
 		claimed := r.Claimed
 		if ns, name, ok := strings.Cut(claimed, "/"); ok && ns == p.namespace {
 			claimed = name
 		}
-		src += " as " + claimed
+		policy = "as " + claimed
 	}
 	cols := []string{ts, src, dst, port, strings.ToUpper(r.Verdict), r.Reason, policy}
 	if p.output == "wide" {

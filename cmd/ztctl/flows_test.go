@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -346,7 +347,7 @@ func TestFlowsSeveralSockets(t *testing.T) {
 		t.Errorf("merged records %q, want %q (by time across both sockets)", got, want)
 	}
 	out, errOut, code := ztctl(t, "flows", "-n", "shop", "--socket", sockA+","+sockB, "--reason", "spoofed")
-	if code != 0 || !strings.Contains(out, "api as web ") {
+	if code != 0 || !regexp.MustCompile(`(?m) api +data/db +5432/TCP +DROP +spoofed +as web$`).MatchString(out) {
 		t.Errorf("table of a forged source (exit %d, %s):\n%s", code, errOut, out)
 	}
 	if recs := flowsJSON(t, "-A", "--from", "shop/api", "--reason", "spoofed", "--socket", sockA+","+sockB); len(recs) != 1 {

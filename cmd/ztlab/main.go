@@ -208,7 +208,70 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 			return lab.ServeMain(cmd.Context(), args)
 		},
 	}
-	root.AddCommand(run, up, probeCmd, apply, down, serve)
+	var try lab.TryOptions
+	var expect string
+	tryCmd := &cobra.Command{
+		Use:   "try FROM TO PORT[/PROTOCOL] [--spoof-as POD|IP] [--expect blocked|passed]",
+		Short: "One connection attempt between two pods, and which zt drop counters it moved",
+		Long: `try connects from one lab pod to another on one port (TCP unless /UDP or
+/SCTP is given) with real packets and says whether the destination answered,
+and which of the agents' exact drop counters moved meanwhile (where zt
+stopped it, and why).
+
+With --spoof-as, it instead sends one packet whose source address is forged
+(another pod's, or any IP) through a raw socket of FROM: no socket hook sees
+it, only the pod's interface can stop it.
+
+Pods are NAMESPACE/NAME, or NAME when unique in the lab. With --expect, the
+exit status is 1 when the outcome differs.`,
+		Example: `  ztlab try shop/attacker data/db 5432
+  ztlab try attacker api 8080/TCP --spoof-as frontend --expect blocked`,
+		Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if expect != "" && expect != "blocked" && expect != "passed" {
+				return fmt.Errorf("--expect %q: want blocked or passed", expect)
+			}
+			pp, err := bundle.ParsePortKey(args[2])
+			if err != nil {
+				return err
+			}
+			try.From, try.To, try.Port, try.Protocol = args[0], args[1], pp.Port, pp.Protocol
+			l, err := lab.Open(c.dir, logw(c, cmd))
+			if err != nil {
+				return err
+			}
+			r, err := l.Try(cmd.Context(), try)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), r)
+			switch {
+			case expect == "blocked" && !r.Blocked():
+				return fmt.Errorf("expected zt to block it: %s", r.Outcome)
+			case expect == "passed" && !r.Passed:
+				return fmt.Errorf("expected it to pass: %s", r.Outcome)
+			}
+			return nil
+		},
+	}
+	tryCmd.Flags().StringVar(&try.SpoofAs, "spoof-as", "", "forge the source address: a pod's (NAMESPACE/NAME) or an IP")
+	tryCmd.Flags().DurationVar(&try.Timeout, "timeout", time.Second, "wait for an answer")
+	tryCmd.Flags().StringVar(&expect, "expect", "", "blocked or passed: exit 1 when the outcome differs")
+
+	env := &cobra.Command{
+		Use:   "env",
+		Short: "Shell lines pointing kubectl and ztctl at the running lab: eval \"$(ztlab env)\"",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.Open(c.dir, logw(c, cmd))
+			if err != nil {
+				return err
+			}
+			l.Env(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	root.AddCommand(run, up, probeCmd, apply, tryCmd, env, down, serve)
 	return root
 }
 

@@ -1,6 +1,7 @@
 // Package pkttest crafts Ethernet frames (IPv4 or IPv6 with TCP, UDP, SCTP
 // or ICMP/ICMPv6) for tests that run the datapath's programs with
-// BPF_PROG_RUN. Frames are well formed: IPv4 header checksum, TCP/UDP/ICMP
+// BPF_PROG_RUN, and for ztlab's forged packets (`ztlab try --spoof-as`).
+// Frames are well formed: IPv4 header checksum, TCP/UDP/ICMP
 // checksums over the pseudo header and the SCTP CRC32c are filled in, so a
 // frame is what a real stack would put on the wire.
 package pkttest

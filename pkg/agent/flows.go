@@ -260,6 +260,9 @@ func (a *Agent) flowsRefresh(changes k8swatch.Changes) {
 			continue
 		}
 		info := flows.EndpointInfo{Pod: flows.PodInfo{Namespace: pk.Namespace, Name: pk.Name}}
+		if p, ok := a.compiler.Pod(pk); ok {
+			info.Pod.Labels = maps.Clone(p.Labels)
+		}
 		for d, dp := range []*policy.DirectionPolicy{&ep.Ingress, &ep.Egress} {
 			for _, k := range dp.IsolatedBy {
 				info.IsolatedBy[d] = append(info.IsolatedBy[d], k.String())

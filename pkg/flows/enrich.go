@@ -87,13 +87,19 @@ func (e *Enricher) Enrich(ev *datapath.FlowEvent) Record {
 	ep, ok := e.resolver.Endpoint(ev.Ifindex, ev.EpId)
 	if ok {
 		r.Endpoint = ep.Pod.Namespace + "/" + ep.Pod.Name
-		if ev.Reason == datapath.ReasonSpoofed && ev.Dir == datapath.DirEgress {
-			// The forged address may be another pod's: the sender is the
-			// pod whose interface it came from, never the one it claimed.
-			if r.Src.Pod != "" || r.Src.Reserved != "" {
+		// The endpoint's side is the pod whose interface (or socket) saw
+		// the packet, whatever its address says: a socket hook sees no
+		// source address yet (0.0.0.0 before the bind), and a forged one
+		// may be another pod's (recorded as Claimed), never the sender.
+		local := &r.Dst
+		if ev.Dir == datapath.DirEgress {
+			local = &r.Src
+			if ev.Reason == datapath.ReasonSpoofed && (r.Src.Pod != "" || r.Src.Reserved != "") {
 				r.Claimed = r.Src.Name()
 			}
-			r.Src = Peer{IP: r.Src.IP, Port: r.Src.Port, Namespace: ep.Pod.Namespace, Pod: ep.Pod.Name,
+		}
+		if local.Namespace != ep.Pod.Namespace || local.Pod != ep.Pod.Name {
+			*local = Peer{IP: local.IP, Port: local.Port, Namespace: ep.Pod.Namespace, Pod: ep.Pod.Name,
 				Labels: ep.Pod.Labels, Deleted: ep.Pod.Deleted}
 		}
 		switch ev.Reason {

@@ -72,6 +72,15 @@ func TestEnrich(t *testing.T) {
 			t.Errorf("%+v", r)
 		}
 	})
+	t.Run("a socket hook's drop names the pod though the socket has no address yet", func(t *testing.T) {
+		ev := evSpec{src: netip.IPv4Unspecified(), dst: ipDB, dport: 5432, dir: datapath.DirEgress,
+			verdict: datapath.VerdictDrop, reason: datapath.ReasonSockDenied, ifindex: ifWeb, peer: 300, ts: now}.event()
+		r := e.Enrich(&ev)
+		if r.Src.Name() != "shop/web" || r.Dst.Name() != "data/db" || r.Claimed != "" ||
+			!slices.Equal(r.Policies, []string{"shop/default-deny", "shop/web-out"}) {
+			t.Errorf("%+v", r)
+		}
+	})
 	t.Run("a source forging another pod's address is the sender, not the pod it claims", func(t *testing.T) {
 		ev := evSpec{src: ipDB, dst: ipSpoof, sport: 5432, dport: 80, dir: datapath.DirEgress,
 			verdict: datapath.VerdictDrop, reason: datapath.ReasonSpoofed, ifindex: ifWeb, peer: 300, ts: now}.event()
