@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +22,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/streaming/pkg/httpstream"
+	"k8s.io/streaming/pkg/httpstream/spdy"
 
 	"github.com/ztnet/zt/internal/testenv"
 	"github.com/ztnet/zt/pkg/flows"
@@ -355,4 +362,214 @@ func (s *socketTransport) tried() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Sorted(slices.Values(s.pods))
+}
+
+// fakeKubelet answers the API server's port-forward requests as a kubelet
+// does (portforward.k8s.io over SPDY): each data stream is connected to
+// the flows API socket of the pod it names.
+type fakeKubelet struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	sockets map[string]string // pod name -> the agent's socket
+	pods    []string          // forwarded, "namespace/name"
+}
+
+func startFakeKubelet(t *testing.T, sockets map[string]string) *fakeKubelet {
+	t.Helper()
+	k := &fakeKubelet{sockets: sockets}
+	k.srv = httptest.NewTLSServer(http.HandlerFunc(k.serve))
+	t.Cleanup(k.srv.Close)
+	return k
+}
+
+func (k *fakeKubelet) port() int { return k.srv.Listener.Addr().(*net.TCPAddr).Port }
+
+func (k *fakeKubelet) forwarded() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Sorted(slices.Values(k.pods))
+}
+
+func (k *fakeKubelet) serve(w http.ResponseWriter, req *http.Request) {
+	// /portForward/{namespace}/{pod}
+	parts := strings.Split(strings.Trim(req.URL.Path, "/"), "/")
+	if len(parts) != 3 || parts[0] != "portForward" {
+		http.NotFound(w, req)
+		return
+	}
+	k.mu.Lock()
+	sock, ok := k.sockets[parts[2]]
+	k.pods = append(k.pods, parts[1]+"/"+parts[2])
+	k.mu.Unlock()
+	if !ok {
+		http.Error(w, "no such pod", http.StatusNotFound)
+		return
+	}
+	if _, err := httpstream.Handshake(req, w, []string{portforward.PortForwardProtocolV1Name}); err != nil {
+		return // Handshake wrote the error
+	}
+	var mu sync.Mutex
+	errStreams := map[string]httpstream.Stream{} // by request ID
+	conn := spdy.NewResponseUpgrader().UpgradeResponse(w, req, func(s httpstream.Stream, replySent <-chan struct{}) error {
+		id := s.Headers().Get(corev1.PortForwardRequestIDHeader)
+		switch s.Headers().Get(corev1.StreamType) {
+		case corev1.StreamTypeError:
+			mu.Lock()
+			errStreams[id] = s
+			mu.Unlock()
+		case corev1.StreamTypeData:
+			go func() {
+				<-replySent
+				defer func() {
+					mu.Lock()
+					if e := errStreams[id]; e != nil {
+						e.Close()
+					}
+					delete(errStreams, id)
+					mu.Unlock()
+				}()
+				defer s.Close()
+				c, err := net.Dial("unix", sock)
+				if err != nil {
+					s.Reset()
+					return
+				}
+				defer c.Close()
+				go func() {
+					io.Copy(c, s)
+					c.(*net.UnixConn).CloseWrite()
+				}()
+				io.Copy(s, c)
+			}()
+		default:
+			return fmt.Errorf("unknown stream type %q", s.Headers().Get(corev1.StreamType))
+		}
+		return nil
+	})
+	if conn == nil {
+		return
+	}
+	<-conn.CloseChan()
+}
+
+// TestFlowsForwardKubelet is the whole path: ztctl port-forwards through
+// the real API server to a fake kubelet on two nodes, which connects each
+// stream to that node's in-process agent API; the records come back
+// merged by time.
+func TestFlowsForwardKubelet(t *testing.T) {
+	c := newForwardCluster(t)
+	stA, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+	stB, sockB := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+	_, sockSkew := agentAPI(t, flows.Version{API: flows.APIVersion + 1, Agent: "v9.9.9"})
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for i := range 3 {
+		ra := flowRec(t0.Add(time.Duration(2*i)*time.Minute), fWeb, fDB, "drop", "policy-denied")
+		ra.Node = "node-a"
+		stA.Append(ra)
+		rb := flowRec(t0.Add(time.Duration(2*i+1)*time.Minute), fAPI, fDB, "drop", "policy-denied")
+		rb.Node = "node-b"
+		stB.Append(rb)
+	}
+	kubelet := startFakeKubelet(t, map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB, "zt-agent-skew": sockSkew})
+	ctx := context.Background()
+	for _, name := range []string{"node-a", "node-b", "node-c"} {
+		n, err := c.cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(kubelet.port())
+		if _, err := c.cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flowsJSON := func(t *testing.T, args ...string) []flows.Record {
+		t.Helper()
+		args = append([]string{"flows", "-A", "-o", "json", "--socket", filepath.Join(t.TempDir(), "none.sock"),
+			"--kubeconfig", c.kubeconfig["forwarder"]}, args...)
+		start := time.Now()
+		out, errOut, code := ztctl(t, args...)
+		if code != 0 {
+			t.Fatalf("ztctl %v: exit %d: %s", args, code, errOut)
+		}
+		t.Logf("ztctl %v: %s", args[1:], time.Since(start).Round(time.Millisecond))
+		var recs []flows.Record
+		if err := json.Unmarshal([]byte(out), &recs); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, out)
+		}
+		return recs
+	}
+	nodes := func(recs []flows.Record) string {
+		var s []string
+		for _, r := range recs {
+			s = append(s, r.Node)
+		}
+		return strings.Join(s, " ")
+	}
+
+	t.Run("merged", func(t *testing.T) {
+		recs := flowsJSON(t)
+		if got, want := nodes(recs), "node-a node-b node-a node-b node-a node-b"; got != want {
+			t.Errorf("nodes %q, want %q", got, want)
+		}
+		if want := []string{"zt-system/zt-agent-a", "zt-system/zt-agent-b"}; !slices.Equal(kubelet.forwarded(), want) {
+			t.Errorf("forwarded to %v, want %v", kubelet.forwarded(), want)
+		}
+		if got, want := nodes(flowsJSON(t, "--last", "3")), "node-b node-a node-b"; got != want {
+			t.Errorf("--last 3: nodes %q, want %q", got, want)
+		}
+	})
+
+	t.Run("one node", func(t *testing.T) {
+		if got, want := nodes(flowsJSON(t, "--node", "node-b")), "node-b node-b node-b"; got != want {
+			t.Errorf("--node node-b: nodes %q, want %q", got, want)
+		}
+	})
+
+	t.Run("follow", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var out, errOut syncBuffer
+		done := make(chan int, 1)
+		go func() {
+			done <- run(ctx, []string{"flows", "-A", "-f", "-o", "jsonl", "--last", "1", "--socket", filepath.Join(t.TempDir(), "none.sock"),
+				"--kubeconfig", c.kubeconfig["forwarder"]}, &out, &errOut)
+		}()
+		waitFor := func(s string) {
+			t.Helper()
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(out.String(), s) {
+				if time.Now().After(deadline) {
+					t.Fatalf("output never showed %q:\n%s\nstderr: %s", s, out.String(), errOut.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		waitFor(`"node":"node-b"`) // the backlog: the last record overall
+		late := flowRec(time.Now(), fAPI, fWeb, "drop", "deny-rule")
+		late.Node, late.Dst.Port = "node-a", 8443
+		stA.Append(late)
+		waitFor("8443")
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("follow ended with %d: %s", code, errOut.String())
+		}
+		if n := strings.Count(out.String(), "\n"); n != 2 {
+			t.Errorf("followed %d records, want 2:\n%s", n, out.String())
+		}
+	})
+
+	t.Run("version skew", func(t *testing.T) {
+		c.createPod(t, agentNamespace, "zt-agent-skew", "node-c", map[string]string{"app.kubernetes.io/name": "zt-agent"}, corev1.PodRunning)
+		msg := c.flowsAs(t, "forwarder", "--node", "node-c")
+		wantAll(t, "skew", msg, "zt-agent zt-system/zt-agent-skew on node node-c: version skew", "v9.9.9", "use a ztctl matching the agent")
+	})
+
+	t.Run("the reader is still refused", func(t *testing.T) {
+		before := len(kubelet.forwarded())
+		msg := c.flowsAs(t, "reader")
+		wantAll(t, "reader", msg, "create on pods/portforward in namespace zt-system")
+		if n := len(kubelet.forwarded()); n != before {
+			t.Errorf("the kubelet was asked %d times for a user without pods/portforward", n-before)
+		}
+	})
 }
