@@ -28,7 +28,7 @@ type reachOptions struct {
 func newReachCmd() *cobra.Command {
 	o := &reachOptions{}
 	cmd := &cobra.Command{
-		Use:   "reach --bundle FILE [-o table|json] [--from NS/POD --to NS/POD --port PORT[/PROTO]]",
+		Use:   "reach --bundle FILE [-o table|matrix|json] [--from NS/POD --to NS/POD --port PORT[/PROTO]]",
 		Short: "Show which pods may reach which, from NetworkPolicies, offline",
 		Long: `reach compiles the NetworkPolicies of a bundle with the same compiler the
 agent uses and prints who may reach whom.
@@ -46,7 +46,7 @@ Traffic between a pod and itself is never subject to NetworkPolicy.`,
 	}
 	f := cmd.Flags()
 	f.StringSliceVarP(&o.bundles, "bundle", "f", nil, "bundle file (- for standard input); repeat or comma-separate to combine files")
-	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	f.StringVarP(&o.output, "output", "o", "table", "output format: table (a grid per port), matrix (one grid) or json")
 	f.StringVar(&o.from, "from", "", "source pod (namespace/name)")
 	f.StringVar(&o.to, "to", "", "destination pod (namespace/name)")
 	f.StringVar(&o.port, "port", "", "destination port and protocol, e.g. 80/TCP (default protocol TCP)")
@@ -58,8 +58,8 @@ Traffic between a pod and itself is never subject to NetworkPolicy.`,
 }
 
 func (o *reachOptions) run(stdout, stderr io.Writer) error {
-	if o.output != "table" && o.output != "json" {
-		return fmt.Errorf("unknown output format %q (want table or json)", o.output)
+	if o.output != "table" && o.output != "json" && o.output != "matrix" {
+		return fmt.Errorf("unknown output format %q (want table, matrix or json)", o.output)
 	}
 	single := o.from != "" || o.to != "" || o.port != ""
 	if single && (o.from == "" || o.to == "" || o.port == "") {
@@ -92,8 +92,11 @@ func (o *reachOptions) run(stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.output == "json" {
+	switch o.output {
+	case "json":
 		return rep.WriteJSON(stdout)
+	case "matrix":
+		return rep.WriteMatrix(stdout)
 	}
 	return rep.WriteTable(stdout)
 }

@@ -93,12 +93,12 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 	var bundles []string
 	var output string
 	run := &cobra.Command{
-		Use:   "run --bundle FILE [--nodes N] [-o table|json]",
+		Use:   "run --bundle FILE [--nodes N] [-o table|matrix|json]",
 		Short: "Up with a bundle, probe every pod pair, print the reachability, tear down",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("unknown output format %q (want table or json)", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			if err := lab.CheckRoot(); err != nil {
 				return err
@@ -115,7 +115,7 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 		},
 	}
 	run.Flags().StringSliceVarP(&bundles, "bundle", "f", nil, "bundle file; repeat or comma-separate to combine files")
-	run.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	run.Flags().StringVarP(&output, "output", "o", "table", "output format: table (a grid per port), matrix (one grid) or json")
 	_ = run.MarkFlagRequired("bundle")
 	labFlags(run)
 	probeFlags(run)
@@ -149,12 +149,12 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 
 	var probeOut string
 	probeCmd := &cobra.Command{
-		Use:   "probe [-o table|json]",
+		Use:   "probe [-o table|matrix|json]",
 		Short: "Probe every pod pair of the running lab with real packets",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if probeOut != "table" && probeOut != "json" {
-				return fmt.Errorf("unknown output format %q (want table or json)", probeOut)
+			if err := checkOutput(probeOut); err != nil {
+				return err
 			}
 			l, err := lab.Open(c.dir, logw(c, cmd))
 			if err != nil {
@@ -167,7 +167,7 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 			return write(cmd.OutOrStdout(), rep, probeOut)
 		},
 	}
-	probeCmd.Flags().StringVarP(&probeOut, "output", "o", "table", "output format: table or json")
+	probeCmd.Flags().StringVarP(&probeOut, "output", "o", "table", "output format: table (a grid per port), matrix (one grid) or json")
 	probeFlags(probeCmd)
 
 	apply := &cobra.Command{
@@ -282,9 +282,20 @@ func logw(c *common, cmd *cobra.Command) io.Writer {
 	return cmd.ErrOrStderr()
 }
 
+func checkOutput(format string) error {
+	switch format {
+	case "table", "matrix", "json":
+		return nil
+	}
+	return fmt.Errorf("unknown output format %q (want table, matrix or json)", format)
+}
+
 func write(w io.Writer, r reach.Report, format string) error {
-	if format == "json" {
+	switch format {
+	case "json":
 		return r.WriteJSON(w)
+	case "matrix":
+		return r.WriteMatrix(w)
 	}
 	return r.WriteTable(w)
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 
@@ -182,6 +183,83 @@ func (r Report) WriteTable(w io.Writer) error {
 			b.WriteByte('\n')
 		}
 	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteMatrix writes one grid for every port: a row per source, a column
+// per destination (headed by the ports it declares), and in each cell
+// "." when every port answered, "X" when none did, "~" when some did.
+// A destination with more than two ports is headed by their number.
+// Small bundles read best this way; WriteTable has a grid per port.
+func (r Report) WriteMatrix(w io.Writer) error {
+	pods := map[string]bool{}
+	ports := map[string][]string{}     // destination -> "80/TCP", ...
+	verdicts := map[[2]string][2]int{} // (from, to) -> allowed, denied
+	seenPort := map[string]map[string]bool{}
+	for _, res := range r.Results {
+		pods[res.From], pods[res.To] = true, true
+		pp := fmt.Sprintf("%d/%s", res.Port, res.Protocol)
+		if seenPort[res.To] == nil {
+			seenPort[res.To] = map[string]bool{}
+		}
+		if !seenPort[res.To][pp] {
+			seenPort[res.To][pp] = true
+			ports[res.To] = append(ports[res.To], pp)
+		}
+		v := verdicts[[2]string{res.From, res.To}]
+		if res.Verdict == Allow {
+			v[0]++
+		} else {
+			v[1]++
+		}
+		verdicts[[2]string{res.From, res.To}] = v
+	}
+	names := slices.Sorted(maps.Keys(pods))
+	rowW := len("from \\ to")
+	for _, n := range names {
+		rowW = max(rowW, len(n))
+	}
+	colW := make([]int, len(names))
+	sub := make([]string, len(names))
+	for i, n := range names {
+		sub[i] = strings.Join(ports[n], ",")
+		if len(ports[n]) > 2 {
+			sub[i] = fmt.Sprintf("%d ports", len(ports[n]))
+		}
+		colW[i] = max(len(n), len(sub[i]))
+	}
+	var b strings.Builder
+	line := func(first string, cells []string) {
+		var l strings.Builder
+		fmt.Fprintf(&l, "%-*s", rowW, first)
+		for i, c := range cells {
+			fmt.Fprintf(&l, "  %-*s", colW[i], c)
+		}
+		b.WriteString(strings.TrimRight(l.String(), " ") + "\n")
+	}
+	line("from \\ to", names)
+	line("", sub)
+	for _, from := range names {
+		cells := make([]string, len(names))
+		for i, to := range names {
+			v, ok := verdicts[[2]string{from, to}]
+			switch {
+			case from == to:
+				cells[i] = "-"
+			case !ok:
+				cells[i] = ""
+			case v[1] == 0:
+				cells[i] = "."
+			case v[0] == 0:
+				cells[i] = "X"
+			default:
+				cells[i] = "~"
+			}
+		}
+		line(from, cells)
+	}
+	b.WriteString("(. every port answered  X none  ~ some  - self)\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -128,3 +128,44 @@ func TestTable(t *testing.T) {
 		}
 	}
 }
+
+func TestMatrix(t *testing.T) {
+	r, _ := shop(t, "cluster.yaml", "policies.yaml")
+	var buf bytes.Buffer
+	if err := r.WriteMatrix(&buf); err != nil {
+		t.Fatal(err)
+	}
+	want := `from \ to      data/db   shop/api  shop/attacker  shop/frontend
+               5432/TCP  8080/TCP  4444/TCP       80/TCP
+data/db        -         X         X              X
+shop/api       .         -         X              X
+shop/attacker  X         X         -              X
+shop/frontend  X         .         X              -
+(. every port answered  X none  ~ some  - self)
+`
+	if buf.String() != want {
+		t.Errorf("matrix:\n%s\nwant\n%s", buf.String(), want)
+	}
+
+	// Some ports of a destination answer: "~"; more than two ports are
+	// counted in the header.
+	mixed := reach.Report{Results: []reach.Result{
+		{From: "a", To: "b", Port: 80, Protocol: "TCP", Verdict: reach.Allow},
+		{From: "a", To: "b", Port: 81, Protocol: "TCP", Verdict: reach.Deny},
+		{From: "a", To: "b", Port: 82, Protocol: "UDP", Verdict: reach.Deny},
+		{From: "b", To: "a", Port: 9, Protocol: "UDP", Verdict: reach.Deny},
+	}}
+	buf.Reset()
+	if err := mixed.WriteMatrix(&buf); err != nil {
+		t.Fatal(err)
+	}
+	want = `from \ to  a      b
+           9/UDP  3 ports
+a          -      ~
+b          X      -
+(. every port answered  X none  ~ some  - self)
+`
+	if buf.String() != want {
+		t.Errorf("matrix:\n%s\nwant\n%s", buf.String(), want)
+	}
+}
