@@ -53,5 +53,5 @@ fuzz: ## run the fuzzers for a minute each
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./pkg/bundle
 
 .PHONY: demo
-demo: setup build ## the shop, before and after zero-trust policies, as ztctl reach sees it
-	@hack/demo.sh
+demo: setup build k8s-bins ## the zero-trust shop on a one-machine lab, real packets (ZT_DEMO_KEEP=1 leaves it up)
+	@ZT_DEMO_BIN=$(BIN) hack/demo.sh

@@ -220,7 +220,8 @@ stopped it, and why).
 
 With --spoof-as, it instead sends one packet whose source address is forged
 (another pod's, or any IP) through a raw socket of FROM: no socket hook sees
-it, only the pod's interface can stop it.
+it, only the pod's interface can stop it. --raw sends that packet with
+FROM's own address.
 
 Pods are NAMESPACE/NAME, or NAME when unique in the lab. With --expect, the
 exit status is 1 when the outcome differs.`,
@@ -255,6 +256,7 @@ exit status is 1 when the outcome differs.`,
 		},
 	}
 	tryCmd.Flags().StringVar(&try.SpoofAs, "spoof-as", "", "forge the source address: a pod's (NAMESPACE/NAME) or an IP")
+	tryCmd.Flags().BoolVar(&try.Raw, "raw", false, "send one crafted packet with FROM's own address through a raw socket (skips the socket hooks)")
 	tryCmd.Flags().DurationVar(&try.Timeout, "timeout", time.Second, "wait for an answer")
 	tryCmd.Flags().StringVar(&expect, "expect", "", "blocked or passed: exit 1 when the outcome differs")
 

@@ -11,11 +11,12 @@ import (
 	"github.com/ztnet/zt/internal/kubeenv"
 )
 
-// Binaries built once by TestMain: the ztlab command under test and the
-// zt-agent it runs on every node.
+// Binaries built once by TestMain: the ztlab command under test, the
+// zt-agent it runs on every node and ztctl (the demo reads flows with it).
 var (
 	ztlabBin string
 	agentBin string
+	ztctlBin string
 	k8sBin   string
 	repoRoot string
 )
@@ -57,11 +58,12 @@ func run(m *testing.M) int {
 	}
 	ztlabBin = filepath.Join(dir, "ztlab")
 	agentBin = filepath.Join(dir, "zt-agent")
+	ztctlBin = filepath.Join(dir, "ztctl")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	for bin, pkg := range map[string]string{ztlabBin: "./cmd/ztlab", agentBin: "./cmd/zt-agent"} {
+	for bin, pkg := range map[string]string{ztlabBin: "./cmd/ztlab", agentBin: "./cmd/zt-agent", ztctlBin: "./cmd/ztctl"} {
 		cmd := exec.Command(goBin, "build", "-o", bin, pkg)
 		cmd.Dir = repoRoot
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

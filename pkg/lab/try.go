@@ -31,6 +31,9 @@ type TryOptions struct {
 	// UDP datagram or an SCTP INIT) is sent through a raw socket of From,
 	// which no socket hook sees; only the pod's interface can stop it.
 	SpoofAs string
+	// Raw sends that one crafted packet with From's own address: a raw
+	// socket skips the socket hooks, so the pod's interface must decide.
+	Raw bool
 	// Timeout is the wait for an answer (default 1 s).
 	Timeout time.Duration
 }
@@ -40,9 +43,11 @@ type TryResult struct {
 	From, To Pod
 	Port     uint16
 	Protocol identity.Protocol
-	// Source is the address the packets carried; Spoofed when forged.
+	// Source is the address the packets carried; Spoofed when forged,
+	// Raw when one crafted packet was sent through a raw socket.
 	Source  netip.Addr
 	Spoofed bool
+	Raw     bool
 	// Passed: the destination answered.
 	Passed bool
 	// Outcome says how it ended, in words.
@@ -59,8 +64,11 @@ func (r TryResult) Blocked() bool { return !r.Passed && len(r.Drops) > 0 }
 func (r TryResult) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s -> %s %d/%s", r.From.Key(), r.To.Key(), r.Port, r.Protocol)
-	if r.Spoofed {
+	switch {
+	case r.Spoofed:
 		fmt.Fprintf(&b, " (forged source %s)", r.Source)
+	case r.Raw:
+		b.WriteString(" (raw socket)")
 	}
 	switch {
 	case r.Passed:
@@ -114,6 +122,7 @@ func (l *Lab) Try(ctx context.Context, o TryOptions) (TryResult, error) {
 	}
 	dip := daddrs[0]
 	sip := familyAddr(src, dip)
+	r.Raw = o.Raw || o.SpoofAs != ""
 	if o.SpoofAs != "" {
 		r.Spoofed = true
 		if a, err := netip.ParseAddr(o.SpoofAs); err == nil {
@@ -136,11 +145,14 @@ func (l *Lab) Try(ctx context.Context, o TryOptions) (TryResult, error) {
 		return r, fmt.Errorf("pod %s: %w", src.Key(), err)
 	}
 	defer nsf.Close()
-	if r.Spoofed {
+	if r.Raw {
 		if err := sendForged(int(nsf.Fd()), sip, dip, o.Protocol, o.Port); err != nil {
-			return r, fmt.Errorf("send a forged packet from %s: %w", src.Key(), err)
+			return r, fmt.Errorf("send a crafted packet from %s: %w", src.Key(), err)
 		}
-		r.Outcome = "one forged packet sent, its answer would go to the address it claimed"
+		r.Outcome = "one crafted packet sent (no answer is awaited)"
+		if r.Spoofed {
+			r.Outcome = "one forged packet sent, its answer would go to the address it claimed"
+		}
 		// The counters move as the packet crosses the pod's interface.
 		deadline := time.Now().Add(o.Timeout)
 		for r.Drops = diffDrops(before, l.dropCounters()); len(r.Drops) == 0 && time.Now().Before(deadline); {
@@ -148,7 +160,10 @@ func (l *Lab) Try(ctx context.Context, o TryOptions) (TryResult, error) {
 			r.Drops = diffDrops(before, l.dropCounters())
 		}
 		if len(r.Drops) > 0 {
-			r.Outcome = "dropped at " + src.Key() + "'s interface: the source address is not the pod's"
+			r.Outcome = "dropped at " + src.Key() + "'s interface"
+			if r.Spoofed && strings.Contains(strings.Join(r.Drops, " "), " spoofed ") {
+				r.Outcome += ": the source address is not the pod's"
+			}
 		}
 		return r, ctx.Err()
 	}
