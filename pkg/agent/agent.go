@@ -65,6 +65,8 @@ type Agent struct {
 	heartbeat atomic.Int64
 
 	flows *flowState // see flows.go
+
+	realized realizedState // see realized.go
 }
 
 type binding struct {
@@ -304,6 +306,7 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	}
 	a.syncNetns()
 	a.detachStale()
+	a.realized.publish(len(desired.Endpoints), len(a.missing))
 	if !changes.Empty() && !firstEvent.IsZero() {
 		a.metrics.propagation.Observe(time.Since(firstEvent).Seconds())
 	}
@@ -346,9 +349,11 @@ func (a *Agent) applyChanges(ch k8swatch.Changes) {
 		ns, err := a.watch.Namespaces.Get(key)
 		if apierrors.IsNotFound(err) {
 			a.compiler.DeleteNamespace(key)
+			a.realized.consume(k8swatch.KindNamespace, key, nil)
 			continue
 		}
 		if err == nil {
+			a.realized.consume(k8swatch.KindNamespace, key, ns)
 			a.compiler.SetNamespace(policy.Namespace{Name: ns.Name, Labels: ns.Labels})
 		}
 	}
@@ -356,6 +361,11 @@ func (a *Agent) applyChanges(ch k8swatch.Changes) {
 		namespace, name, _ := cache.SplitMetaNamespaceKey(key)
 		pk := policy.PodKey{Namespace: namespace, Name: name}
 		pod, err := a.watch.Pods.Pods(namespace).Get(name)
+		if apierrors.IsNotFound(err) {
+			a.realized.consume(k8swatch.KindPod, key, nil)
+		} else if err == nil {
+			a.realized.consume(k8swatch.KindPod, key, pod)
+		}
 		if apierrors.IsNotFound(err) || (err == nil && k8swatch.Terminated(pod)) {
 			a.compiler.DeletePod(pk)
 			continue
@@ -376,6 +386,7 @@ func (a *Agent) applyChanges(ch k8swatch.Changes) {
 		pk := policy.PolicyKey{Namespace: namespace, Name: name}
 		np, err := a.watch.Policies.NetworkPolicies(namespace).Get(name)
 		if apierrors.IsNotFound(err) {
+			a.realized.consume(k8swatch.KindNetworkPolicy, key, nil)
 			a.compiler.DeletePolicy(pk)
 			delete(a.problems, pk)
 			continue
@@ -383,6 +394,7 @@ func (a *Agent) applyChanges(ch k8swatch.Changes) {
 		if err != nil {
 			continue
 		}
+		a.realized.consume(k8swatch.KindNetworkPolicy, key, np)
 		if err := a.compiler.SetPolicy(np); err != nil {
 			msg := err.Error()
 			if a.problems[pk] != msg {
@@ -559,6 +571,7 @@ func (a *Agent) serveHealth() *http.Server {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("/realized", a.serveRealized)
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Addr: a.cfg.HealthAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

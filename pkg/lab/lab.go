@@ -233,7 +233,7 @@ func Up(ctx context.Context, cfg Config, b *bundle.Bundle) (l *Lab, err error) {
 	if err := l.startAgents(agentBin); err != nil {
 		return l, err
 	}
-	if err := l.waitAgents(ctx, nil); err != nil {
+	if err := l.waitAgents(ctx); err != nil {
 		return l, err
 	}
 	l.logf("lab up in %s: %d node(s), %d pod(s)", time.Since(start).Round(time.Millisecond), len(l.st.Nodes), len(l.st.Pods))
@@ -406,21 +406,18 @@ func (l *Lab) setupCluster(ctx context.Context) error {
 
 // Apply adds a bundle to a running lab: namespaces, pods (each with its
 // namespace, wiring and server, before the API object), policies. It then
-// waits until every agent has synced the change (see waitAgents).
+// waits until every agent has realized what the API server holds (see
+// waitAgents); a bundle that changes nothing returns at once.
 func (l *Lab) Apply(ctx context.Context, b *bundle.Bundle) error {
-	before := l.syncCounts()
 	if err := l.apply(ctx, b); err != nil {
 		return err
 	}
-	return l.waitAgents(ctx, before)
+	return l.waitAgents(ctx)
 }
 
 func (l *Lab) apply(ctx context.Context, b *bundle.Bundle) error {
-	if l.admin == nil {
-		var err error
-		if l.admin, err = clientFromKubeconfig(l.st.AdminKubeconfig); err != nil {
-			return err
-		}
+	if err := l.ensureAdmin(); err != nil {
+		return err
 	}
 	for _, ns := range b.Namespaces {
 		if err := applyNamespace(ctx, l.admin, ns); err != nil {
@@ -726,109 +723,6 @@ func scrape(hc *http.Client, addr string) (map[string]float64, error) {
 		}
 	}
 	return out, sc.Err()
-}
-
-func syncCount(m map[string]float64) float64 {
-	var n float64
-	for k, v := range m {
-		if strings.HasPrefix(k, "zt_sync_duration_seconds_count") {
-			n += v
-		}
-	}
-	return n
-}
-
-// syncCounts is each agent's number of syncs so far (nil when an agent
-// does not answer).
-func (l *Lab) syncCounts() map[string]float64 {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	out := map[string]float64{}
-	for _, n := range l.st.Nodes {
-		m, err := scrape(hc, n.HealthAddr)
-		if err != nil {
-			return nil
-		}
-		out[n.Name] = syncCount(m)
-	}
-	return out
-}
-
-// waitAgents waits until every agent is ready and enforces all its local
-// pods. An agent started after every object and interface existed is
-// realized when /readyz answers 200: its first full sync is realized in
-// the kernel, from informer caches listed after the objects were created.
-// The endpoint count (zt_map_entries{map="endpoints"}) must also equal the
-// node's pod count. After a change to a running lab (before != nil), each
-// agent must also have synced at least once more (or not at all for 2 s:
-// nothing changed) and then stayed quiet for 300 ms. That part is a
-// heuristic: the agent exposes no realized generation yet.
-func (l *Lab) waitAgents(ctx context.Context, before map[string]float64) error {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	deadline := time.Now().Add(l.cfg.ReadyTimeout)
-	local := map[string]int{}
-	for _, p := range l.st.Pods {
-		local[p.Node]++
-	}
-	changed := time.Now()
-	for _, n := range l.st.Nodes {
-		var last string
-		var lastCount float64 = -1
-		var quietSince time.Time
-		for {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("node %s: agent not ready after %s: %s (log %s)", n.Name, l.cfg.ReadyTimeout, last, n.AgentLog)
-			}
-			if p, ok := l.proc("agent", n.Name); ok && !p.alive() {
-				return fmt.Errorf("node %s: zt-agent exited (log %s):\n%s", n.Name, n.AgentLog, tail(n.AgentLog, 20))
-			}
-			ok, why := agentRealized(hc, n, local[n.Name])
-			if ok && before != nil {
-				m, err := scrape(hc, n.HealthAddr)
-				switch c := syncCount(m); {
-				case err != nil:
-					ok, why = false, err.Error()
-				case c <= before[n.Name] && time.Since(changed) < 2*time.Second:
-					// Nothing may have changed (a bundle applied twice):
-					// after 2 s without a sync, there is nothing to sync.
-					ok, why = false, "no sync since the change"
-				case c != lastCount:
-					lastCount, quietSince = c, time.Now()
-					ok, why = false, "syncing"
-				case time.Since(quietSince) < 300*time.Millisecond:
-					ok, why = false, "syncing"
-				}
-			}
-			if ok {
-				break
-			}
-			last = why
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return nil
-}
-
-func agentRealized(hc *http.Client, n Node, pods int) (bool, string) {
-	resp, err := hc.Get("http://" + n.HealthAddr + "/readyz")
-	if err != nil {
-		return false, err.Error()
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Sprintf("/readyz %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	m, err := scrape(hc, n.HealthAddr)
-	if err != nil {
-		return false, err.Error()
-	}
-	if got := m[`zt_map_entries{map="endpoints"}`]; int(got) != pods {
-		return false, fmt.Sprintf("%d of %d local pods enforced", int(got), pods)
-	}
-	return true, ""
 }
 
 func (l *Lab) proc(role, name string) (Proc, bool) {

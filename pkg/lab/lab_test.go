@@ -403,6 +403,15 @@ func TestInteractive(t *testing.T) {
 
 	e.mustZtlab("apply", shop("policies.yaml"))
 	agree(t, expected(t, shop("cluster.yaml"), shop("policies.yaml")), e.mustZtlab("probe", "-o", "json"))
+	// Applying what is already there changes nothing: the agents have
+	// realized it already, and apply returns at once.
+	start := time.Now()
+	e.mustZtlab("apply", shop("policies.yaml"))
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("ztlab apply of an unchanged bundle took %s", took.Round(time.Millisecond))
+	} else {
+		t.Logf("ztlab apply of an unchanged bundle: %s", took.Round(time.Millisecond))
+	}
 
 	// ztctl on what the live API server holds agrees with the probes.
 	st, err := lab.LoadState(e.dir)
