@@ -190,3 +190,85 @@ func applyPolicy(ctx context.Context, cs kubernetes.Interface, in *networkingv1.
 func isInvalid(err error) bool {
 	return apierrors.IsInvalid(err) || strings.Contains(err.Error(), "is invalid")
 }
+
+// deletePod deletes a pod at once (grace period 0: no kubelet here to
+// confirm it stopped). A pod already gone is no error.
+func deletePod(ctx context.Context, cs kubernetes.Interface, namespace, name string) error {
+	zero := int64(0)
+	err := cs.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete pod %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// deletePolicy deletes a NetworkPolicy; one already gone is no error.
+func deletePolicy(ctx context.Context, cs kubernetes.Interface, namespace, name string) error {
+	err := cs.NetworkingV1().NetworkPolicies(namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete networkpolicy %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// deleteNamespace deletes a namespace and what it holds, doing what the
+// namespace controller (not running here) would: delete its pods,
+// policies and ServiceAccounts, then clear the namespace's finalizers so
+// it goes.
+func deleteNamespace(ctx context.Context, cs kubernetes.Interface, name string) error {
+	pods, err := cs.CoreV1().Pods(name).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("namespace %s: list pods: %w", name, err)
+	}
+	for _, p := range pods.Items {
+		if err := deletePod(ctx, cs, name, p.Name); err != nil {
+			return err
+		}
+	}
+	nps, err := cs.NetworkingV1().NetworkPolicies(name).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("namespace %s: list networkpolicies: %w", name, err)
+	}
+	for _, np := range nps.Items {
+		if err := deletePolicy(ctx, cs, name, np.Name); err != nil {
+			return err
+		}
+	}
+	if err := cs.CoreV1().ServiceAccounts(name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("namespace %s: delete serviceaccounts: %w", name, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := cs.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("delete namespace %s: %w", name, err)
+		}
+		ns, err := cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("namespace %s: %w", name, err)
+		}
+		if len(ns.Spec.Finalizers) > 0 {
+			ns.Spec.Finalizers = nil
+			if _, err := cs.CoreV1().Namespaces().Finalize(ctx, ns, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("finalize namespace %s: %w", name, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("namespace %s still exists after 30 s", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// systemNamespaces are the API server's and deploy/'s: Sync never deletes
+// them.
+var systemNamespaces = map[string]bool{
+	metav1.NamespaceDefault: true, metav1.NamespaceSystem: true, metav1.NamespacePublic: true,
+	corev1.NamespaceNodeLease: true, agentNamespace: true,
+}

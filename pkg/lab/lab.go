@@ -34,6 +34,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ztnet/zt/internal/kubeenv"
@@ -415,6 +416,85 @@ func (l *Lab) Apply(ctx context.Context, b *bundle.Bundle) error {
 	return l.waitAgents(ctx)
 }
 
+// Sync makes the objects of the lab's API server match b, as if b were
+// the whole cluster: what Apply does, plus deleting the NetworkPolicies,
+// pods and namespaces b lacks (never the API server's own namespaces nor
+// zt-system; a namespace some pod or policy of b names stays). Labels are
+// replaced by b's. A deleted pod keeps its network namespace, wiring and
+// server in the lab (unenforced, and no longer probed): a later Sync or
+// Apply that brings it back, at the same addresses, recreates only its API
+// object. It then waits until every agent has realized the result (see
+// waitAgents).
+func (l *Lab) Sync(ctx context.Context, b *bundle.Bundle) error {
+	if err := l.ensureAdmin(); err != nil {
+		return err
+	}
+	wantNS := map[string]bool{}
+	wantPod := map[string]bool{}
+	wantPol := map[string]bool{}
+	for _, ns := range b.Namespaces {
+		wantNS[ns.Name] = true
+	}
+	for _, p := range b.Pods {
+		wantNS[p.Namespace] = true
+		wantPod[p.Namespace+"/"+p.Name] = true
+	}
+	for _, np := range b.Policies {
+		wantNS[np.Namespace] = true
+		wantPol[np.Namespace+"/"+np.Name] = true
+	}
+	// Deletions first: a namespace b lacks takes its pods and policies.
+	nss, err := l.admin.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, ns := range nss.Items {
+		if !wantNS[ns.Name] && !systemNamespaces[ns.Name] {
+			if err := deleteNamespace(ctx, l.admin, ns.Name); err != nil {
+				return err
+			}
+		}
+	}
+	nps, err := l.admin.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, np := range nps.Items {
+		if !wantPol[np.Namespace+"/"+np.Name] {
+			if err := deletePolicy(ctx, l.admin, np.Namespace, np.Name); err != nil {
+				return err
+			}
+		}
+	}
+	pods, err := l.admin.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, p := range pods.Items {
+		if !wantPod[p.Namespace+"/"+p.Name] && !systemNamespaces[p.Namespace] {
+			if err := deletePod(ctx, l.admin, p.Namespace, p.Name); err != nil {
+				return err
+			}
+		}
+	}
+	// Namespaces a pod or policy names but b lacks exist, with no labels.
+	full := *b
+	full.Namespaces = slices.Clone(b.Namespaces)
+	have := map[string]bool{}
+	for _, ns := range b.Namespaces {
+		have[ns.Name] = true
+	}
+	for name := range wantNS {
+		if !have[name] && !systemNamespaces[name] {
+			full.Namespaces = append(full.Namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+		}
+	}
+	if err := l.apply(ctx, &full); err != nil {
+		return err
+	}
+	return l.waitAgents(ctx)
+}
+
 func (l *Lab) apply(ctx context.Context, b *bundle.Bundle) error {
 	if err := l.ensureAdmin(); err != nil {
 		return err
@@ -438,7 +518,13 @@ func (l *Lab) apply(ctx context.Context, b *bundle.Bundle) error {
 			return err
 		}
 		nodeOf[key] = node
-		if existing || p.Spec.HostNetwork {
+		if existing {
+			if err := l.sameAddresses(p); err != nil {
+				return err
+			}
+			continue
+		}
+		if p.Spec.HostNetwork {
 			continue
 		}
 		lp, err := l.addPod(p, node)
@@ -470,6 +556,25 @@ func (l *Lab) apply(ctx context.Context, b *bundle.Bundle) error {
 				continue
 			}
 			return err
+		}
+	}
+	return nil
+}
+
+// sameAddresses checks that a pod the lab already wired keeps its
+// addresses (they are its network namespace's).
+func (l *Lab) sameAddresses(p *corev1.Pod) error {
+	pp, err := policy.PodFromAPI(p)
+	if err != nil {
+		return err
+	}
+	var ips []string
+	for _, a := range pp.IPs {
+		ips = append(ips, a.String())
+	}
+	for _, lp := range l.st.Pods {
+		if lp.Key() == p.Namespace+"/"+p.Name && !slices.Equal(lp.IPs, ips) {
+			return fmt.Errorf("pod %s: addresses %v, but the lab wired it with %v (addresses cannot change)", lp.Key(), ips, lp.IPs)
 		}
 	}
 	return nil
@@ -779,12 +884,42 @@ func (l *Lab) Probe(ctx context.Context, o ProbeOptions) (reach.Report, error) {
 	if o.Warn == nil {
 		o.Warn = func(f string, a ...any) { l.logf("warning: "+f, a...) }
 	}
+	pods, err := l.livePods(ctx)
+	if err != nil {
+		return reach.Report{}, err
+	}
 	start := time.Now()
-	r, err := Probe(ctx, l.st.Pods, o)
+	r, err := Probe(ctx, pods, o)
 	if err == nil {
 		l.logf("probed in %s: %s", time.Since(start).Round(time.Millisecond), countAllowed(r))
 	}
 	return r, err
+}
+
+// livePods are the lab's pods the API server holds (a pod deleted
+// through the API keeps its namespace in the lab but is no pod of the
+// cluster any more).
+func (l *Lab) livePods(ctx context.Context) ([]Pod, error) {
+	if err := l.ensureAdmin(); err != nil {
+		return nil, err
+	}
+	list, err := l.admin.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	live := map[string]bool{}
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			live[p.Namespace+"/"+p.Name] = true
+		}
+	}
+	var out []Pod
+	for _, p := range l.st.Pods {
+		if live[p.Key()] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // Down removes the lab.

@@ -7,18 +7,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ztnet/zt/pkg/bundle"
 	"github.com/ztnet/zt/pkg/lab"
@@ -32,6 +30,12 @@ type env struct {
 	t    *testing.T
 	dir  string
 	name string
+	// ownOnly: other labs run at once in this process; only processes
+	// naming dir or recorded in pids, and the root links in links, are
+	// this lab's.
+	ownOnly bool
+	pids    []int
+	links   []string
 }
 
 func newEnv(t *testing.T) *env {
@@ -128,6 +132,12 @@ func (e *env) leftovers(linksBefore map[string]bool) []string {
 		}
 	}
 	for name := range rootLinks() {
+		if e.ownOnly {
+			if slices.Contains(e.links, name) {
+				out = append(out, "root link "+name)
+			}
+			continue
+		}
 		if strings.HasPrefix(name, "ztl-") && !linksBefore[name] {
 			out = append(out, "root link "+name)
 		}
@@ -163,6 +173,12 @@ func (e *env) processes() []string {
 			}
 		}
 		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if e.ownOnly {
+			if strings.Contains(cmd, e.dir) || slices.ContainsFunc(e.pids, func(p int) bool { return fmt.Sprint(p) == pid }) {
+				out = append(out, fmt.Sprintf("process %s: %s", pid, cmd))
+			}
+			continue
+		}
 		if strings.HasPrefix(cmd, agentBin) || strings.HasPrefix(cmd, ztlabBin+" serve") || strings.Contains(cmd, e.dir) {
 			out = append(out, fmt.Sprintf("process %s: %s", pid, cmd))
 		}
@@ -237,105 +253,6 @@ func TestShop(t *testing.T) {
 			files := []string{shop("cluster.yaml"), shop("policies.yaml")}
 			out := e.mustZtlab("run", "--nodes", fmt.Sprint(nodes), "-f", files[0], "-f", files[1], "-o", "json")
 			agree(t, expected(t, files...), out)
-		})
-	}
-}
-
-// conformanceBundle renders step 0 of a pkg/policy conformance scenario
-// (a scenario whose first step only applies objects) over the upstream
-// world (namespaces x, y, z; pods a, b, c; 80 and 81 on TCP, UDP, SCTP)
-// into one bundle file.
-func conformanceBundle(t *testing.T, scenario, fam string) string {
-	t.Helper()
-	world := filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-"+fam+".yaml")
-	wb, err := bundle.Load(world)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ips := map[string]netip.Addr{}
-	for _, p := range wb.Pods {
-		ips[p.Namespace+"/"+p.Name] = netip.MustParseAddr(p.Status.PodIPs[0].IP)
-	}
-	raw, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "conformance", scenario+".yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	funcs := template.FuncMap{
-		"ip":       func(pod string) string { return ips[pod].String() },
-		"hostbits": func() int { return ips["x/a"].BitLen() },
-		"large": func(pod string) string {
-			p, _ := ips[pod].Prefix(4)
-			return p.String()
-		},
-	}
-	tmpl, err := template.New(scenario).Funcs(funcs).Option("missingkey=error").Parse(string(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := tmpl.Execute(&buf, nil); err != nil {
-		t.Fatal(err)
-	}
-	var sc struct {
-		Objects []json.RawMessage `json:"objects"`
-		Steps   []struct {
-			Apply  []json.RawMessage `json:"apply"`
-			Delete []any             `json:"delete"`
-			Labels []any             `json:"labels"`
-		} `json:"steps"`
-	}
-	if err := yaml.Unmarshal(buf.Bytes(), &sc); err != nil {
-		t.Fatalf("%s: %v", scenario, err)
-	}
-	if len(sc.Steps) == 0 || len(sc.Steps[0].Delete) > 0 || len(sc.Steps[0].Labels) > 0 {
-		t.Fatalf("%s: step 0 must only apply objects", scenario)
-	}
-	wraw, err := os.ReadFile(world)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	out.Write(wraw)
-	for _, o := range append(sc.Objects, sc.Steps[0].Apply...) {
-		y, err := yaml.JSONToYAML(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out.WriteString("\n---\n")
-		out.Write(y)
-	}
-	path := filepath.Join(t.TempDir(), scenario+"-"+fam+".yaml")
-	if err := os.WriteFile(path, out.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// TestConformance runs representative upstream scenarios (pkg/policy's
-// conformance data, step 0) with real packets: 9 pods, 6 ports each
-// (80 and 81 on TCP, UDP, SCTP), on one and on two nodes, IPv4 and IPv6.
-func TestConformance(t *testing.T) {
-	cases := []struct {
-		scenario, fam string
-		nodes         int
-	}{
-		{"default-deny-ingress-sctp", "v4", 2},
-		{"ports-udp", "v4", 1},
-		{"egress-cidr-except", "v4", 2},
-		{"ingress-one-named-port", "v4", 1},
-		{"deny-egress-namespace", "v4", 2},
-		{"endport-sctp", "v6", 2},
-		{"podselector-and-namespaceselector", "v6", 1},
-	}
-	for _, c := range cases {
-		t.Run(fmt.Sprintf("%s/%s/nodes=%d", c.scenario, c.fam, c.nodes), func(t *testing.T) {
-			e := newEnv(t)
-			file := conformanceBundle(t, c.scenario, c.fam)
-			out := e.mustZtlab("run", "--nodes", fmt.Sprint(c.nodes), "-f", file, "-o", "json")
-			got := agree(t, expected(t, file), out)
-			if len(got.Results) != 9*8*6 {
-				t.Errorf("%d rows, want 9 sources x 8 destinations x 6 ports = 432", len(got.Results))
-			}
 		})
 	}
 }
