@@ -96,7 +96,7 @@ enum zt_verdict : __u8 {
 enum zt_reason : __u8 {
 	ZT_REASON_ALLOWED = 0,      /* an allow rule matched */
 	ZT_REASON_NOT_ISOLATED = 1, /* this direction of the endpoint is not isolated */
-	ZT_REASON_REPLY = 2,        /* reply of a connection allowed at this endpoint */
+	ZT_REASON_REPLY = 2,        /* reply of a connection allowed at this endpoint, or an ICMP error about one */
 	ZT_REASON_HOST = 3,         /* from the host identity, endpoint has ALLOW_HOST */
 	ZT_REASON_LINK_LOCAL = 4,   /* ARP, IPv6 neighbour discovery / MLD */
 	ZT_REASON_NO_ENDPOINT = 5,  /* attached interface not in endpoints: pass */

@@ -102,8 +102,10 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = bpf_ktime_get_ns();
-	/* (1) reply of a flow allowed earlier at this endpoint */
-	if (zt_ct_is_reply(cfg, v.ep_id, dir, &f, now)) {
+	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
+	 * error about one */
+	if (zt_ct_is_reply(cfg, v.ep_id, dir, &f, now) ||
+	    zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
 		v.reason = ZT_REASON_REPLY;
 		return zt_finish(cfg, &f, &v, 0);
 	}

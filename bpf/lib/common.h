@@ -31,8 +31,9 @@ struct zt_flow {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 hop_limit;
-	__u8 pad;
+	__u8 icmp_err;     /* an ICMP error: the packet it answers is at l4_off + 8 */
 	__u32 len;
+	__u32 l4_off;
 };
 
 static __always_inline void zt_addr_copy(__u8 *dst, const __u8 *src)

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "maps.h"
+#include "parse.h"
 
 static __always_inline void zt_ct_key_fwd(struct zt_ct_key *k, __u32 ep_id, __u8 dir,
 					  const struct zt_flow *f)
@@ -64,6 +65,27 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	}
 	v->last_seen_ns = now;
 	return 1;
+}
+
+/* Is this an ICMP error about a flow allowed earlier at this endpoint (a
+ * port unreachable, fragmentation needed / packet too big for path MTU
+ * discovery, a time exceeded)? The error travels against the flow it
+ * answers and quotes that flow's first packet as it was sent, so the quoted
+ * tuple is a forward entry of the other direction. An error is no sign of
+ * life: the entry is not refreshed. */
+static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
+					    struct __sk_buff *skb, const struct zt_flow *f,
+					    __u64 now)
+{
+	struct zt_flow in = {};
+	struct zt_ct_key k;
+	struct zt_ct_val *v;
+
+	if (zt_parse_icmp_inner(skb, f, &in))
+		return 0;
+	zt_ct_key_fwd(&k, ep_id, dir ^ 1, &in);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	return v && zt_ct_live(cfg, v, now);
 }
 
 /* Create or refresh the forward entry; returns 1 if it was created. */

@@ -66,6 +66,13 @@ static __always_inline int zt_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 		if (bpf_skb_load_bytes(skb, off, buf, 8))
 			return ZT_PARSE_MALFORMED;
 		f->icmp_type = buf[0];
+		f->l4_off = off;
+		/* Destination unreachable (fragmentation needed among them),
+		 * time exceeded, parameter problem; ICMPv6 adds packet too big. */
+		if (f->proto == ZT_IPPROTO_ICMP)
+			f->icmp_err = buf[0] == 3 || buf[0] == 11 || buf[0] == 12;
+		else
+			f->icmp_err = buf[0] >= 1 && buf[0] <= 4;
 		/* echo request: (id, 0); echo reply: (0, id); see zt_abi.h */
 		if ((f->proto == ZT_IPPROTO_ICMP && buf[0] == 8) ||
 		    (f->proto == ZT_IPPROTO_ICMPV6 && buf[0] == 128)) {
@@ -183,6 +190,66 @@ static __always_inline int zt_parse(struct __sk_buff *skb, struct zt_flow *f)
 	default:
 		return ZT_PARSE_UNSUPPORTED;
 	}
+}
+
+/* The packet an ICMP error answers, as it was sent (RFC 792, RFC 4443: the
+ * error quotes its IP header and at least the first 8 bytes after it):
+ * family, protocol, addresses and conntrack ports. Returns 0 when it names a
+ * flow conntrack could know (TCP, UDP, SCTP or an echo request, not a
+ * later fragment, no IPv6 extension header). */
+static __always_inline int zt_parse_icmp_inner(struct __sk_buff *skb, const struct zt_flow *f,
+					       struct zt_flow *in)
+{
+	__u32 off = f->l4_off + 8;
+	__u8 l4[8];
+
+	if (!f->icmp_err)
+		return -1;
+	in->family = f->family;
+	if (f->family == ZT_AF_INET) {
+		struct iphdr ip;
+		__u32 ihl;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return -1;
+		ihl = ip.ihl * 4;
+		if (ip.version != 4 || ihl < sizeof(ip) || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return -1;
+		in->proto = ip.protocol;
+		__builtin_memcpy(in->saddr, &ip.saddr, 4);
+		__builtin_memcpy(in->daddr, &ip.daddr, 4);
+		off += ihl;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return -1;
+		if (ip6.version != 6)
+			return -1;
+		in->proto = ip6.nexthdr;
+		__builtin_memcpy(in->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(in->daddr, &ip6.daddr, 16);
+		off += sizeof(ip6);
+	}
+	if (bpf_skb_load_bytes(skb, off, l4, sizeof(l4)))
+		return -1;
+	switch (in->proto) {
+	case ZT_IPPROTO_TCP:
+	case ZT_IPPROTO_UDP:
+	case ZT_IPPROTO_SCTP:
+		__builtin_memcpy(&in->sport, &l4[0], 2);
+		__builtin_memcpy(&in->dport, &l4[2], 2);
+		return 0;
+	case ZT_IPPROTO_ICMP:
+	case ZT_IPPROTO_ICMPV6:
+		if ((in->proto == ZT_IPPROTO_ICMP) != (f->family == ZT_AF_INET))
+			return -1;
+		if (l4[0] != (in->proto == ZT_IPPROTO_ICMP ? 8 : 128))
+			return -1; /* only an echo request opens a tracked flow */
+		__builtin_memcpy(&in->sport, &l4[4], 2);
+		return 0;
+	}
+	return -1;
 }
 
 /* IPv6 neighbour discovery (RS 133, RA 134, NS 135, NA 136, redirect 137)

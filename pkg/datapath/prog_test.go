@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
+
+	"github.com/ztnet/zt/internal/pkttest"
 )
 
 // BPF_PROG_RUN without a context runs on the loopback device of the current
@@ -444,4 +446,76 @@ func TestEvents(t *testing.T) {
 			t.Errorf("%d events read + %d lost, want %d in total with some lost", len(got), lost, n)
 		}
 	})
+}
+
+// TestICMPErrorsRelated: an ICMP error about a flow allowed at the endpoint
+// (port unreachable, fragmentation needed / packet too big for path MTU
+// discovery, time exceeded) passes isolation as part of that flow, from the
+// peer or from any router on the path; an error quoting a flow the endpoint
+// never allowed, or quoting it the wrong way round, is policy as usual.
+func TestICMPErrorsRelated(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "ipv4", true: "ipv6"}[v6], func(t *testing.T) {
+			f := newFixture(t, v6)
+			f.setEndpoint(EndpointIngressIsolated | EndpointEgressIsolated)
+			f.allow(PortRule{Dir: DirEgress, Peer: peerID, Proto: protoUDP, Port: 53}, 1)
+			f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 2)
+			f.allow(PortRule{Dir: DirEgress, Peer: peerID, Proto: protoICMP}, 3) // proto any-port rule: pings
+			if v6 {
+				f.allow(PortRule{Dir: DirEgress, Peer: peerID, Proto: protoICMPv6}, 3)
+			}
+			router := netip.MustParseAddr("192.0.2.1")
+			type kind struct{ typ, code uint8 }
+			unreach, tooBig, timeExceeded := kind{3, 3}, kind{3, 4}, kind{11, 0}
+			if v6 {
+				router = netip.MustParseAddr("2001:db8::1")
+				unreach, tooBig, timeExceeded = kind{1, 4}, kind{2, 0}, kind{3, 0}
+			}
+			// icmpErr is the error src sends dst about quoted, quoting its
+			// IP header and the first 8 bytes after it (or all of it).
+			icmpErr := func(src, dst netip.Addr, k kind, quoted pkttest.Packet, whole bool) []byte {
+				q := quoted.Frame()[14:]
+				if n := map[bool]int{false: 28, true: 48}[v6]; !whole && len(q) > n {
+					q = q[:n]
+				}
+				e := pkttest.Packet{Src: src, Dst: dst, Proto: pkttest.ICMPProto(src), ICMPType: k.typ, ICMPCode: k.code, Payload: q}
+				if k == tooBig {
+					e.ICMPSeq = 1400 // the next hop's MTU
+				}
+				return e.Frame()
+			}
+
+			out := pkttest.First(f.pod, f.peer, pkttest.ProtoUDP, 40000, 53)
+			f.expect("udp out", DirEgress, out.Frame(), VerdictAllow, ReasonAllowed)
+			f.expect("port unreachable from the peer", DirIngress, icmpErr(f.peer, f.pod, unreach, out, false), VerdictAllow, ReasonReply)
+			f.expect("too big from a router", DirIngress, icmpErr(router, f.pod, tooBig, out, true), VerdictAllow, ReasonReply)
+			f.expect("time exceeded from a router", DirIngress, icmpErr(router, f.pod, timeExceeded, out, false), VerdictAllow, ReasonReply)
+
+			never := pkttest.First(f.pod, f.other, pkttest.ProtoUDP, 40001, 53)
+			f.expect("error about a flow never allowed", DirIngress, icmpErr(f.peer, f.pod, unreach, never, false), VerdictDrop, ReasonPolicyDenied)
+			f.expect("error quoting the flow reversed", DirIngress, icmpErr(f.peer, f.pod, unreach, out.Reply(), false), VerdictDrop, ReasonPolicyDenied)
+			otherPort := pkttest.First(f.pod, f.peer, pkttest.ProtoUDP, 40000, 54)
+			f.expect("error quoting another port", DirIngress, icmpErr(f.peer, f.pod, unreach, otherPort, false), VerdictDrop, ReasonPolicyDenied)
+
+			// The pod's own errors about a flow it accepted leave through
+			// its isolated egress.
+			in := pkttest.First(f.peer, f.pod, pkttest.ProtoTCP, 40002, 80)
+			f.expect("tcp in", DirIngress, in.Frame(), VerdictAllow, ReasonAllowed)
+			f.expect("the pod's error about it", DirEgress, icmpErr(f.pod, f.peer, unreach, in, false), VerdictAllow, ReasonReply)
+			f.expect("the pod's error about a flow it never accepted", DirEgress,
+				icmpErr(f.pod, f.other, unreach, pkttest.First(f.other, f.pod, pkttest.ProtoTCP, 40003, 80), false), VerdictDrop, ReasonPolicyDenied)
+
+			// An echo request the pod sent can come back as an error too.
+			ping := pkttest.First(f.pod, f.peer, pkttest.ICMPProto(f.pod), 77, 0)
+			f.expect("ping out", DirEgress, ping.Frame(), VerdictAllow, ReasonAllowed)
+			f.expect("ping's time exceeded", DirIngress, icmpErr(router, f.pod, timeExceeded, ping, false), VerdictAllow, ReasonReply)
+
+			// Revoking the flow's allow cuts its errors with it.
+			if err := f.d.PolicyDeleteRule(PortRule{EndpointID: testEpID, Dir: DirEgress, Peer: peerID, Proto: protoUDP, Port: 53}); err != nil {
+				t.Fatal(err)
+			}
+			f.expect("udp out after revoke", DirEgress, out.Frame(), VerdictDrop, ReasonPolicyDenied)
+			f.expect("its error after revoke", DirIngress, icmpErr(f.peer, f.pod, unreach, out, false), VerdictDrop, ReasonPolicyDenied)
+		})
+	}
 }
