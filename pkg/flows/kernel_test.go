@@ -9,15 +9,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
+	"github.com/ztnet/zt/internal/netnsutil"
 	"github.com/ztnet/zt/pkg/datapath"
 )
 
@@ -67,52 +67,37 @@ func tcPrograms(t *testing.T) (*datapath.Datapath, map[datapath.Dir]*ebpf.Progra
 		_ = os.RemoveAll(root)
 	})
 	progs := map[datapath.Dir]*ebpf.Program{}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
+	// In a scratch namespace: attach to its loopback (ifindex 1), keep
+	// the programs, detach.
+	fd, err := netnsutil.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	err = netnsutil.Do(fd, func() error {
+		if _, err := dp.AttachEndpoint(kIfindex); err != nil {
+			return err
 		}
-		defer orig.Close()
-		ns, err := netns.New() // switches this thread
-		if err != nil {
-			errc <- fmt.Errorf("new netns: %w", err)
-			return
-		}
-		defer ns.Close()
-		err = func() error {
-			if _, err := dp.AttachEndpoint(kIfindex); err != nil {
+		for name, dir := range map[string]datapath.Dir{"1_in": datapath.DirEgress, "1_eg": datapath.DirIngress} {
+			l, err := link.LoadPinnedLink(filepath.Join(root, "links", name), nil)
+			if err != nil {
 				return err
 			}
-			for name, dir := range map[string]datapath.Dir{"1_in": datapath.DirEgress, "1_eg": datapath.DirIngress} {
-				l, err := link.LoadPinnedLink(filepath.Join(root, "links", name), nil)
-				if err != nil {
-					return err
-				}
-				info, err := l.Info()
-				l.Close()
-				if err != nil {
-					return err
-				}
-				p, err := ebpf.NewProgramFromID(info.Program)
-				if err != nil {
-					return err
-				}
-				t.Cleanup(func() { p.Close() })
-				progs[dir] = p
+			info, err := l.Info()
+			l.Close()
+			if err != nil {
+				return err
 			}
-			return dp.DetachEndpoint(kIfindex)
-		}()
-		if serr := netns.Set(orig); serr != nil {
-			errc <- fmt.Errorf("restore netns: %w", serr) // thread stays locked: discarded
-			return
+			p, err := ebpf.NewProgramFromID(info.Program)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { p.Close() })
+			progs[dir] = p
 		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+		return dp.DetachEndpoint(kIfindex)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return dp, progs

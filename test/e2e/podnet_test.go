@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/ztnet/zt/internal/netnsutil"
 	"github.com/ztnet/zt/pkg/datapath"
 )
 
@@ -226,32 +226,8 @@ func (n *podNet) ifindexes() []int {
 	return out
 }
 
-// inNS runs fn on a locked OS thread inside ns. A thread that cannot
-// return to its namespace stays locked and dies with its goroutine.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return from netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs fn on a locked OS thread inside ns.
+func inNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(int(ns), fn) }
 
 // listenTCP serves a line echo on httpPort.
 func (p *pod) listenTCP(t testing.TB) {

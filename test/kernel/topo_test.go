@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ztnet/zt/internal/netnsutil"
 	"github.com/ztnet/zt/pkg/policy"
 )
 
@@ -42,32 +42,8 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// inNS runs fn on a fresh locked OS thread inside ns. If the thread cannot
-// be returned to its namespace it stays locked and is discarded.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("return from netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs fn on a locked OS thread inside ns.
+func inNS(ns netns.NsHandle, fn func() error) error { return netnsutil.Do(int(ns), fn) }
 
 func mustNS(t testing.TB, ns netns.NsHandle, fn func() error) {
 	t.Helper()
@@ -84,32 +60,11 @@ func mustNS(t testing.TB, ns netns.NsHandle, fn func() error) {
 // namespace by /proc/self/fd path or an inherited descriptor.
 func newNS(t testing.TB) netns.NsHandle {
 	t.Helper()
-	var ns netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err = netns.New() // unshare(CLONE_NEWNET) on this thread
-		if err != nil {
-			errc <- fmt.Errorf("create netns: %w", err)
-			_ = netns.Set(orig) // the thread stays locked either way if this fails
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	fd, err := netnsutil.New()
+	if err != nil {
 		t.Fatal(err)
 	}
+	ns := netns.NsHandle(fd)
 	track(func() { created.netns++ })
 	t.Cleanup(func() {
 		if err := ns.Close(); err != nil {
