@@ -10,4 +10,6 @@ fi
 # The end-to-end tests start a real kube-apiserver and etcd built from pinned
 # modules (tools/k8s); this is a no-op when they are up to date.
 hack/k8s-bins.sh
-go test -count=1 -race ./...
+# pkg/lab runs every conformance scenario with real packets on four labs
+# (about 4 of its 6-7 minutes): above go test's default 10 m under load.
+go test -count=1 -race -timeout 30m ./...
