@@ -72,9 +72,9 @@ func TestRealizedEndpoint(t *testing.T) {
 		pods, _ := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 		nps, _ := client.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
 		var r k8swatch.Realized
-		r.Namespaces = fingerprintItems(nss.Items)
-		r.Pods = fingerprintItems(pods.Items)
-		r.NetworkPolicies = fingerprintItems(nps.Items)
+		r.Namespaces = k8swatch.FingerprintItems(nss.Items)
+		r.Pods = k8swatch.FingerprintItems(pods.Items)
+		r.NetworkPolicies = k8swatch.FingerprintItems(nps.Items)
 		return r
 	}
 	// One sync: drain, consume, (map writes), publish.
@@ -126,15 +126,4 @@ func TestRealizedEndpoint(t *testing.T) {
 	if st.NetworkPolicies.Count != 0 || st.Pods.Count != 1 {
 		t.Errorf("after the change: %+v", st)
 	}
-}
-
-func fingerprintItems[T any, P interface {
-	*T
-	metav1.Object
-}](items []T) k8swatch.Fingerprint {
-	objs := make([]P, len(items))
-	for i := range items {
-		objs[i] = P(&items[i])
-	}
-	return k8swatch.FingerprintOf(objs)
 }

@@ -74,6 +74,20 @@ func FingerprintOf[T metav1.Object](objs []T) Fingerprint {
 	return f
 }
 
+// FingerprintItems is FingerprintOf the Items of a List (values, not
+// pointers): FingerprintItems(podList.Items).
+func FingerprintItems[T any, P interface {
+	*T
+	metav1.Object
+}](items []T) Fingerprint {
+	var f Fingerprint
+	for i := range items {
+		o := P(&items[i])
+		f.Add(ObjectHash(string(o.GetUID()), o.GetResourceVersion()))
+	}
+	return f
+}
+
 // Realized is the API state an agent has realized in the kernel: per
 // watched kind, the fingerprint of the objects (at the versions) its
 // compiler consumed, published only after the map writes of the sync

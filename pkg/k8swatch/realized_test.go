@@ -22,6 +22,9 @@ func TestFingerprint(t *testing.T) {
 	if f1.Count != 3 {
 		t.Errorf("count %d, want 3", f1.Count)
 	}
+	if FingerprintItems([]corev1.Pod{*c, *b, *a}) != f1 {
+		t.Error("FingerprintItems differs from FingerprintOf")
+	}
 	if FingerprintOf([]*corev1.Pod{}) != (Fingerprint{}) {
 		t.Error("the empty set is not the zero fingerprint")
 	}

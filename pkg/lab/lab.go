@@ -1008,7 +1008,7 @@ func (l *Lab) Addresses(w io.Writer) {
 	fmt.Fprintf(w, "kubectl:    %s --kubeconfig %s get ns,pods,netpol -A\n", st.Kubectl, st.AdminKubeconfig)
 	fmt.Fprintf(w, "ztctl:      %s --kubeconfig %s get ns,pods,netpol -A -o yaml | ztctl reach -f -\n", st.Kubectl, st.AdminKubeconfig)
 	for _, n := range st.Nodes {
-		fmt.Fprintf(w, "node %-8s agent http://%s (/readyz /metrics), flows %s, netns %s, bpffs %s, log %s\n",
+		fmt.Fprintf(w, "node %-8s agent http://%s (/readyz /realized /metrics), flows %s, netns %s, bpffs %s, log %s\n",
 			n.Name, n.HealthAddr, n.FlowsSocket, n.Netns, n.BPFFS, n.AgentLog)
 	}
 	for _, p := range st.Pods {

@@ -45,9 +45,9 @@ func listAPI(ctx context.Context, cs kubernetes.Interface) (apiState, error) {
 		return apiState{}, fmt.Errorf("list networkpolicies: %w", err)
 	}
 	st := apiState{local: map[string]int{}}
-	st.realized.Namespaces = fingerprintItems(nss.Items)
-	st.realized.Pods = fingerprintItems(pods.Items)
-	st.realized.NetworkPolicies = fingerprintItems(nps.Items)
+	st.realized.Namespaces = k8swatch.FingerprintItems(nss.Items)
+	st.realized.Pods = k8swatch.FingerprintItems(pods.Items)
+	st.realized.NetworkPolicies = k8swatch.FingerprintItems(nps.Items)
 	for _, p := range pods.Items {
 		if p.Spec.NodeName != "" && !p.Spec.HostNetwork && !k8swatch.Terminated(&p) && p.DeletionTimestamp == nil &&
 			(len(p.Status.PodIPs) > 0 || p.Status.PodIP != "") {
@@ -55,17 +55,6 @@ func listAPI(ctx context.Context, cs kubernetes.Interface) (apiState, error) {
 		}
 	}
 	return st, nil
-}
-
-func fingerprintItems[T any, P interface {
-	*T
-	metav1.Object
-}](items []T) k8swatch.Fingerprint {
-	objs := make([]P, len(items))
-	for i := range items {
-		objs[i] = P(&items[i])
-	}
-	return k8swatch.FingerprintOf(objs)
 }
 
 // getRealized reads an agent's GET /realized.
