@@ -37,7 +37,7 @@ type realizedState struct {
 	published atomic.Pointer[RealizedStatus]
 }
 
-// consumed records that the compiler read obj (nil: the object is gone).
+// consume records that the compiler read obj (nil: the object is gone).
 func (r *realizedState) consume(kind k8swatch.Kind, key string, obj metav1.Object) {
 	if obj == nil {
 		r.consumed[kind].Delete(key)
