@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ztnet/zt/internal/randpolicy"
 )
 
 var (
@@ -46,9 +48,11 @@ func worldCount(def int) int {
 	return def
 }
 
-// gen draws random worlds and policies from the whole field space.
+// gen draws random worlds, and policies from the whole field space with
+// randpolicy.
 type gen struct {
-	r *rand.Rand
+	r  *rand.Rand
+	rp *randpolicy.Gen
 	// pools the world draws from
 	nsNames  []string
 	v4, v6   []netip.Addr
@@ -56,13 +60,40 @@ type gen struct {
 	external []netip.Addr
 }
 
+// genWorld is what worlds are made of: namespaces ns0..ns3, the label
+// spaces, ports and CIDRs of randpolicy.DefaultWorld.
+var genWorld = randpolicy.DefaultWorld(4)
+
+var (
+	genPodKeys   = genWorld.PodLabels.Keys
+	genPodVals   = genWorld.PodLabels.Values
+	genNSKeys    = genWorld.NamespaceLabels.Keys
+	genNSVals    = genWorld.NamespaceLabels.Values
+	genPortNames = genWorld.PortNames
+	genPortNums  = func() (out []uint16) {
+		for _, n := range genWorld.PortNumbers {
+			out = append(out, uint16(n))
+		}
+		return out
+	}()
+	genProtos = []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}
+	// genProbePorts are probed in every world, besides the declared ports:
+	// ports a policy may name that no pod declares among them.
+	genProbePorts = []probe{
+		{ProtoTCP, 80}, {ProtoTCP, 81}, {ProtoTCP, 53}, {ProtoUDP, 53}, {ProtoUDP, 80},
+		{ProtoSCTP, 80}, {ProtoTCP, 443}, {ProtoTCP, 8080}, {ProtoTCP, 9000}, {ProtoUDP, 9000},
+		{ProtoTCP, randpolicy.UnknownPortNumber}, {ProtoSCTP, 81}, {ProtoTCP, 10000}, {ProtoUDP, 65535},
+		{identityICMP, 0},
+	}
+)
+
+const identityICMP Protocol = 1
+
 func newGen(seed uint64) *gen {
 	g := &gen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
-	g.nsNames = []string{"ns0", "ns1", "ns2", "ns3"}
-	for i := range 12 {
-		g.v4 = append(g.v4, netip.AddrFrom4([4]byte{10, 0, byte(i % 3), byte(10 + i)}))
-		g.v6 = append(g.v6, netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x", i%3, 16+i)))
-	}
+	g.rp = randpolicy.New(g.r, genWorld)
+	g.nsNames = genWorld.Namespaces
+	g.v4, g.v6 = randpolicy.PodAddrs(12)
 	g.hostIP = []netip.Addr{netip.MustParseAddr("10.0.9.1"), netip.MustParseAddr("fd00::9:1")}
 	g.external = []netip.Addr{
 		netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.1.77"), netip.MustParseAddr("8.8.8.8"),
@@ -71,34 +102,11 @@ func newGen(seed uint64) *gen {
 	return g
 }
 
-func (g *gen) pick(xs []string) string { return xs[g.r.IntN(len(xs))] }
-func (g *gen) chance(p float64) bool   { return g.r.Float64() < p }
-
-var (
-	genPodKeys    = []string{"app", "tier", "role"}
-	genPodVals    = map[string][]string{"app": {"web", "db", "api"}, "tier": {"fe", "be"}, "role": {"x", "y"}}
-	genNSKeys     = []string{"team", "env"}
-	genNSVals     = map[string][]string{"team": {"a", "b", "c"}, "env": {"prod", "dev"}}
-	genPortNames  = []string{"http", "dns", "metrics", "web"}
-	genPortNums   = []uint16{53, 80, 81, 443, 8080}
-	genProtos     = []Protocol{ProtoTCP, ProtoUDP, ProtoSCTP}
-	genProbePorts = []probe{
-		{ProtoTCP, 80}, {ProtoTCP, 81}, {ProtoTCP, 53}, {ProtoUDP, 53}, {ProtoUDP, 80},
-		{ProtoSCTP, 80}, {ProtoTCP, 443}, {ProtoTCP, 8080}, {ProtoTCP, 100}, {ProtoSCTP, 81},
-		{identityICMP, 0},
-	}
-)
-
-const identityICMP Protocol = 1
+func (g *gen) pick(xs []string) string { return randpolicy.Pick(g.r, xs) }
+func (g *gen) chance(p float64) bool   { return g.rp.Chance(p) }
 
 func (g *gen) labels(keys []string, vals map[string][]string) map[string]string {
-	out := map[string]string{}
-	for _, k := range keys {
-		if g.chance(0.5) {
-			out[k] = g.pick(vals[k])
-		}
-	}
-	return out
+	return g.rp.Labels(randpolicy.LabelSpace{Keys: keys, Values: vals})
 }
 
 func (g *gen) world() *refWorld {
@@ -158,198 +166,15 @@ func (g *gen) world() *refWorld {
 	return w
 }
 
-func (g *gen) selector(keys []string, vals map[string][]string) *metav1.LabelSelector {
-	s := &metav1.LabelSelector{}
-	if g.chance(0.25) {
-		return s // everything
-	}
-	if g.chance(0.5) {
-		s.MatchLabels = map[string]string{}
-		for range 1 + g.r.IntN(2) {
-			k := g.pick(keys)
-			s.MatchLabels[k] = g.pick(vals[k])
-		}
-	}
-	if len(s.MatchLabels) == 0 || g.chance(0.3) {
-		for range 1 + g.r.IntN(2) {
-			k := g.pick(keys)
-			req := metav1.LabelSelectorRequirement{Key: k}
-			switch g.r.IntN(4) {
-			case 0:
-				req.Operator = metav1.LabelSelectorOpIn
-				req.Values = []string{g.pick(vals[k])}
-				if g.chance(0.4) {
-					req.Values = append(req.Values, g.pick(vals[k]))
-				}
-			case 1:
-				req.Operator = metav1.LabelSelectorOpNotIn
-				req.Values = []string{g.pick(vals[k])}
-			case 2:
-				req.Operator = metav1.LabelSelectorOpExists
-			case 3:
-				req.Operator = metav1.LabelSelectorOpDoesNotExist
-			}
-			s.MatchExpressions = append(s.MatchExpressions, req)
-		}
-	}
-	return s
-}
-
-func (g *gen) nsSelector(w *refWorld) *metav1.LabelSelector {
-	if g.chance(0.2) {
-		// by the name label the API server sets
-		s := &metav1.LabelSelector{}
-		if g.chance(0.5) {
-			s.MatchLabels = map[string]string{NamespaceNameLabel: g.pick(g.nsNames)}
-		} else {
-			s.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: NamespaceNameLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{g.pick(g.nsNames)}}}
-		}
-		return s
-	}
-	return g.selector(genNSKeys, genNSVals)
-}
-
-var genCIDRs = []string{
-	"10.0.0.0/16", "10.0.1.0/24", "10.0.0.0/8", "0.0.0.0/0", "10.0.0.0/30", "10.0.2.0/28",
-	"fd00::/64", "::/0", "fd00::1:0/112", "fd00::/120", "10.0.9.0/24", "fd00::9:0/112",
-}
-
-func (g *gen) ipBlock(w *refWorld) *networkingv1.IPBlock {
-	var cidr netip.Prefix
-	var all []netip.Addr
-	for _, p := range w.Pods {
-		all = append(all, p.IPs...)
-	}
-	all = append(all, g.external...)
-	all = append(all, g.hostIP...)
-	if g.chance(0.25) && len(all) > 0 {
-		a := all[g.r.IntN(len(all))]
-		cidr = netip.PrefixFrom(a, a.BitLen())
-	} else {
-		cidr = netip.MustParsePrefix(g.pick(genCIDRs))
-	}
-	b := &networkingv1.IPBlock{CIDR: cidr.String()}
-	if cidr.Bits() < cidr.Addr().BitLen() && g.chance(0.5) {
-		for range 1 + g.r.IntN(2) {
-			// a strict subset of cidr, around some address in it
-			var in []netip.Addr
-			for _, a := range all {
-				if cidr.Contains(a) {
-					in = append(in, a)
-				}
-			}
-			if len(in) == 0 {
-				break
-			}
-			a := in[g.r.IntN(len(in))]
-			bits := cidr.Bits() + 1 + g.r.IntN(a.BitLen()-cidr.Bits())
-			if g.chance(0.5) {
-				bits = a.BitLen()
-			}
-			e, _ := a.Prefix(bits)
-			b.Except = append(b.Except, e.String())
-		}
-	}
-	return b
-}
-
-func (g *gen) peers(w *refWorld) []networkingv1.NetworkPolicyPeer {
-	switch x := g.r.Float64(); {
-	case x < 0.15:
-		return nil
-	case x < 0.25:
-		return []networkingv1.NetworkPolicyPeer{}
-	}
-	var out []networkingv1.NetworkPolicyPeer
-	for range 1 + g.r.IntN(3) {
-		var p networkingv1.NetworkPolicyPeer
-		switch g.r.IntN(4) {
-		case 0:
-			p.PodSelector = g.selector(genPodKeys, genPodVals)
-		case 1:
-			p.NamespaceSelector = g.nsSelector(w)
-		case 2:
-			p.PodSelector = g.selector(genPodKeys, genPodVals)
-			p.NamespaceSelector = g.nsSelector(w)
-		case 3:
-			p.IPBlock = g.ipBlock(w)
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-func (g *gen) ports() []networkingv1.NetworkPolicyPort {
-	switch x := g.r.Float64(); {
-	case x < 0.3:
-		return nil
-	case x < 0.4:
-		return []networkingv1.NetworkPolicyPort{}
-	}
-	var out []networkingv1.NetworkPolicyPort
-	for range 1 + g.r.IntN(3) {
-		var p networkingv1.NetworkPolicyPort
-		if g.chance(0.7) {
-			proto := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[g.r.IntN(3)]
-			p.Protocol = &proto
-		}
-		switch x := g.r.Float64(); {
-		case x < 0.15:
-			// every port of the protocol
-		case x < 0.45:
-			n := append(slices.Clone(genPortNames), "nope")
-			v := intstr.FromString(g.pick(n))
-			p.Port = &v
-		default:
-			n := int32(genPortNums[g.r.IntN(len(genPortNums))])
-			if g.chance(0.1) {
-				n = 100
-			}
-			v := intstr.FromInt32(n)
-			p.Port = &v
-			if g.chance(0.3) {
-				e := n + []int32{0, 1, 5, 100, 65535 - n}[g.r.IntN(5)]
-				p.EndPort = &e
-			}
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
+// policy draws a policy in one of nss whose ipBlocks are drawn around the
+// addresses of w (its pods'), the node's and the external ones.
 func (g *gen) policy(name string, nss []string, w *refWorld) *networkingv1.NetworkPolicy {
-	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: g.pick(nss), Name: name}}
-	np.Spec.PodSelector = *g.selector(genPodKeys, genPodVals)
-	switch g.r.IntN(6) {
-	case 0, 1:
-	case 2:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
-	case 3:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
-	case 4:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-	case 5:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress, networkingv1.PolicyTypeIngress}
+	var pods []netip.Addr
+	for _, p := range w.Pods {
+		pods = append(pods, p.IPs...)
 	}
-	switch x := g.r.Float64(); {
-	case x < 0.2:
-	case x < 0.3:
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
-	default:
-		for range 1 + g.r.IntN(3) {
-			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(w), Ports: g.ports()})
-		}
-	}
-	switch x := g.r.Float64(); {
-	case x < 0.35:
-	case x < 0.45:
-		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{}
-	default:
-		for range 1 + g.r.IntN(3) {
-			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(w), Ports: g.ports()})
-		}
-	}
-	return np
+	g.rp.World.Addrs = randpolicy.Addrs(pods, g.external, g.hostIP)
+	return g.rp.Policy(g.pick(nss), name)
 }
 
 // addrs returns every address worth probing in w: pod addresses, the

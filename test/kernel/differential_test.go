@@ -50,6 +50,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ztnet/zt/internal/pkttest"
+	"github.com/ztnet/zt/internal/randpolicy"
 	"github.com/ztnet/zt/pkg/datapath"
 	"github.com/ztnet/zt/pkg/identity"
 	"github.com/ztnet/zt/pkg/mapsync"
@@ -1094,48 +1095,43 @@ func indent(s, prefix string) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-type diffGen struct{ r *rand.Rand }
-
-func (g *diffGen) chance(p float64) bool { return g.r.Float64() < p }
-func (g *diffGen) pick(xs []string) string {
-	return xs[g.r.IntN(len(xs))]
+// diffGen draws worlds, and their policies with randpolicy.
+type diffGen struct {
+	r  *rand.Rand
+	rp *randpolicy.Gen
 }
 
+func (g *diffGen) chance(p float64) bool   { return g.rp.Chance(p) }
+func (g *diffGen) pick(xs []string) string { return randpolicy.Pick(g.r, xs) }
+
 var (
-	dgNamespaces = []string{"ns0", "ns1", "ns2"}
-	dgPodKeys    = []string{"app", "tier", "role"}
-	dgPodVals    = map[string][]string{"app": {"web", "db", "api"}, "tier": {"fe", "be"}, "role": {"x", "y"}}
-	dgNSKeys     = []string{"team", "env"}
-	dgNSVals     = map[string][]string{"team": {"a", "b", "c"}, "env": {"prod", "dev"}}
-	dgPortNames  = []string{"http", "dns", "metrics", "web"}
-	dgPortNums   = []uint16{53, 80, 81, 443, 8080, 9000}
-	dgProtos     = []policy.Protocol{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP}
-	dgHostIPs    = []netip.Addr{netip.MustParseAddr("10.0.9.1"), netip.MustParseAddr("fd00::9:1")}
-	dgExternal   = []netip.Addr{
+	// dgWorld is what worlds are made of: namespaces ns0..ns2, and the
+	// label spaces, ports and CIDRs of randpolicy.DefaultWorld.
+	dgWorld    = randpolicy.DefaultWorld(3)
+	dgProtos   = []policy.Protocol{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP}
+	dgHostIPs  = []netip.Addr{netip.MustParseAddr("10.0.9.1"), netip.MustParseAddr("fd00::9:1")}
+	dgExternal = []netip.Addr{
 		netip.MustParseAddr("10.0.0.200"), netip.MustParseAddr("10.0.1.77"), netip.MustParseAddr("10.0.9.2"),
 		netip.MustParseAddr("8.8.8.8"), netip.MustParseAddr("192.168.7.7"),
 		netip.MustParseAddr("fd00::ff"), netip.MustParseAddr("fd00::1:ff"), netip.MustParseAddr("fd00::9:2"),
 		netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2a00:1450::1"),
-	}
-	dgCIDRs = []string{
-		"10.0.0.0/16", "10.0.1.0/24", "10.0.0.0/8", "0.0.0.0/0", "10.0.0.0/30", "10.0.2.0/28", "10.0.9.0/24", "8.8.8.0/24",
-		"fd00::/64", "::/0", "fd00::1:0/112", "fd00::/120", "fd00::9:0/112", "2001:db8::/32",
 	}
 )
 
 // genDiffWorld draws world idx of seed; worlds are independent of each
 // other, so one can be rerun alone (-diff.world).
 func genDiffWorld(seed uint64, idx int) *diffWorld {
-	g := &diffGen{r: rand.New(rand.NewPCG(seed, uint64(idx)*0x9e3779b97f4a7c15+1))}
+	r := rand.New(rand.NewPCG(seed, uint64(idx)*0x9e3779b97f4a7c15+1))
+	g := &diffGen{r: r, rp: randpolicy.New(r, dgWorld)}
 	w := &diffWorld{idx: idx, audit: map[policy.PodKey]bool{}}
 
 	w.nsUsed = 2 + g.r.IntN(2)
-	used := dgNamespaces[:w.nsUsed]
+	used := dgWorld.Namespaces[:w.nsUsed]
 	for _, n := range used {
 		if g.chance(0.08) {
 			continue // pods whose Namespace object is not known (yet)
 		}
-		w.namespaces = append(w.namespaces, policy.Namespace{Name: n, Labels: g.labels(dgNSKeys, dgNSVals)})
+		w.namespaces = append(w.namespaces, policy.Namespace{Name: n, Labels: g.rp.Labels(dgWorld.NamespaceLabels)})
 	}
 
 	switch x := g.r.Float64(); {
@@ -1148,17 +1144,13 @@ func genDiffWorld(seed uint64, idx int) *diffWorld {
 		w.opts.NodeName = "node-a"
 	}
 
-	var v4, v6 []netip.Addr
-	for i := range 12 {
-		v4 = append(v4, netip.AddrFrom4([4]byte{10, 0, byte(i % 3), byte(10 + i)}))
-		v6 = append(v6, netip.MustParseAddr(fmt.Sprintf("fd00::%x:%x", i%3, 16+i)))
-	}
+	v4, v6 := randpolicy.PodAddrs(12)
 	g.r.Shuffle(len(v4), func(i, j int) { v4[i], v4[j] = v4[j], v4[i] })
 	g.r.Shuffle(len(v6), func(i, j int) { v6[i], v6[j] = v6[j], v6[i] })
 	npods := 5 + g.r.IntN(4)
 	local := 0
 	for i := range npods {
-		p := policy.Pod{Namespace: g.pick(used), Name: fmt.Sprintf("p%d", i), Labels: g.labels(dgPodKeys, dgPodVals), NodeName: "node-a"}
+		p := policy.Pod{Namespace: g.pick(used), Name: fmt.Sprintf("p%d", i), Labels: g.rp.Labels(dgWorld.PodLabels), NodeName: "node-a"}
 		switch x := g.r.Float64(); {
 		case x < 0.45:
 			p.IPs = []netip.Addr{v4[i]}
@@ -1178,10 +1170,10 @@ func genDiffWorld(seed uint64, idx int) *diffWorld {
 			p.HostNetwork = true
 			p.IPs = slices.Clone(w.hostIPs)
 		}
-		names := slices.Clone(dgPortNames)
+		names := slices.Clone(dgWorld.PortNames)
 		g.r.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
 		for j := range g.r.IntN(4) {
-			cp := policy.ContainerPort{Port: dgPortNums[g.r.IntN(len(dgPortNums))], Protocol: dgProtos[g.r.IntN(3)]}
+			cp := policy.ContainerPort{Port: uint16(randpolicy.Pick(g.r, dgWorld.PortNumbers)), Protocol: randpolicy.Pick(g.r, dgProtos)}
 			if g.chance(0.85) {
 				cp.Name = names[j]
 			}
@@ -1202,7 +1194,7 @@ func genDiffWorld(seed uint64, idx int) *diffWorld {
 	case x < 0.3:
 		udp := corev1.ProtocolUDP
 		w.opts.ClusterDefaultDeny = &policy.DefaultDeny{
-			ExemptNamespaces: []string{g.pick(dgNamespaces)},
+			ExemptNamespaces: []string{g.pick(dgWorld.Namespaces)},
 			Allow: []policy.DefaultDenyAllow{{
 				Name:  "dns",
 				To:    networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}, NamespaceSelector: &metav1.LabelSelector{}},
@@ -1218,219 +1210,25 @@ func genDiffWorld(seed uint64, idx int) *diffWorld {
 		}
 	}
 
+	// ipBlocks are drawn around the pods', the node's and the external
+	// addresses.
+	var podIPs []netip.Addr
+	for _, p := range w.pods {
+		podIPs = append(podIPs, p.IPs...)
+	}
+	g.rp.World.Addrs = randpolicy.Addrs(podIPs, dgExternal, dgHostIPs)
 	npol := 1 + g.r.IntN(5)
 	if g.chance(0.05) {
 		npol = 0
 	}
 	for i := range npol {
-		w.policies = append(w.policies, g.policy(fmt.Sprintf("np%d", i), used, w))
+		w.policies = append(w.policies, g.rp.Policy(g.pick(used), fmt.Sprintf("np%d", i)))
 	}
 	w.external = g.externals(w)
 	return w
 }
 
 func ptrTo[T any](v T) *T { return &v }
-
-func (g *diffGen) labels(keys []string, vals map[string][]string) map[string]string {
-	out := map[string]string{}
-	for _, k := range keys {
-		if g.chance(0.55) {
-			out[k] = g.pick(vals[k])
-		}
-	}
-	return out
-}
-
-func (g *diffGen) selector(keys []string, vals map[string][]string) *metav1.LabelSelector {
-	s := &metav1.LabelSelector{}
-	if g.chance(0.25) {
-		return s // everything
-	}
-	if g.chance(0.5) {
-		s.MatchLabels = map[string]string{}
-		for range 1 + g.r.IntN(2) {
-			k := g.pick(keys)
-			s.MatchLabels[k] = g.pick(vals[k])
-		}
-	}
-	if len(s.MatchLabels) == 0 || g.chance(0.3) {
-		for range 1 + g.r.IntN(2) {
-			k := g.pick(keys)
-			req := metav1.LabelSelectorRequirement{Key: k}
-			switch g.r.IntN(4) {
-			case 0:
-				req.Operator = metav1.LabelSelectorOpIn
-				req.Values = []string{g.pick(vals[k])}
-				if g.chance(0.4) {
-					req.Values = append(req.Values, g.pick(vals[k]))
-				}
-			case 1:
-				req.Operator = metav1.LabelSelectorOpNotIn
-				req.Values = []string{g.pick(vals[k])}
-			case 2:
-				req.Operator = metav1.LabelSelectorOpExists
-			case 3:
-				req.Operator = metav1.LabelSelectorOpDoesNotExist
-			}
-			s.MatchExpressions = append(s.MatchExpressions, req)
-		}
-	}
-	return s
-}
-
-func (g *diffGen) nsSelector() *metav1.LabelSelector {
-	if g.chance(0.2) {
-		// by the name label the API server sets
-		if g.chance(0.5) {
-			return &metav1.LabelSelector{MatchLabels: map[string]string{policy.NamespaceNameLabel: g.pick(dgNamespaces)}}
-		}
-		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-			{Key: policy.NamespaceNameLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{g.pick(dgNamespaces)}}}}
-	}
-	return g.selector(dgNSKeys, dgNSVals)
-}
-
-func (g *diffGen) ipBlock(w *diffWorld) *networkingv1.IPBlock {
-	var all []netip.Addr
-	for _, p := range w.pods {
-		all = append(all, p.IPs...)
-	}
-	all = append(all, dgExternal...)
-	all = append(all, dgHostIPs...)
-	var cidr netip.Prefix
-	if g.chance(0.25) {
-		a := all[g.r.IntN(len(all))]
-		cidr = netip.PrefixFrom(a, a.BitLen())
-	} else {
-		cidr = netip.MustParsePrefix(g.pick(dgCIDRs))
-	}
-	b := &networkingv1.IPBlock{CIDR: cidr.String()}
-	if cidr.Bits() < cidr.Addr().BitLen() && g.chance(0.6) {
-		for range 1 + g.r.IntN(2) {
-			// a strict subset of cidr around some address in it: a pod's,
-			// the node's or another
-			var in []netip.Addr
-			for _, a := range all {
-				if cidr.Contains(a) {
-					in = append(in, a)
-				}
-			}
-			if len(in) == 0 {
-				break
-			}
-			a := in[g.r.IntN(len(in))]
-			bits := cidr.Bits() + 1 + g.r.IntN(a.BitLen()-cidr.Bits())
-			if g.chance(0.5) {
-				bits = a.BitLen()
-			}
-			e, _ := a.Prefix(bits)
-			b.Except = append(b.Except, e.String())
-		}
-	}
-	return b
-}
-
-func (g *diffGen) peers(w *diffWorld) []networkingv1.NetworkPolicyPeer {
-	switch x := g.r.Float64(); {
-	case x < 0.15:
-		return nil // missing: every peer
-	case x < 0.22:
-		return []networkingv1.NetworkPolicyPeer{} // empty: every peer too
-	}
-	var out []networkingv1.NetworkPolicyPeer
-	for range 1 + g.r.IntN(3) {
-		var p networkingv1.NetworkPolicyPeer
-		switch g.r.IntN(4) {
-		case 0:
-			p.PodSelector = g.selector(dgPodKeys, dgPodVals)
-		case 1:
-			p.NamespaceSelector = g.nsSelector()
-		case 2:
-			p.PodSelector = g.selector(dgPodKeys, dgPodVals)
-			p.NamespaceSelector = g.nsSelector()
-		case 3:
-			p.IPBlock = g.ipBlock(w)
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-func (g *diffGen) ports() []networkingv1.NetworkPolicyPort {
-	switch x := g.r.Float64(); {
-	case x < 0.3:
-		return nil
-	case x < 0.38:
-		return []networkingv1.NetworkPolicyPort{}
-	}
-	var out []networkingv1.NetworkPolicyPort
-	for range 1 + g.r.IntN(3) {
-		var p networkingv1.NetworkPolicyPort
-		if g.chance(0.75) {
-			proto := []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP}[g.r.IntN(3)]
-			p.Protocol = &proto
-		}
-		switch x := g.r.Float64(); {
-		case x < 0.15:
-			// every port of the protocol
-		case x < 0.45:
-			v := intstr.FromString(g.pick(append(slices.Clone(dgPortNames), "nope")))
-			p.Port = &v
-		default:
-			n := int32(dgPortNums[g.r.IntN(len(dgPortNums))])
-			if g.chance(0.1) {
-				n = 100
-			}
-			v := intstr.FromInt32(n)
-			p.Port = &v
-			if g.chance(0.35) {
-				e := n + []int32{0, 1, 5, 100, 1000, 65535 - n}[g.r.IntN(6)]
-				p.EndPort = &e
-			}
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-func (g *diffGen) policy(name string, nss []string, w *diffWorld) *networkingv1.NetworkPolicy {
-	np := &networkingv1.NetworkPolicy{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "NetworkPolicy"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: g.pick(nss), Name: name},
-	}
-	np.Spec.PodSelector = *g.selector(dgPodKeys, dgPodVals)
-	switch g.r.IntN(6) {
-	case 0, 1:
-		// missing: Ingress, plus Egress when there are egress rules
-	case 2:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
-	case 3:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress}
-	case 4:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-	case 5:
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeEgress, networkingv1.PolicyTypeIngress}
-	}
-	switch x := g.r.Float64(); {
-	case x < 0.2:
-	case x < 0.3:
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
-	default:
-		for range 1 + g.r.IntN(3) {
-			np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: g.peers(w), Ports: g.ports()})
-		}
-	}
-	switch x := g.r.Float64(); {
-	case x < 0.35:
-	case x < 0.45:
-		np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{}
-	default:
-		for range 1 + g.r.IntN(3) {
-			np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: g.peers(w), Ports: g.ports()})
-		}
-	}
-	return np
-}
 
 // externals picks the non-pod addresses to probe: a few fixed ones (the
 // world, near the node) and, for every ipBlock of the world, an address
