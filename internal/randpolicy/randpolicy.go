@@ -358,3 +358,27 @@ func Addrs(lists ...[]netip.Addr) []netip.Addr {
 	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
 	return slices.Compact(out)
 }
+
+// RulePeers returns the peers of every rule of np, ingress then egress.
+func RulePeers(np *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer {
+	var out []networkingv1.NetworkPolicyPeer
+	for _, r := range np.Spec.Ingress {
+		out = append(out, r.From...)
+	}
+	for _, r := range np.Spec.Egress {
+		out = append(out, r.To...)
+	}
+	return out
+}
+
+// RulePorts returns the ports of every rule of np, ingress then egress.
+func RulePorts(np *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPort {
+	var out []networkingv1.NetworkPolicyPort
+	for _, r := range np.Spec.Ingress {
+		out = append(out, r.Ports...)
+	}
+	for _, r := range np.Spec.Egress {
+		out = append(out, r.Ports...)
+	}
+	return out
+}

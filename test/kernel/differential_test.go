@@ -1039,14 +1039,7 @@ func (w *diffWorld) probes() []probeSpec {
 		}
 	}
 	for _, np := range w.policies {
-		var all []networkingv1.NetworkPolicyPort
-		for _, r := range np.Spec.Ingress {
-			all = append(all, r.Ports...)
-		}
-		for _, r := range np.Spec.Egress {
-			all = append(all, r.Ports...)
-		}
-		for _, pp := range all {
+		for _, pp := range randpolicy.RulePorts(np) {
 			if pp.Port != nil && pp.Port.Type == intstr.Int {
 				addEdge(pp.Port.IntVal)
 			}
@@ -1270,14 +1263,7 @@ func (g *diffGen) externals(w *diffWorld) []netip.Addr {
 		}
 	}
 	for _, np := range w.policies {
-		var ps []networkingv1.NetworkPolicyPeer
-		for _, r := range np.Spec.Ingress {
-			ps = append(ps, r.From...)
-		}
-		for _, r := range np.Spec.Egress {
-			ps = append(ps, r.To...)
-		}
-		for _, p := range ps {
+		for _, p := range randpolicy.RulePeers(np) {
 			if p.IPBlock == nil {
 				continue
 			}
