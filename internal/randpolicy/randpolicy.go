@@ -359,26 +359,14 @@ func Addrs(lists ...[]netip.Addr) []netip.Addr {
 	return slices.Compact(out)
 }
 
-// RulePeers returns the peers of every rule of np, ingress then egress.
-func RulePeers(np *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer {
-	var out []networkingv1.NetworkPolicyPeer
+// RuleParts returns the peers and the ports of every rule of np, ingress
+// rules first.
+func RuleParts(np *networkingv1.NetworkPolicy) (peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) {
 	for _, r := range np.Spec.Ingress {
-		out = append(out, r.From...)
+		peers, ports = append(peers, r.From...), append(ports, r.Ports...)
 	}
 	for _, r := range np.Spec.Egress {
-		out = append(out, r.To...)
+		peers, ports = append(peers, r.To...), append(ports, r.Ports...)
 	}
-	return out
-}
-
-// RulePorts returns the ports of every rule of np, ingress then egress.
-func RulePorts(np *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPort {
-	var out []networkingv1.NetworkPolicyPort
-	for _, r := range np.Spec.Ingress {
-		out = append(out, r.Ports...)
-	}
-	for _, r := range np.Spec.Egress {
-		out = append(out, r.Ports...)
-	}
-	return out
+	return peers, ports
 }

@@ -102,7 +102,8 @@ func TestCoverage(t *testing.T) {
 			see("ports nil", ps == nil)
 			see("ports empty", ps != nil && len(ps) == 0)
 		}
-		for _, p := range RulePeers(np) {
+		peers, ports := RuleParts(np)
+		for _, p := range peers {
 			if p.IPBlock != nil {
 				if p.PodSelector != nil || p.NamespaceSelector != nil {
 					t.Errorf("peer %+v: ipBlock with selectors", p)
@@ -116,7 +117,7 @@ func TestCoverage(t *testing.T) {
 			selector("peer podSelector", p.PodSelector, g.World.PodLabels)
 			selector("peer namespaceSelector", p.NamespaceSelector, g.World.NamespaceLabels)
 		}
-		for _, p := range RulePorts(np) {
+		for _, p := range ports {
 			if p.Protocol == nil {
 				seen["protocol nil"]++
 			} else {

@@ -169,25 +169,23 @@ func (g *gen) world() *refWorld {
 // policy draws a policy in one of nss whose ipBlocks are drawn around the
 // addresses of w (its pods'), the node's and the external ones.
 func (g *gen) policy(name string, nss []string, w *refWorld) *networkingv1.NetworkPolicy {
-	var pods []netip.Addr
-	for _, p := range w.Pods {
-		pods = append(pods, p.IPs...)
-	}
-	g.rp.World.Addrs = randpolicy.Addrs(pods, g.external, g.hostIP)
+	g.rp.World.Addrs = randpolicy.Addrs(w.podIPs(), g.external, g.hostIP)
 	return g.rp.Policy(g.pick(nss), name)
 }
 
 // addrs returns every address worth probing in w: pod addresses, the
 // host's, and a few external ones.
 func (w *refWorld) addrs(g *gen) []netip.Addr {
+	return randpolicy.Addrs(w.podIPs(), w.HostIPs, g.external)
+}
+
+// podIPs returns the addresses of w's pods.
+func (w *refWorld) podIPs() []netip.Addr {
 	var out []netip.Addr
 	for _, p := range w.Pods {
 		out = append(out, p.IPs...)
 	}
-	out = append(out, w.HostIPs...)
-	out = append(out, g.external...)
-	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(out)
+	return out
 }
 
 // probes returns the probes for w: the fixed set plus every declared port.

@@ -1011,14 +1011,16 @@ func (w *diffWorld) snapshot() policy.Snapshot {
 // addrs are the peers of every probe: pods (on any node, on the host
 // network too), the node and the external addresses.
 func (w *diffWorld) addrs() []netip.Addr {
-	var out []netip.Addr
+	return randpolicy.Addrs(w.podIPs(), w.hostIPs, w.external)
+}
+
+// podIPs returns the addresses of w's pods (on any node, on the host
+// network too).
+func (w *diffWorld) podIPs() (ips []netip.Addr) {
 	for _, p := range w.pods {
-		out = append(out, p.IPs...)
+		ips = append(ips, p.IPs...)
 	}
-	out = append(out, w.hostIPs...)
-	out = append(out, w.external...)
-	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(out)
+	return ips
 }
 
 // probes are the (protocol, port) pairs probed: every port a pod declares
@@ -1039,7 +1041,8 @@ func (w *diffWorld) probes() []probeSpec {
 		}
 	}
 	for _, np := range w.policies {
-		for _, pp := range randpolicy.RulePorts(np) {
+		_, ports := randpolicy.RuleParts(np)
+		for _, pp := range ports {
 			if pp.Port != nil && pp.Port.Type == intstr.Int {
 				addEdge(pp.Port.IntVal)
 			}
@@ -1205,11 +1208,7 @@ func genDiffWorld(seed uint64, idx int) *diffWorld {
 
 	// ipBlocks are drawn around the pods', the node's and the external
 	// addresses.
-	var podIPs []netip.Addr
-	for _, p := range w.pods {
-		podIPs = append(podIPs, p.IPs...)
-	}
-	g.rp.World.Addrs = randpolicy.Addrs(podIPs, dgExternal, dgHostIPs)
+	g.rp.World.Addrs = randpolicy.Addrs(w.podIPs(), dgExternal, dgHostIPs)
 	npol := 1 + g.r.IntN(5)
 	if g.chance(0.05) {
 		npol = 0
@@ -1263,7 +1262,8 @@ func (g *diffGen) externals(w *diffWorld) []netip.Addr {
 		}
 	}
 	for _, np := range w.policies {
-		for _, p := range randpolicy.RulePeers(np) {
+		peers, _ := randpolicy.RuleParts(np)
+		for _, p := range peers {
 			if p.IPBlock == nil {
 				continue
 			}
