@@ -187,6 +187,29 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 		},
 	}
 
+	sync := &cobra.Command{
+		Use:   "sync FILE...",
+		Short: "Make the running lab's cluster exactly these bundles (deletes what they lack) and wait for the agents",
+		Long: `sync makes the API server hold exactly the bundles' namespaces, pods and
+NetworkPolicies: what apply does, plus deleting the policies, pods and
+namespaces they lack (never the API server's own namespaces nor zt-system),
+and labels replaced by theirs. A deleted pod keeps its network namespace in
+the lab and can come back at the same addresses. It waits until every agent
+reports the result realized in its kernel (GET /realized).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Open(c.dir, logw(c, cmd))
+			if err != nil {
+				return err
+			}
+			b, err := bundle.Load(args...)
+			if err != nil {
+				return err
+			}
+			return l.Sync(cmd.Context(), b)
+		},
+	}
+
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove the lab: processes, BPF pins, links, namespaces, state",
@@ -273,7 +296,7 @@ exit status is 1 when the outcome differs.`,
 			return nil
 		},
 	}
-	root.AddCommand(run, up, probeCmd, apply, tryCmd, env, down, serve)
+	root.AddCommand(run, up, probeCmd, apply, sync, tryCmd, env, down, serve)
 	return root
 }
 

@@ -346,6 +346,10 @@ func TestInteractive(t *testing.T) {
 	}
 	agree(t, expected(t, live), e.mustZtlab("probe", "-o", "json"))
 
+	// ztlab sync takes the policies away again (apply only adds).
+	e.mustZtlab("sync", shop("cluster.yaml"))
+	agree(t, expected(t, shop("cluster.yaml")), e.mustZtlab("probe", "-o", "json"))
+
 	// A second up over a lab that was never taken down (a crash) removes
 	// the leftovers first and comes up clean.
 	oldRoot := st.RootLink
