@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -196,13 +197,19 @@ func TestManifests(t *testing.T) {
 				!slices.Equal(o.Subjects, want) {
 				t.Errorf("%s: binding %+v -> %+v, want ClusterRole %s -> %+v", m.file, o.RoleRef, o.Subjects, agentName, want)
 			}
+		case *rbacv1.Role:
+			want := []rbacv1.PolicyRule{rule([]string{""}, []string{"pods"}, "get", "list"),
+				rule([]string{""}, []string{"pods/portforward"}, "create")}
+			if o.Name != "zt-flows-reader" || o.Namespace != namespace || !reflect.DeepEqual(o.Rules, want) {
+				t.Errorf("%s: Role %s/%s rules %+v, want zt-flows-reader in %s with exactly %+v", m.file, o.Namespace, o.Name, o.Rules, namespace, want)
+			}
 		case *appsv1.DaemonSet:
 			checkDaemonSet(t, o)
 		default:
 			t.Errorf("%s: unexpected %s %s", m.file, gvk.Kind, meta.GetName())
 		}
 	}
-	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"} {
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "DaemonSet"} {
 		if kinds[k] != 1 {
 			t.Errorf("%d objects of kind %s, want 1", kinds[k], k)
 		}

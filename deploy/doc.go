@@ -1,6 +1,8 @@
 // Package deploy holds the Kubernetes manifests that install zt: the
 // zt-system namespace, the zt-agent ServiceAccount and its least-privilege
-// ClusterRole, and the zt-agent DaemonSet. Install them with
+// ClusterRole, the zt-agent DaemonSet, and the zt-flows-reader Role that
+// lets people read dropped connections with `ztctl flows` from off the
+// nodes. Install them with
 //
 //	kubectl apply -k deploy/
 //

@@ -25,7 +25,9 @@ import (
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/streaming/pkg/httpstream"
 	"k8s.io/streaming/pkg/httpstream/spdy"
+	"sigs.k8s.io/yaml"
 
+	"github.com/ztnet/zt/deploy"
 	"github.com/ztnet/zt/internal/testenv"
 	"github.com/ztnet/zt/pkg/flows"
 )
@@ -68,10 +70,10 @@ func newForwardCluster(t *testing.T) *forwardCluster {
 		c.createPod(t, p.ns, p.name, p.node, p.labels, p.phase)
 	}
 	podsRead := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}}
-	forward := rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/portforward"}, Verbs: []string{"create"}}
 	c.user(t, "outsider")
 	c.user(t, "reader", podsRead)
-	c.user(t, "forwarder", podsRead, forward)
+	// The forwarder holds exactly the Role deploy/ ships for this.
+	c.user(t, "forwarder", shippedFlowsReader(t).Rules...)
 	return c
 }
 
@@ -572,4 +574,22 @@ func TestFlowsForwardKubelet(t *testing.T) {
 			t.Errorf("the kubelet was asked %d times for a user without pods/portforward", n-before)
 		}
 	})
+}
+
+// shippedFlowsReader is deploy/flows-reader.yaml, the Role people are
+// bound to for `ztctl flows` through the API server.
+func shippedFlowsReader(t *testing.T) *rbacv1.Role {
+	t.Helper()
+	b, err := deploy.Manifests.ReadFile("flows-reader.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r rbacv1.Role
+	if err := yaml.UnmarshalStrict(b, &r); err != nil {
+		t.Fatalf("deploy/flows-reader.yaml: %v", err)
+	}
+	if r.Kind != "Role" || r.Namespace != agentNamespace || len(r.Rules) == 0 {
+		t.Fatalf("deploy/flows-reader.yaml: %s %s/%s with %d rules, want a Role in %s", r.Kind, r.Namespace, r.Name, len(r.Rules), agentNamespace)
+	}
+	return &r
 }
