@@ -37,6 +37,9 @@ type flowsOptions struct {
 	node       string
 	kubeconfig string
 	context    string
+	// warn reports what the user should know but does not stop the
+	// command (an agent left out); standard error.
+	warn func(string)
 }
 
 // flowSource is where records come from: one agent (its unix socket or a
@@ -69,6 +72,7 @@ Records are rate limited per source; a record with reason "suppressed" says
 how many were not kept. Exact drop counts come from the kernel counters.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.warn = func(s string) { fmt.Fprintln(cmd.ErrOrStderr(), s) }
 			return o.run(cmd.Context(), cmd.OutOrStdout())
 		},
 	}

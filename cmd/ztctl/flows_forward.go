@@ -43,7 +43,7 @@ func newForwardSource(ctx context.Context, o *flowsOptions) (flowSource, func(),
 	if err != nil {
 		return nil, nil, err
 	}
-	return agentsSource(ctx, cs, o.node, &portForwarder{rc: rc, cs: cs, port: port})
+	return agentsSource(ctx, cs, o.node, &portForwarder{rc: rc, cs: cs, port: port}, o.warn)
 }
 
 // agentTransport reaches the flows API of one agent pod. Through the API
@@ -61,8 +61,11 @@ type agentTransport interface {
 var errForbidden = errors.New("forbidden")
 
 // agentsSource discovers the running zt-agent pods (of node, if set),
-// opens each through tr, checks its API version and merges them.
-func agentsSource(ctx context.Context, cs kubernetes.Interface, node string, tr agentTransport) (flowSource, func(), error) {
+// opens each through tr, checks its API version and merges them. Agents
+// that fail are left out with a warning naming each (on a large cluster
+// some node is always down); it is an error only when none answers, or
+// when RBAC refuses (then it refuses every one).
+func agentsSource(ctx context.Context, cs kubernetes.Interface, node string, tr agentTransport, warn func(string)) (flowSource, func(), error) {
 	pods, err := discoverAgents(ctx, cs, node)
 	if err != nil {
 		return nil, nil, err
@@ -98,23 +101,30 @@ func agentsSource(ctx context.Context, cs kubernetes.Interface, node string, tr 
 			return nil, nil, err
 		}
 	}
-	var failed []error
-	for _, err := range errs {
+	var (
+		failed []error
+		srcs   mergeSource
+	)
+	for i, err := range errs {
 		if err != nil {
 			failed = append(failed, err)
+			if closers[i] != nil {
+				closers[i]()
+				closers[i] = nil
+			}
+			continue
 		}
+		srcs = append(srcs, clients[i])
 	}
 	switch {
-	case len(failed) == 1:
+	case len(srcs) == 0 && len(failed) == 1:
 		closeAll()
 		return nil, nil, failed[0]
-	case len(failed) > 1:
+	case len(srcs) == 0:
 		closeAll()
 		return nil, nil, fmt.Errorf("%d of %d zt-agents failed:\n%w", len(failed), len(pods), errors.Join(failed...))
-	}
-	srcs := make(mergeSource, len(clients))
-	for i, c := range clients {
-		srcs[i] = c
+	case len(failed) > 0:
+		warn(fmt.Sprintf("warning: records of %d of %d zt-agents are left out:\n%v", len(failed), len(pods), errors.Join(failed...)))
 	}
 	return srcs, closeAll, nil
 }

@@ -288,7 +288,7 @@ func TestFlowsForward(t *testing.T) {
 			stB.Append(rb)
 		}
 		tr := &socketTransport{sockets: map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB}}
-		src, closeSrc, err := agentsSource(ctx, c.cs, "", tr)
+		src, closeSrc, err := agentsSource(ctx, c.cs, "", tr, noWarning(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,29 +311,71 @@ func TestFlowsForward(t *testing.T) {
 		}
 
 		tr = &socketTransport{sockets: map[string]string{"zt-agent-b": sockB}}
-		if _, _, err := agentsSource(ctx, c.cs, "node-b", tr); err != nil {
+		if _, _, err := agentsSource(ctx, c.cs, "node-b", tr, noWarning(t)); err != nil {
 			t.Fatal(err)
 		}
 		if want := []string{"zt-system/zt-agent-b"}; !slices.Equal(tr.tried(), want) {
 			t.Errorf("--node node-b: tried %v, want %v", tr.tried(), want)
+		}
+
+		// One agent unreachable: the others' records, and a warning
+		// naming the one left out (a 5,000-node cluster always has a
+		// node down).
+		tr = &socketTransport{sockets: map[string]string{"zt-agent-a": sockA}}
+		var warned []string
+		src, closeSrc, err = agentsSource(ctx, c.cs, "", tr, func(s string) { warned = append(warned, s) })
+		if err != nil {
+			t.Fatalf("one agent of two unreachable: %v", err)
+		}
+		got = nil
+		if err := src.Query(ctx, flows.Filter{AllNamespaces: true}, func(r *flows.Record) error {
+			got = append(got, r.Node)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		closeSrc()
+		if want := "node-a node-a"; strings.Join(got, " ") != want {
+			t.Errorf("with zt-agent-b unreachable: nodes %v, want %s", got, want)
+		}
+		wantAll(t, "partial", strings.Join(warned, "\n"), "warning: records of 1 of 2 zt-agents are left out", "zt-agent-b")
+		wantNone(t, "partial", strings.Join(warned, "\n"), "zt-agent-a")
+		if tr.live != 0 {
+			t.Errorf("%d agents left open", tr.live)
 		}
 	})
 
 	t.Run("version skew", func(t *testing.T) {
 		_, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
 		_, sockB := agentAPI(t, flows.Version{API: flows.APIVersion + 1, Agent: "v9.9.9"})
+		// The skewed agent is left out, named, with what to do.
 		tr := &socketTransport{sockets: map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB}}
-		_, _, err := agentsSource(context.Background(), c.cs, "", tr)
+		var warned []string
+		_, closeSrc, err := agentsSource(context.Background(), c.cs, "", tr, func(s string) { warned = append(warned, s) })
+		if err != nil {
+			t.Fatalf("one skewed agent of two: %v", err)
+		}
+		closeSrc()
+		msg := strings.Join(warned, "\n")
+		wantAll(t, "skew", msg, "left out", "zt-agent zt-system/zt-agent-b on node node-b: version skew", "v9.9.9",
+			"use a ztctl matching the agent")
+		wantNone(t, "skew", msg, "zt-agent-a")
+		// Only the skewed one: an error.
+		tr = &socketTransport{sockets: map[string]string{"zt-agent-b": sockB}}
+		_, _, err = agentsSource(context.Background(), c.cs, "node-b", tr, noWarning(t))
 		if err == nil {
 			t.Fatal("an agent of another API version was used")
 		}
-		wantAll(t, "skew", err.Error(), "zt-agent zt-system/zt-agent-b on node node-b: version skew", "v9.9.9",
-			"use a ztctl matching the agent")
-		wantNone(t, "skew", err.Error(), "zt-agent-a")
+		wantAll(t, "skew", err.Error(), "zt-agent zt-system/zt-agent-b on node node-b: version skew", "v9.9.9")
 		if tr.live != 0 {
 			t.Errorf("%d agents left open after the error", tr.live)
 		}
 	})
+}
+
+// noWarning fails the test on a warning.
+func noWarning(t *testing.T) func(string) {
+	return func(s string) { t.Errorf("unexpected warning: %s", s) }
 }
 
 // socketTransport reaches fake agents on their unix sockets, by pod name,
