@@ -1007,6 +1007,7 @@ func (l *Lab) Addresses(w io.Writer) {
 	fmt.Fprintf(w, "kubeconfig: %s\n", st.AdminKubeconfig)
 	fmt.Fprintf(w, "kubectl:    %s --kubeconfig %s get ns,pods,netpol -A\n", st.Kubectl, st.AdminKubeconfig)
 	fmt.Fprintf(w, "ztctl:      %s --kubeconfig %s get ns,pods,netpol -A -o yaml | ztctl reach -f -\n", st.Kubectl, st.AdminKubeconfig)
+	fmt.Fprintf(w, "env:        eval \"$(ztlab --dir %s env)\"   # then kubectl ... and ztctl flows -A talk to this lab\n", st.Dir)
 	for _, n := range st.Nodes {
 		fmt.Fprintf(w, "node %-8s agent http://%s (/readyz /realized /metrics), flows %s, netns %s, bpffs %s, log %s\n",
 			n.Name, n.HealthAddr, n.FlowsSocket, n.Netns, n.BPFFS, n.AgentLog)

@@ -310,7 +310,7 @@ func TestNinePodsSixPortsUnderAMinute(t *testing.T) {
 func TestInteractive(t *testing.T) {
 	e := newEnv(t)
 	out := e.mustZtlab("up", "--nodes", "2", "-f", shop("cluster.yaml"))
-	for _, want := range []string{"kubeconfig:", "agent http://", "node node2"} {
+	for _, want := range []string{"kubeconfig:", "agent http://", "node node2", "env:        eval"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ztlab up does not print %q:\n%s", want, out)
 		}
