@@ -292,13 +292,7 @@ func TestFlowsForward(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		if err := src.Query(ctx, flows.Filter{AllNamespaces: true}, func(r *flows.Record) error {
-			got = append(got, r.Node)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		got := nodesOf(t, src)
 		closeSrc()
 		if want := "node-a node-b node-a node-b"; strings.Join(got, " ") != want {
 			t.Errorf("merged nodes %v, want %s", got, want)
@@ -327,13 +321,7 @@ func TestFlowsForward(t *testing.T) {
 		if err != nil {
 			t.Fatalf("one agent of two unreachable: %v", err)
 		}
-		got = nil
-		if err := src.Query(ctx, flows.Filter{AllNamespaces: true}, func(r *flows.Record) error {
-			got = append(got, r.Node)
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+		got = nodesOf(t, src)
 		closeSrc()
 		if want := "node-a node-a"; strings.Join(got, " ") != want {
 			t.Errorf("with zt-agent-b unreachable: nodes %v, want %s", got, want)
@@ -371,6 +359,19 @@ func TestFlowsForward(t *testing.T) {
 			t.Errorf("%d agents left open after the error", tr.live)
 		}
 	})
+}
+
+// nodesOf queries every record of src and returns their nodes in order.
+func nodesOf(t *testing.T, src flowSource) []string {
+	t.Helper()
+	var got []string
+	if err := src.Query(context.Background(), flows.Filter{AllNamespaces: true}, func(r *flows.Record) error {
+		got = append(got, r.Node)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // noWarning fails the test on a warning.

@@ -170,11 +170,9 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 	probeCmd.Flags().StringVarP(&probeOut, "output", "o", "table", "output format: table (a grid per port), matrix (one grid) or json")
 	probeFlags(probeCmd)
 
-	apply := &cobra.Command{
-		Use:   "apply FILE...",
-		Short: "Add a bundle's namespaces, pods and policies to the running lab and wait for the agents",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	// withBundle runs fn on the running lab with the bundle of the args.
+	withBundle := func(fn func(*lab.Lab, context.Context, *bundle.Bundle) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
 			l, err := lab.Open(c.dir, logw(c, cmd))
 			if err != nil {
 				return err
@@ -183,8 +181,14 @@ everything created is removed by "ztlab down", on the way out of "ztlab run"
 			if err != nil {
 				return err
 			}
-			return l.Apply(cmd.Context(), b)
-		},
+			return fn(l, cmd.Context(), b)
+		}
+	}
+	apply := &cobra.Command{
+		Use:   "apply FILE...",
+		Short: "Add a bundle's namespaces, pods and policies to the running lab and wait for the agents",
+		Args:  cobra.MinimumNArgs(1),
+		RunE:  withBundle((*lab.Lab).Apply),
 	}
 
 	sync := &cobra.Command{
@@ -197,17 +201,7 @@ and labels replaced by theirs. A deleted pod keeps its network namespace in
 the lab and can come back at the same addresses. It waits until every agent
 reports the result realized in its kernel (GET /realized).`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Open(c.dir, logw(c, cmd))
-			if err != nil {
-				return err
-			}
-			b, err := bundle.Load(args...)
-			if err != nil {
-				return err
-			}
-			return l.Sync(cmd.Context(), b)
-		},
+		RunE: withBundle((*lab.Lab).Sync),
 	}
 
 	down := &cobra.Command{

@@ -20,7 +20,6 @@ import (
 
 	"github.com/ztnet/zt/pkg/bundle"
 	"github.com/ztnet/zt/pkg/lab"
-	"github.com/ztnet/zt/pkg/policy"
 	"github.com/ztnet/zt/pkg/reach"
 )
 
@@ -193,19 +192,7 @@ func expected(t *testing.T, files ...string) reach.Report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := b.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := policy.Build(s, policy.Options{})
-	for _, p := range c.Problems() {
-		t.Logf("compiler: %v", p)
-	}
-	r, err := reach.Compute(c, reach.Targets(s.Pods))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return compute(t, b)
 }
 
 func parseReport(t *testing.T, out string) reach.Report {
