@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"time"
@@ -115,14 +116,16 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 		log.Warn("pinned map layout changed: replaced", zap.String("map", m.Map), zap.String("reason", m.Reason),
 			zap.Int("copied", m.Copied), zap.Bool("empty", m.Empty))
 	}
-	// Number identities above every one the adopted maps use, so no number
-	// names two label sets while they are reconciled.
-	first, err := maxAdoptedIdentity(dp)
+	// New label sets are numbered above every number the adopted maps
+	// use; a label set an adopted ipcache entry shows keeps its number, so
+	// a restart over unchanged objects rewrites no entry naming a pod.
+	first, hints, err := AdoptedIdentities(dp)
 	if err != nil {
 		dp.Close()
 		return nil, err
 	}
 	opts.FirstIdentity = first + 1
+	opts.IdentityHints = hints
 
 	w, err := k8swatch.New(client, 0)
 	if err != nil {
@@ -158,27 +161,35 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return c, nil
 }
 
-func maxAdoptedIdentity(dp *datapath.Datapath) (identity.ID, error) {
+// AdoptedIdentities reads the adopted maps: the highest identity number
+// they use (policy.Options.FirstIdentity is above it), and the ipcache's
+// prefix -> number of allocated identities (policy.Options.IdentityHints).
+// A temporary identity a killed agent left mid-update is neither.
+func AdoptedIdentities(dp *datapath.Datapath) (identity.ID, map[netip.Prefix]identity.ID, error) {
 	m := identity.FirstAllocated
 	ipc, err := dp.IPCacheList()
 	if err != nil {
-		return 0, fmt.Errorf("read adopted ipcache: %w", err)
+		return 0, nil, fmt.Errorf("read adopted ipcache: %w", err)
 	}
-	for _, v := range ipc {
+	hints := map[netip.Prefix]identity.ID{}
+	for p, v := range ipc {
 		if v.Identity < mapsync.TempIdentityBase {
 			m = max(m, identity.ID(v.Identity))
+			if v.Identity >= datapath.IdentityUserMin {
+				hints[p] = identity.ID(v.Identity)
+			}
 		}
 	}
 	pol, err := dp.PolicyList()
 	if err != nil {
-		return 0, fmt.Errorf("read adopted policy: %w", err)
+		return 0, nil, fmt.Errorf("read adopted policy: %w", err)
 	}
 	for k := range pol {
 		if k.PeerId < mapsync.TempIdentityBase {
 			m = max(m, identity.ID(k.PeerId))
 		}
 	}
-	return m, nil
+	return m, hints, nil
 }
 
 // Run enforces until ctx ends. The pinned maps and links stay: enforcement
@@ -271,13 +282,13 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	start := time.Now()
 	changes, firstEvent := a.watch.Drain()
 	a.applyChanges(changes)
-	a.compiler.Sync()
-
 	hostIPs, err := hostAddrs()
 	if err != nil {
 		return false, err
 	}
 	a.compiler.SetHostIPs(hostIPs)
+	// One Sync over everything: the first one numbers every identity
+	// (keeping the adopted numbers) from the complete picture.
 	a.compiler.Sync()
 
 	needRetry = a.bindEndpoints()

@@ -227,6 +227,9 @@ type Allocator struct {
 	byKey map[string]*Identity
 	byID  map[ID]*Identity
 	next  ID
+	// hinted are the reserved numbers handed out by AcquireHinted: each
+	// at most once.
+	hinted map[ID]bool
 }
 
 // NewAllocator returns an allocator holding only the reserved identities.
@@ -263,6 +266,31 @@ func (a *Allocator) Acquire(l Labels) (id *Identity, created bool) {
 	}
 	id = &Identity{ID: a.next, Labels: l, key: key, refs: 1}
 	a.next++
+	a.byKey[key] = id
+	a.byID[id.ID] = id
+	return id, true
+}
+
+// AcquireHinted is Acquire, but a new label set takes the number hint
+// when hint is one of the numbers Reserve skipped (an adopted map's: a
+// restarted agent keeps the numbers its maps already hold, so reconciling
+// them writes nothing) that no live identity holds and that no label set
+// took before. Any other hint is ignored: a number is never given to two
+// label sets by one allocator, and numbers from next upward stay fresh.
+func (a *Allocator) AcquireHinted(l Labels, hint ID) (id *Identity, created bool) {
+	if hint < FirstAllocated || hint >= a.next || a.hinted[hint] || a.byID[hint] != nil {
+		return a.Acquire(l)
+	}
+	key := l.Key()
+	if id, ok := a.byKey[key]; ok {
+		id.refs++
+		return id, false
+	}
+	if a.hinted == nil {
+		a.hinted = map[ID]bool{}
+	}
+	a.hinted[hint] = true
+	id = &Identity{ID: hint, Labels: l, key: key, refs: 1}
 	a.byKey[key] = id
 	a.byID[id.ID] = id
 	return id, true

@@ -126,3 +126,44 @@ func TestReserve(t *testing.T) {
 		t.Fatalf("got %d, want 5001", id3.ID)
 	}
 }
+
+// TestAcquireHinted: a restarted agent's allocator keeps an adopted number
+// for a new label set, once; hints outside the reserved range, taken, or
+// already used once are ignored.
+func TestAcquireHinted(t *testing.T) {
+	a := NewAllocator()
+	a.Reserve(1000) // the adopted maps used 256..999
+	pod := func(ns string) Labels { return Labels{Kind: KindPod, Namespace: ns} }
+
+	x, created := a.AcquireHinted(pod("a"), 300)
+	if !created || x.ID != 300 {
+		t.Fatalf("hinted 300: got %d (created %v)", x.ID, created)
+	}
+	if again, created := a.AcquireHinted(pod("a"), 400); created || again.ID != 300 {
+		t.Errorf("the same label set again: %d (created %v), want 300, not created", again.ID, created)
+	}
+	for _, c := range []struct {
+		name string
+		hint ID
+	}{
+		{"a live number", 300},
+		{"a reserved identity", Host},
+		{"a fresh number (not adopted)", 1000},
+		{"above next", 5000},
+		{"no hint", 0},
+	} {
+		id, _ := a.AcquireHinted(pod(c.name), c.hint)
+		if id.ID < 1000 {
+			t.Errorf("%s (%d): got %d, want a fresh number", c.name, c.hint, id.ID)
+		}
+	}
+	// Released, the number is never handed out again, hinted or not.
+	a.Release(300)
+	a.Release(300)
+	if id, _ := a.AcquireHinted(pod("b"), 300); id.ID == 300 {
+		t.Error("a released hinted number was given to another label set")
+	}
+	if id, _ := a.AcquireHinted(pod("c"), 301); id.ID != 301 {
+		t.Errorf("another adopted number: got %d, want 301", id.ID)
+	}
+}

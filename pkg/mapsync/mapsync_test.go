@@ -553,3 +553,92 @@ func TestRestartRenumbering(t *testing.T) {
 		}
 	}
 }
+
+// hintsOf is what a restarted agent reads from the adopted ipcache.
+func hintsOf(s State) map[netip.Prefix]identity.ID {
+	h := map[netip.Prefix]identity.ID{}
+	for p, v := range s.IPCache {
+		if v.Identity >= datapath.IdentityUserMin {
+			h[p] = identity.ID(v.Identity)
+		}
+	}
+	return h
+}
+
+// TestRestartKeepsNumbers: a restarted agent that numbers identities as
+// the adopted ipcache does (policy.Options.IdentityHints) reconciles the
+// same objects with no identity-bearing write, and objects that changed
+// while no agent ran (relabels, moved addresses, policies) without a
+// window: a packet allowed before and after stays allowed at every step,
+// one denied before and after stays denied.
+func TestRestartKeepsNumbers(t *testing.T) {
+	rewritten, total := 0, 0
+	defer func() { t.Logf("policy keys rewritten after a restart with no change: %d of %d", rewritten, total) }()
+	for seed := range uint64(60) {
+		w := newWorld(seed)
+		for range 5 {
+			w.mutate()
+		}
+		f := newFake()
+		if _, err := New(f).Reconcile(w.desired(t)); err != nil {
+			t.Fatal(err)
+		}
+		before := f.st.clone()
+		restart := func() {
+			w.c = policy.New(policy.Options{FirstIdentity: identity.ID(maxIdentity(before)) + 1, IdentityHints: hintsOf(before)})
+			w.applied = map[policy.PolicyKey]bool{}
+		}
+
+		// Nothing changed while no agent ran.
+		restart()
+		same := w.desired(t)
+		st, err := New(f).Reconcile(same)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.IPCachePut+st.IPCacheDeleted+st.EndpointPut+st.EndpointDeleted != 0 {
+			t.Fatalf("seed %d: the same objects after a restart: %+v, want no ipcache or endpoint write", seed, st)
+		}
+		// A policy key may only change for an identity the ipcache did
+		// not show (a CIDR identity shadowed by a pod's exact address):
+		// there was no number to keep.
+		shown := map[datapath.Identity]bool{}
+		for _, v := range before.IPCache {
+			shown[v.Identity] = true
+		}
+		for k := range before.Policy {
+			if _, kept := same.Policy[k]; !kept && shown[k.PeerId] {
+				t.Fatalf("seed %d: policy key %+v of identity %d (in the adopted ipcache) rewritten after a restart", seed, k, k.PeerId)
+			}
+		}
+		rewritten += st.PolicyDeleted
+		total += len(before.Policy)
+		if !equalState(f.st, same) {
+			t.Fatalf("seed %d: maps differ from desired", seed)
+		}
+
+		// Changes while no agent ran.
+		before = f.st.clone()
+		for range 1 + int(seed%4) {
+			w.mutate()
+		}
+		restart()
+		after := w.desired(t)
+		probes := w.probes()
+		f.check = func(mid State) {
+			for _, p := range probes {
+				a, b := allowed(before, p.ifindex, p.dir, p.peer, 6, p.port), allowed(after, p.ifindex, p.dir, p.peer, 6, p.port)
+				if m := allowed(mid, p.ifindex, p.dir, p.peer, 6, p.port); a == b && m != a {
+					t.Fatalf("seed %d: probe %+v is %v before and after the restart but %v in between", seed, p, a, m)
+				}
+			}
+		}
+		if _, err := New(f).Reconcile(after); err != nil {
+			t.Fatal(err)
+		}
+		f.check = nil
+		if !equalState(f.st, after) {
+			t.Fatalf("seed %d: maps differ from desired", seed)
+		}
+	}
+}

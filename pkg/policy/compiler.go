@@ -32,6 +32,15 @@ type Options struct {
 	// every identity they hold, so no number keeps an old meaning while
 	// the maps are reconciled (see pkg/mapsync).
 	FirstIdentity identity.ID
+	// IdentityHints are the adopted ipcache's entries (prefix -> identity
+	// number, those below FirstIdentity). A new label set whose first
+	// address (or referenced prefix) is hinted takes that number, once, if
+	// no other label set holds it: the same objects compiled again by a
+	// restarted agent give the maps it adopted, so reconciling writes
+	// nothing. A label set that changed while no agent ran may take a
+	// number of another meaning; pkg/mapsync moves between any two states
+	// without a window, so that is a change like any other.
+	IdentityHints map[netip.Prefix]identity.ID
 }
 
 // NamespaceNameLabel is the label the API server puts on every namespace.
@@ -123,6 +132,11 @@ type Compiler struct {
 
 	// batch defers relabelling while Build loads a snapshot.
 	batch, needRelabel bool
+	// deferIDs: with IdentityHints, no identity is acquired before the
+	// first Sync, when every reference is known: a pod would otherwise
+	// take its adopted number for a label set that the policies arriving
+	// after it change (CIDR and named-port folding), and lose it.
+	deferIDs bool
 }
 
 // Changes says what Sync changed since the previous Sync.
@@ -161,6 +175,7 @@ func New(opts Options) *Compiler {
 		dirty:       set[PodKey]{},
 	}
 	c.ids.Reserve(opts.FirstIdentity)
+	c.deferIDs = len(opts.IdentityHints) > 0
 	c.generation = 1
 	return c
 }
@@ -569,6 +584,10 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 // relabel recomputes every identity after the set of referenced CIDRs or
 // named ports changed.
 func (c *Compiler) relabel() {
+	if c.deferIDs {
+		c.needRelabel = true // numbered at the first Sync, all at once
+		return
+	}
 	// CIDR identities: one per referenced prefix.
 	for p, id := range c.cidrIDs {
 		if _, ok := c.cidrRefs[p]; !ok {
@@ -580,16 +599,50 @@ func (c *Compiler) relabel() {
 	for _, p := range sortedKeys(c.cidrRefs, identity.ComparePrefix) {
 		l := identity.Labels{Kind: identity.KindCIDR, CIDRs: c.containing(p.Addr(), p.Bits())}
 		old, had := c.cidrIDs[p]
-		ident := c.acquireIdentity(l)
+		// The prefix's adopted number is its own unless a pod or the node
+		// owns that exact address (their entry wins in the ipcache).
+		at := p
+		if p.IsSingleIP() && (len(c.ipOwners[p.Addr()]) > 0 || c.hostIPs.has(p.Addr())) {
+			at = netip.Prefix{}
+		}
+		ident := c.acquireIdentity(l, at)
 		c.cidrIDs[p] = ident.ID
 		if had {
 			c.releaseIdentity(old)
 		}
 		c.refreshPrefix(p)
 	}
+	// With hints (the first sync after a restart), every label set an
+	// owned address showed in the adopted ipcache is created first, with
+	// that number, so no other address of the same label set (one shared
+	// with another pod) creates it with a fresh one.
+	var held []identity.ID
+	if c.opts.IdentityHints != nil {
+		for _, pk := range sortedKeys(c.pods, comparePodKey) {
+			st := c.pods[pk]
+			for _, ip := range st.pod.IPs {
+				if at := c.ownPrefix(st, ip); at.IsValid() && !st.pod.HostNetwork {
+					held = append(held, c.acquireIdentity(c.podLabels(&st.pod, ip), at).ID)
+				}
+			}
+		}
+	}
 	for _, pk := range sortedKeys(c.pods, comparePodKey) {
 		c.updateIdentities(c.pods[pk])
 	}
+	for _, id := range held {
+		c.releaseIdentity(id)
+	}
+}
+
+// ownPrefix is the ipcache prefix of ip when the pod owns the address (an
+// address shared by two pods, for a moment in a real cluster, is its first
+// owner's), else the zero prefix: where the pod's adopted number is.
+func (c *Compiler) ownPrefix(st *podState, ip netip.Addr) netip.Prefix {
+	if owners := c.ipOwners[ip]; len(owners) > 0 && owners[0] == st.pod.Key() {
+		return netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return netip.Prefix{}
 }
 
 // containing returns the referenced prefixes that contain the prefix
@@ -640,10 +693,14 @@ func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
 // updateIdentities recomputes a pod's identities and the address entries
 // that point at them.
 func (c *Compiler) updateIdentities(st *podState) {
+	if c.deferIDs {
+		c.needRelabel = true // the first Sync numbers every pod
+		return
+	}
 	var next []identity.ID
 	if !st.pod.HostNetwork {
 		for _, ip := range st.pod.IPs {
-			next = append(next, c.acquireIdentity(c.podLabels(&st.pod, ip)).ID)
+			next = append(next, c.acquireIdentity(c.podLabels(&st.pod, ip), c.ownPrefix(st, ip)).ID)
 		}
 	}
 	old := st.ids
@@ -692,8 +749,10 @@ func (c *Compiler) refreshPrefix(p netip.Prefix) {
 	}
 }
 
-func (c *Compiler) acquireIdentity(l identity.Labels) *identity.Identity {
-	ident, created := c.ids.Acquire(l)
+// acquireIdentity returns l's identity, numbered as the adopted ipcache
+// numbered the prefix at, when it can be (Options.IdentityHints).
+func (c *Compiler) acquireIdentity(l identity.Labels, at netip.Prefix) *identity.Identity {
+	ident, created := c.ids.AcquireHinted(l, c.opts.IdentityHints[at])
 	if !created {
 		return ident
 	}
@@ -914,9 +973,14 @@ func (c *Compiler) markSelected(ps *policyState) {
 
 // Sync rebuilds the endpoints that changed and says which did.
 func (c *Compiler) Sync() Changes {
+	if c.deferIDs && !c.batch {
+		c.deferIDs, c.needRelabel = false, true
+	}
 	if c.needRelabel && !c.batch {
 		c.needRelabel = false
 		c.relabel()
+		// Hints name the adopted maps, which the first sync replaces.
+		c.opts.IdentityHints = nil
 	}
 	// Endpoints selected by the same policies (and declaring the same
 	// ports, for ingress named ports) have the same rules: compute them

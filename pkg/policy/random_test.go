@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ztnet/zt/internal/randpolicy"
+	"github.com/ztnet/zt/pkg/identity"
 )
 
 var (
@@ -329,6 +330,18 @@ func checkInvariants(t *testing.T, c *Compiler) {
 // buildIncrementally loads w into a fresh compiler one object at a time,
 // in an order drawn from r.
 func buildIncrementally(w *refWorld, r *rand.Rand) *Compiler {
+	return buildShuffled(w, r, 3)
+}
+
+// buildIncrementallyOneSync applies every object in random order and
+// syncs once, as an agent's first sync after its caches are synced.
+func buildIncrementallyOneSync(w *refWorld, r *rand.Rand) *Compiler {
+	return buildShuffled(w, r, 0)
+}
+
+// buildShuffled applies w's objects in random order, syncing after each
+// with probability 1/syncEvery (never for 0), and once at the end.
+func buildShuffled(w *refWorld, r *rand.Rand, syncEvery int) *Compiler {
 	c := New(w.Opts)
 	type op func()
 	var ops []op
@@ -345,7 +358,7 @@ func buildIncrementally(w *refWorld, r *rand.Rand) *Compiler {
 	r.Shuffle(len(ops), func(i, j int) { ops[i], ops[j] = ops[j], ops[i] })
 	for _, o := range ops {
 		o()
-		if r.IntN(3) == 0 {
+		if syncEvery > 0 && r.IntN(syncEvery) == 0 {
 			c.Sync()
 		}
 	}
@@ -386,6 +399,57 @@ func TestRandomWorldsAgainstReference(t *testing.T) {
 			if bad := compareWithRef(c, w, g, 5); len(bad) > 0 {
 				t.Fatalf("world %d (%s, opts %+v): compiler and reference disagree:\n  %s\nworld:\n%s", i, mode, w.Opts, strings.Join(bad, "\n  "), w.dump())
 			}
+		}
+		checkRestartHints(t, i, w, g)
+	}
+}
+
+// checkRestartHints compiles w again as a restarted agent does, numbering
+// identities above the first compile's and hinted by its ipcache: every
+// address keeps its number, and the verdicts stay the reference's.
+func checkRestartHints(t *testing.T, i int, w *refWorld, g *gen) {
+	t.Helper()
+	first := Build(w.snapshot(), w.Opts)
+	adopted := first.IPCache().Entries()
+	opts := w.Opts
+	opts.IdentityHints = map[netip.Prefix]identity.ID{}
+	for p, id := range adopted {
+		opts.FirstIdentity = max(opts.FirstIdentity, id+1)
+		if id >= identity.FirstAllocated {
+			opts.IdentityHints[p] = id
+		}
+	}
+	saved := w.Opts
+	defer func() { w.Opts = saved }()
+	w.Opts = opts
+	// The agent's first sync sees every object (its caches are synced);
+	// later syncs number what changed afresh, so with intermediate syncs
+	// only the verdicts are checked.
+	for _, mode := range []string{"build", "incremental, one sync", "incremental"} {
+		var c *Compiler
+		switch mode {
+		case "build":
+			c = Build(w.snapshot(), opts)
+		case "incremental, one sync":
+			c = buildIncrementallyOneSync(w, g.r)
+		default:
+			c = buildIncrementally(w, g.r)
+		}
+		checkInvariants(t, c)
+		if bad := compareWithRef(c, w, g, 5); len(bad) > 0 {
+			t.Fatalf("world %d (restart, %s): compiler and reference disagree:\n  %s\nworld:\n%s", i, mode, strings.Join(bad, "\n  "), w.dump())
+		}
+		if mode == "incremental" {
+			continue
+		}
+		got := c.IPCache().Entries()
+		for p, id := range adopted {
+			if got[p] != id {
+				t.Fatalf("world %d (restart, %s): %s was identity %d, is %d after the restart\nworld:\n%s", i, mode, p, id, got[p], w.dump())
+			}
+		}
+		if len(got) != len(adopted) {
+			t.Fatalf("world %d (restart, %s): %d ipcache entries, were %d", i, mode, len(got), len(adopted))
 		}
 	}
 }

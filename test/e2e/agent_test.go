@@ -410,6 +410,15 @@ func TestAgent(t *testing.T) {
 			gap.Round(time.Millisecond), gapAllowed, gapDenied, gapBad, ready.Round(time.Millisecond))
 		// Let the restarted agent reconcile under the streams.
 		time.Sleep(1500 * time.Millisecond)
+		// Nothing changed while it was down: it kept every adopted
+		// identity number, so no ipcache entry was rewritten.
+		m := agent.metrics()
+		ipcWrites, _ := m.sum("zt_map_writes_total", "map", "ipcache")
+		polWrites, _ := m.sum("zt_map_writes_total", "map", "policy")
+		t.Logf("restarted agent's map writes: ipcache %v, policy %v", ipcWrites, polWrites)
+		if ipcWrites != 0 {
+			t.Errorf("restarted agent rewrote %v ipcache entries over unchanged objects, want 0 (adopted identity numbers kept)", ipcWrites)
+		}
 		allowed.stop()
 		denied.stop()
 		time.Sleep(300 * time.Millisecond) // in flight

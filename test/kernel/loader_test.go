@@ -17,8 +17,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ztnet/zt/pkg/agent"
 	"github.com/ztnet/zt/pkg/datapath"
-	"github.com/ztnet/zt/pkg/identity"
 	"github.com/ztnet/zt/pkg/mapsync"
 	"github.com/ztnet/zt/pkg/policy"
 )
@@ -54,10 +54,12 @@ type loaderConfig struct {
 	Snapshot  policy.Snapshot
 	Bindings  []mapsync.Binding
 	// Renumber numbers identities above every identity in the adopted
-	// maps (policy.Options.FirstIdentity), as the agent does.
-	Renumber bool
-	Result   string        // where the loaderResult goes
-	MaxLife  time.Duration // exit after this long if nobody kills us
+	// maps (policy.Options.FirstIdentity), as the agent does; Hints also
+	// keeps the numbers the adopted ipcache shows (IdentityHints), as the
+	// agent does since it can.
+	Renumber, Hints bool
+	Result          string        // where the loaderResult goes
+	MaxLife         time.Duration // exit after this long if nobody kills us
 }
 
 type loaderResult struct {
@@ -97,7 +99,7 @@ func loaderMain(path string) int {
 			return res, fmt.Errorf("open datapath: %w", err)
 		}
 		defer dp.Close() // pins and links stay
-		maxID, err := maxAdoptedIdentity(dp)
+		maxID, hints, err := agent.AdoptedIdentities(dp)
 		if err != nil {
 			return res, err
 		}
@@ -106,6 +108,9 @@ func loaderMain(path string) int {
 		if cfg.Renumber {
 			opts.FirstIdentity = maxID + 1
 			res.FirstIdentity = uint32(opts.FirstIdentity)
+		}
+		if cfg.Hints {
+			opts.IdentityHints = hints
 		}
 		c := policy.Build(cfg.Snapshot, opts)
 		desired, err := mapsync.Desired(c, cfg.Bindings, mapsync.Options{})
@@ -141,31 +146,6 @@ func loaderMain(path string) int {
 	fmt.Println("READY")
 	time.Sleep(cfg.MaxLife)
 	return 0
-}
-
-// maxAdoptedIdentity is the highest identity number the pinned maps use,
-// temporary identities of an interrupted update aside (as the agent does).
-func maxAdoptedIdentity(dp *datapath.Datapath) (identity.ID, error) {
-	m := identity.FirstAllocated
-	ipc, err := dp.IPCacheList()
-	if err != nil {
-		return 0, err
-	}
-	for _, v := range ipc {
-		if v.Identity < mapsync.TempIdentityBase {
-			m = max(m, identity.ID(v.Identity))
-		}
-	}
-	pol, err := dp.PolicyList()
-	if err != nil {
-		return 0, err
-	}
-	for k := range pol {
-		if k.PeerId < mapsync.TempIdentityBase {
-			m = max(m, identity.ID(k.PeerId))
-		}
-	}
-	return m, nil
 }
 
 // loader is a running loader process.

@@ -3,6 +3,7 @@ package kernel
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
 	"testing"
 	"time"
@@ -103,10 +104,6 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 	mark("SIGKILL loader 3")
 	l3.kill()
 	time.Sleep(200 * time.Millisecond)
-	for _, s := range streams {
-		s.halt()
-	}
-	time.Sleep(200 * time.Millisecond)
 
 	// Identities are now numbered above the adopted ones.
 	ipc, err := dp.IPCacheList()
@@ -119,6 +116,35 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 			t.Errorf("%s has identity %d after renumbering, want >= %d", a, id, l3.res.FirstIdentity)
 		}
 	}
+
+	// What the agent does: fresh numbers above the adopted ones, but a
+	// label set the adopted ipcache shows keeps its number. Over the same
+	// objects nothing is written.
+	hinted := renum
+	hinted.Hints = true
+	mark("start loader 4 (keeps adopted numbers)")
+	b4 := startBlast(t, good, netip.AddrPortFrom(srv.ip4, 5001), 7)
+	l4 := startLoader(t, n.ns, hinted)
+	b4.halt()
+	mark("loader 4 ready")
+	if l4.res.Writes != 0 || l4.res.FirstIdentity <= l4.res.MaxAdopted {
+		t.Errorf("loader keeping adopted numbers: %+v, want 0 writes (FirstIdentity above %d)", l4.res, l4.res.MaxAdopted)
+	}
+	after, err := dp.IPCacheList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(after, ipc) {
+		t.Errorf("ipcache changed across a restart over the same objects:\nbefore %v\nafter  %v", ipc, after)
+	}
+	time.Sleep(300 * time.Millisecond)
+	mark("SIGKILL loader 4")
+	l4.kill()
+	time.Sleep(200 * time.Millisecond)
+	for _, s := range streams {
+		s.halt()
+	}
+	time.Sleep(200 * time.Millisecond)
 
 	var badSent int64
 	for _, s := range streams {
@@ -139,11 +165,11 @@ func TestRestartKeepsEnforcing(t *testing.T) {
 			}
 		}
 	}
-	// Datagrams blasted back to back while loaders 2 and 3 reconciled
+	// Datagrams blasted back to back while loaders 2, 3 and 4 reconciled
 	// sample every intermediate state; a socket buffer may overflow, so
 	// the kernel's drop counter is the proof: it counts exactly the
 	// denied client's datagrams, none of the allowed ones.
-	for _, b := range []*udpStream{b2, b3} {
+	for _, b := range []*udpStream{b2, b3, b4} {
 		sent := int(b.sent.Load())
 		got, _ := blastSink.received(b.flow, sent)
 		t.Logf("%s (during reconcile): sent %d, received %d", b.name, sent, got)
