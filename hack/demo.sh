@@ -61,6 +61,7 @@ ztlab up -q --name "$name" --nodes "$nodes" -f "$shop/cluster.yaml" \
 eval "$(ztlab env)" # KUBECONFIG, ZT_FLOWS_SOCKET (the agents' flows sockets), kubectl on PATH
 show "kubectl get pods -A -o wide"
 kubectl get pods -A -o wide
+echo "(No kubelet runs in the lab, so READY says 0/1; each pod is a real network namespace with a server on its port.)"
 
 say "2. No NetworkPolicy yet: every pod reaches every other (real packets to every declared port)"
 show "ztlab probe -o matrix"
