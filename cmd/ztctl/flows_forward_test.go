@@ -276,17 +276,7 @@ func TestFlowsForward(t *testing.T) {
 		// The same discovery with agents reached on their sockets, as in
 		// the lab: records of both agents merged by time.
 		ctx := context.Background()
-		stA, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
-		stB, sockB := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
-		t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
-		for i := range 2 {
-			ra := flowRec(t0.Add(time.Duration(2*i)*time.Minute), fWeb, fDB, "drop", "policy-denied")
-			ra.Node = "node-a"
-			stA.Append(ra)
-			rb := flowRec(t0.Add(time.Duration(2*i+1)*time.Minute), fAPI, fDB, "drop", "policy-denied")
-			rb.Node = "node-b"
-			stB.Append(rb)
-		}
+		_, sockA, sockB := twoAgents(t, 2)
 		tr := &socketTransport{sockets: map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB}}
 		src, closeSrc, err := agentsSource(ctx, c.cs, "", tr, noWarning(t))
 		if err != nil {
@@ -359,6 +349,25 @@ func TestFlowsForward(t *testing.T) {
 			t.Errorf("%d agents left open after the error", tr.live)
 		}
 	})
+}
+
+// twoAgents serves two agent APIs, node-a's and node-b's, with n records
+// each, alternating in time from an hour ago: a, b, a, b, ... It returns
+// node-a's store (to add to) and both sockets.
+func twoAgents(t *testing.T, n int) (stA *flows.Store, sockA, sockB string) {
+	t.Helper()
+	stA, sockA = agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+	stB, sockB := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	for i := range n {
+		ra := flowRec(t0.Add(time.Duration(2*i)*time.Minute), fWeb, fDB, "drop", "policy-denied")
+		ra.Node = "node-a"
+		stA.Append(ra)
+		rb := flowRec(t0.Add(time.Duration(2*i+1)*time.Minute), fAPI, fDB, "drop", "policy-denied")
+		rb.Node = "node-b"
+		stB.Append(rb)
+	}
+	return stA, sockA, sockB
 }
 
 // nodesOf queries every record of src and returns their nodes in order.
@@ -503,18 +512,8 @@ func (k *fakeKubelet) serve(w http.ResponseWriter, req *http.Request) {
 // merged by time.
 func TestFlowsForwardKubelet(t *testing.T) {
 	c := newForwardCluster(t)
-	stA, sockA := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
-	stB, sockB := agentAPI(t, flows.Version{API: flows.APIVersion, Agent: "test"})
+	stA, sockA, sockB := twoAgents(t, 3)
 	_, sockSkew := agentAPI(t, flows.Version{API: flows.APIVersion + 1, Agent: "v9.9.9"})
-	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
-	for i := range 3 {
-		ra := flowRec(t0.Add(time.Duration(2*i)*time.Minute), fWeb, fDB, "drop", "policy-denied")
-		ra.Node = "node-a"
-		stA.Append(ra)
-		rb := flowRec(t0.Add(time.Duration(2*i+1)*time.Minute), fAPI, fDB, "drop", "policy-denied")
-		rb.Node = "node-b"
-		stB.Append(rb)
-	}
 	kubelet := startFakeKubelet(t, map[string]string{"zt-agent-a": sockA, "zt-agent-b": sockB, "zt-agent-skew": sockSkew})
 	ctx := context.Background()
 	for _, name := range []string{"node-a", "node-b", "node-c"} {

@@ -264,12 +264,9 @@ metadata: {namespace: "z", name: deny-all}
 spec: {podSelector: {}, policyTypes: [Ingress]}
 `
 
-// TestNinePodsSixPortsUnderAMinute is the issue's requirement: `ztlab run`
-// over 9 pods with 6 ports each, every probe denied at the destination
-// (so every one waits out its timeouts), on two nodes, end to end (API
-// server, agents, probes, teardown) in under a minute.
-func TestNinePodsSixPortsUnderAMinute(t *testing.T) {
-	e := newEnv(t)
+// denyAllBundle writes the xyz world with denyAll as one bundle file.
+func denyAllBundle(t *testing.T) string {
+	t.Helper()
 	world, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-v4.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -278,6 +275,16 @@ func TestNinePodsSixPortsUnderAMinute(t *testing.T) {
 	if err := os.WriteFile(file, append(world, denyAll...), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return file
+}
+
+// TestNinePodsSixPortsUnderAMinute is the issue's requirement: `ztlab run`
+// over 9 pods with 6 ports each, every probe denied at the destination
+// (so every one waits out its timeouts), on two nodes, end to end (API
+// server, agents, probes, teardown) in under a minute.
+func TestNinePodsSixPortsUnderAMinute(t *testing.T) {
+	e := newEnv(t)
+	file := denyAllBundle(t)
 	start := time.Now()
 	out := e.mustZtlab("run", "--nodes", "2", "-f", file, "-o", "json")
 	took := time.Since(start)
@@ -370,14 +377,7 @@ func TestCrashThenUp(t *testing.T) {
 // everything.
 func TestInterrupt(t *testing.T) {
 	e := newEnv(t)
-	world, err := os.ReadFile(filepath.Join(repoRoot, "pkg", "policy", "testdata", "worlds", "xyz-v4.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "deny-all.yaml")
-	if err := os.WriteFile(file, append(world, denyAll...), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := denyAllBundle(t)
 	cmd := exec.Command(ztlabBin, "run", "--dir", e.dir, "--name", e.name, "--agent-bin", agentBin, "--k8s-bin", k8sBin, "-f", file)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -512,20 +512,27 @@ func maxIdentity(s State) datapath.Identity {
 	return m
 }
 
+// adoptedWorld is a random world reconciled into fake maps, as a killed
+// agent leaves them: the world, the maps and a copy of their state.
+func adoptedWorld(t *testing.T, seed uint64) (*world, *fakeMaps, State) {
+	t.Helper()
+	w := newWorld(seed)
+	for range 5 {
+		w.mutate()
+	}
+	f := newFake()
+	if _, err := New(f).Reconcile(w.desired(t)); err != nil {
+		t.Fatal(err)
+	}
+	return w, f, f.st.clone()
+}
+
 // TestRestartRenumbering: a restarted agent numbers identities afresh,
 // above every number in the adopted maps. Reconciling rewrites entries but
 // every packet keeps its verdict at every step.
 func TestRestartRenumbering(t *testing.T) {
 	for seed := range uint64(30) {
-		w := newWorld(seed)
-		for range 5 {
-			w.mutate()
-		}
-		f := newFake()
-		if _, err := New(f).Reconcile(w.desired(t)); err != nil {
-			t.Fatal(err)
-		}
-		before := f.st.clone()
+		w, f, before := adoptedWorld(t, seed)
 		w.c = policy.New(policy.Options{FirstIdentity: identity.ID(maxIdentity(before)) + 1})
 		w.applied = map[policy.PolicyKey]bool{}
 		after := w.desired(t)
@@ -575,15 +582,7 @@ func TestRestartKeepsNumbers(t *testing.T) {
 	rewritten, total := 0, 0
 	defer func() { t.Logf("policy keys rewritten after a restart with no change: %d of %d", rewritten, total) }()
 	for seed := range uint64(60) {
-		w := newWorld(seed)
-		for range 5 {
-			w.mutate()
-		}
-		f := newFake()
-		if _, err := New(f).Reconcile(w.desired(t)); err != nil {
-			t.Fatal(err)
-		}
-		before := f.st.clone()
+		w, f, before := adoptedWorld(t, seed)
 		restart := func() {
 			w.c = policy.New(policy.Options{FirstIdentity: identity.ID(maxIdentity(before)) + 1, IdentityHints: hintsOf(before)})
 			w.applied = map[policy.PolicyKey]bool{}

@@ -11,20 +11,27 @@ import (
 	"github.com/ztnet/zt/pkg/policy"
 )
 
-// TestDefaultDeny: a pod is open until a policy selects it; from that Apply
-// on, traffic not allowed is dropped in both families and for TCP and UDP,
-// while the node itself (kubelet probes) still reaches it and the pod's
-// own egress stays open. Deleting the policy opens it again.
-func TestDefaultDeny(t *testing.T) {
+// srvAndClient is a node with prod/srv (app=srv) and prod/cli (role=cli),
+// each serving TCP 8080 and UDP 5353, and its cluster.
+func srvAndClient(t *testing.T) (srv, cli *pod, cl *cluster) {
+	t.Helper()
 	n := newNode(t)
-	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
-	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
+	srv = n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
+	cli = n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
 	for _, p := range n.pods {
 		p.listenTCP(t, 8080)
 		p.listenUDP(t, 5353)
 	}
 	n.waitReady(t)
-	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
+	return srv, cli, newCluster(t, n, map[string]map[string]string{"prod": nil})
+}
+
+// TestDefaultDeny: a pod is open until a policy selects it; from that Apply
+// on, traffic not allowed is dropped in both families and for TCP and UDP,
+// while the node itself (kubelet probes) still reaches it and the pod's
+// own egress stays open. Deleting the policy opens it again.
+func TestDefaultDeny(t *testing.T) {
+	srv, cli, cl := srvAndClient(t)
 
 	open := func(want bool) []flow {
 		return slices.Concat(
@@ -234,15 +241,7 @@ func TestAllowSelectors(t *testing.T) {
 // DNS-style server answering with sendto on an unconnected socket), while
 // connections it starts itself are refused.
 func TestRepliesPass(t *testing.T) {
-	n := newNode(t)
-	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
-	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
-	for _, p := range n.pods {
-		p.listenTCP(t, 8080)
-		p.listenUDP(t, 5353)
-	}
-	n.waitReady(t)
-	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
+	srv, cli, cl := srvAndClient(t)
 	cl.enableSocketHooks()
 	cl.setPolicy(netpol("prod", "srv", labels("app", "srv"), bothTypes,
 		[]networkingIngress{ingressRule(peers(podSel(labels("role", "cli"))), port("tcp", 8080), port("udp", 5353))}, nil))
