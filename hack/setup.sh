@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(clang-19 llvm-19 libbpf-dev iproute2 make)
+# iperf3, iptables, ipset, nftables: the side-by-side benchmarks (tools/bench).
+# containerd, runc, containernetworking-plugins: the one-machine cluster (hack/cluster.sh).
+pkgs=(clang-19 llvm-19 libbpf-dev iproute2 make iperf3 iptables ipset nftables containerd runc containernetworking-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
