@@ -1,0 +1,124 @@
+// Command compilebench compiles one generated cluster with pkg/policy and
+// prints what it measured as JSON on stdout. The controlplane benchmark
+// runs it as a child process (with GOMAXPROCS=1) so that the child's peak
+// RSS, read from rusage by the parent, is this one compile's alone.
+//
+//	compilebench -pods 10000 -policies 1000 -view node -updates 50
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ztnet/zt/pkg/policy"
+)
+
+// Result is what one run measured.
+type Result struct {
+	Pods       int    `json:"pods"`
+	Policies   int    `json:"policies"`
+	View       string `json:"view"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	// FullNs is the time of policy.Build over the whole snapshot.
+	FullNs int64 `json:"full_ns"`
+	// InputHeapBytes is the live heap holding the generated snapshot;
+	// CompilerHeapBytes is what the built compiler adds to it (after GC).
+	InputHeapBytes    uint64 `json:"input_heap_bytes"`
+	CompilerHeapBytes uint64 `json:"compiler_heap_bytes"`
+	Endpoints         int    `json:"endpoints"`
+	Identities        int    `json:"identities"`
+	Problems          int    `json:"problems"`
+	// RelabelNs: SetPod (a label change of one pod) + Sync, each update.
+	RelabelNs []int64 `json:"relabel_ns"`
+	// PolicyNs: SetPolicy (a new policy) or DeletePolicy + Sync, each update.
+	PolicyNs []int64 `json:"policy_ns"`
+}
+
+func main() {
+	pods := flag.Int("pods", 10000, "pods in the cluster")
+	policies := flag.Int("policies", 1000, "NetworkPolicies")
+	view := flag.String("view", "node", "node: one node's endpoints (as an agent compiles); cluster: every pod an endpoint (as ztctl compiles)")
+	updates := flag.Int("updates", 50, "incremental updates of each kind to time")
+	flag.Parse()
+	if err := run(*pods, *policies, *view, *updates); err != nil {
+		fmt.Fprintln(os.Stderr, "compilebench:", err)
+		os.Exit(1)
+	}
+}
+
+func liveHeap() uint64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+func run(pods, policies int, view string, updates int) error {
+	w := Generate(pods, policies)
+	var opts policy.Options
+	switch view {
+	case "cluster":
+	case "node":
+		opts.NodeName = w.Pods[0].NodeName
+	default:
+		return fmt.Errorf("unknown view %q (node or cluster)", view)
+	}
+	r := Result{Pods: pods, Policies: policies, View: view, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	r.InputHeapBytes = liveHeap()
+	t0 := time.Now()
+	c := policy.Build(w, opts)
+	r.FullNs = time.Since(t0).Nanoseconds()
+	r.CompilerHeapBytes = liveHeap() - r.InputHeapBytes
+	r.Endpoints = len(c.Endpoints())
+	r.Identities = len(c.Identities())
+	r.Problems = len(c.Problems())
+	if r.Endpoints == 0 {
+		return fmt.Errorf("%d pods, view %s: no endpoint compiled", pods, view)
+	}
+
+	// A local pod flips between two label sets, each selected by other
+	// policies: its identity and every rule naming it change.
+	p := w.Pods[0]
+	for i := range updates {
+		q := p
+		q.Labels = map[string]string{"app": appName((i%2)*4 + 3), "tier": tiers[i%3], "version": "v1"}
+		t := time.Now()
+		c.SetPod(q)
+		c.Sync()
+		r.RelabelNs = append(r.RelabelNs, time.Since(t).Nanoseconds())
+	}
+	// A policy selecting the local pod's app is added, then deleted.
+	for i := range updates {
+		key := policy.PolicyKey{Namespace: p.Namespace, Name: "bench-update"}
+		t := time.Now()
+		if i%2 == 0 {
+			np := &networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
+				Spec: networkingv1.NetworkPolicySpec{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": p.Labels["tier"]}},
+					Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+						PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": appName(i % apps)}},
+					}}}},
+				},
+			}
+			if err := c.SetPolicy(np); err != nil {
+				return fmt.Errorf("set policy: %w", err)
+			}
+		} else {
+			c.DeletePolicy(key)
+		}
+		c.Sync()
+		r.PolicyNs = append(r.PolicyNs, time.Since(t).Nanoseconds())
+	}
+	runtime.KeepAlive(w)
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
