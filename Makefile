@@ -25,6 +25,10 @@ check-generated: generate ## fail when the committed generated files are stale
 k8s-bins: ## build the pinned kube-apiserver, kubectl and etcd for tests into _out/bin (once; ~15 min cold)
 	hack/k8s-bins.sh
 
+.PHONY: conformance
+conformance: ## upstream Kubernetes v1.37.2 NetworkPolicy e2e tests (Netpol, minus SCTP) against KUBECONFIG with zt installed; writes docs/conformance.md
+	hack/conformance.sh run
+
 .PHONY: verify
 verify: ## load every BPF program through the kernel verifier (root)
 	$(GO) test -count=1 -run 'TestVerifier' -v ./pkg/datapath
