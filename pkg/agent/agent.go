@@ -61,6 +61,9 @@ type Agent struct {
 	// last reported (reported again only when it changes).
 	missing  map[policy.PodKey]string
 	problems map[policy.PolicyKey]string
+	// ifaces finds host veths through pod namespaces when no route
+	// names them (bridge CNI); see interfaces.go.
+	ifaces *ifaceFinder
 
 	ready     atomic.Bool
 	heartbeat atomic.Int64
@@ -140,6 +143,7 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 		bound:    map[policy.PodKey]binding{},
 		missing:  map[policy.PodKey]string{},
 		problems: map[policy.PolicyKey]string{},
+		ifaces:   newIfaceFinder(cfg.NetnsDirs),
 	}
 	a.events = record.NewBroadcaster()
 	a.recorder = a.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "zt-agent", Host: cfg.NodeName})
@@ -425,15 +429,16 @@ func (a *Agent) applyChanges(ch k8swatch.Changes) {
 // and attaches the programs to it. It reports whether some are missing.
 func (a *Agent) bindEndpoints() (missing bool) {
 	want := map[policy.PodKey]bool{}
+	a.ifaces.begin()
 	for _, ep := range a.compiler.Endpoints() {
 		want[ep.Pod] = true
 		if len(ep.IPs) == 0 {
 			continue // no address yet: nothing to route to, nothing to enforce
 		}
-		link, err := lookupHostInterface(ep.IPs)
+		link, err := a.hostInterface(ep.IPs)
 		if err != nil {
 			missing = true
-			a.reportMissing(ep.Pod, err)
+			a.reportMissing(ep.Pod, fmt.Errorf("pod %s: %w", ep.Pod, err))
 			// Fail closed: a lookup that fails (a transient netlink error,
 			// a route being replaced) must not unbind a pod whose interface
 			// still exists, or its endpoint entry would be deleted and the
@@ -598,6 +603,6 @@ func (a *Agent) Ready() bool { return a.ready.Load() }
 
 // Netlink lookups, replaceable in tests.
 var (
-	lookupHostInterface = hostInterface
+	lookupHostInterface = routeInterface
 	linkByIndex         = netlink.LinkByIndex
 )
