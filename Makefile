@@ -59,3 +59,17 @@ fuzz: ## run the fuzzers for a minute each
 .PHONY: demo
 demo: setup build k8s-bins ## the zero-trust shop on a one-machine lab, real packets (ZT_DEMO_KEEP=1 leaves it up)
 	@ZT_DEMO_BIN=$(BIN) hack/demo.sh
+
+CNI ?= ptp
+
+.PHONY: images
+images: build k8s-bins ## the local images (zt-agent, ztnettest, pause) into _out/images, without docker
+	hack/cluster.sh images
+
+.PHONY: cluster-up
+cluster-up: images ## a real single-node Kubernetes v1.37.2 on this machine (root; CNI=ptp|bridge)
+	hack/cluster.sh up --cni $(CNI)
+
+.PHONY: cluster-down
+cluster-down: ## tear the cluster down and restore the host exactly
+	hack/cluster.sh down
