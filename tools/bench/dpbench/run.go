@@ -1,0 +1,483 @@
+// Package dpbench measures zt's datapath side by side with no
+// enforcement, iptables, iptables + ipset and nftables, on network
+// namespaces of this machine (root required).
+//
+//	node netns (one per configuration, all alive during a run of one N)
+//	  ├─ zb0 ══ server pod  10.201.0.1  echo :7000, iperf3 :7001 (CPU serverCPU)
+//	  ├─ zb1 ══ client pod  10.202.0.2  the probing client, last of the N peers (CPU clientCPU)
+//	  └─ zb2 ══ denied pod  10.203.0.3  not allowed: must be blocked
+//
+// Enforcement lives in the node namespace (netfilter) or on its host
+// veths (zt's tcx programs), so every configuration sees the same packets
+// and each namespace holds only its own rules. Repetitions visit the
+// configurations in a rotating order, so drift of a busy machine spreads
+// over all of them, and every figure is a ratio to the baseline of the
+// same repetition.
+package dpbench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ztnet/zt/internal/netnsutil"
+)
+
+// Options shape a run.
+type Options struct {
+	Ns       []int         // rule counts
+	Reps     int           // alternating repetitions per N
+	Duration time.Duration // per TCP_RR / TCP_CRR measurement
+	Warmup   time.Duration // before each measurement
+	Iperf    time.Duration // per iperf3 measurement; 0 skips bulk throughput
+	Changes  int           // timed rule changes per N and configuration
+	// ClientCPU and ServerCPU pin the client and server processes (taskset).
+	ClientCPU, ServerCPU int
+	Iptables             string   // iptables binary: iptables (nf_tables) or iptables-legacy
+	Configs              []string // default Configs
+	// CheckOnly installs every configuration and checks enforcement,
+	// measuring nothing.
+	CheckOnly bool
+	Log       io.Writer
+}
+
+// Metric is one measured quantity of one configuration at one N, per
+// repetition, and as a ratio to the baseline of the same repetition.
+type Metric struct {
+	Values      []float64 `json:"values"`           // per repetition
+	Median      float64   `json:"median"`           // of Values
+	Ratios      []float64 `json:"ratios,omitempty"` // to "none" of the same repetition
+	RatioMedian float64   `json:"ratio_median"`     // median of Ratios
+	RatioMin    float64   `json:"ratio_min"`        // noise: min of Ratios
+	RatioMax    float64   `json:"ratio_max"`        // noise: max of Ratios
+	P50ns       float64   `json:"p50_ns,omitempty"` // median over repetitions
+	P99ns       float64   `json:"p99_ns,omitempty"` // median over repetitions
+	AddedP50ns  float64   `json:"added_p50_ns"`     // median of (p50 - baseline p50)
+	AddedP99ns  float64   `json:"added_p99_ns"`     // median of (p99 - baseline p99)
+	p50s, p99s  []float64
+	addedP50    []float64
+	addedP99    []float64
+}
+
+// Point is one configuration at one N.
+type Point struct {
+	N         int     `json:"n"`
+	Config    string  `json:"config"`
+	Enforces  bool    `json:"enforces"` // probing client passed, denied client blocked (or passed for none)
+	RR        Metric  `json:"tcp_rr"`   // transactions/s
+	CRR       Metric  `json:"tcp_crr"`  // transactions/s
+	Bulk      Metric  `json:"bulk"`     // iperf3 bits/s
+	InstallMs float64 `json:"install_ms"`
+	// ChangeP50us/P99us: one rule change (add or remove one peer) as the
+	// tool does it: exec of iptables-restore, ipset, nft; for zt the
+	// mapsync Apply (diff + 2 map writes).
+	ChangeP50us float64 `json:"change_p50_us"`
+	ChangeP99us float64 `json:"change_p99_us"`
+	// zt only.
+	RawChangeP50us     float64 `json:"raw_change_p50_us,omitempty"` // the 2 map writes alone
+	RawChangeP99us     float64 `json:"raw_change_p99_us,omitempty"`
+	ProgNsPerRun       float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
+	ProgRunsPerTxn     float64 `json:"prog_runs_per_txn,omitempty"`
+	PolicyEntries      int     `json:"policy_entries,omitempty"`
+	PolicyBytesPerEnt  float64 `json:"policy_bytes_per_entry,omitempty"`  // memlock delta / entries
+	IPCacheBytesPerEnt float64 `json:"ipcache_bytes_per_entry,omitempty"` // memlock delta / entries
+}
+
+// Result is the datapath half of the report.
+type Result struct {
+	Options   Options `json:"options"`
+	Points    []Point `json:"points"`
+	IptablesV string  `json:"iptables_version"`
+}
+
+type runner struct {
+	opts Options
+	self string
+	ctx  context.Context
+}
+
+func (r *runner) logf(format string, args ...any) {
+	if r.opts.Log != nil {
+		fmt.Fprintf(r.opts.Log, format+"\n", args...)
+	}
+}
+
+// Run measures every configuration at every N.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	if len(opts.Configs) == 0 {
+		opts.Configs = Configs
+	}
+	if opts.Configs[0] != CfgNone {
+		return nil, errors.New("the first configuration must be the baseline \"none\"")
+	}
+	if opts.Iptables == "" {
+		opts.Iptables = "iptables"
+	}
+	if opts.Reps <= 0 {
+		opts.Reps = 1
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{opts: opts, self: self, ctx: ctx}
+	res := &Result{Options: opts}
+	if v, err := runIn(ctx, -1, nil, opts.Iptables, "-V"); err == nil {
+		res.IptablesV = string(bytes.TrimSpace(v))
+	}
+	for _, n := range opts.Ns {
+		pts, err := r.runN(n)
+		if err != nil {
+			return res, fmt.Errorf("N=%d: %w", n, err)
+		}
+		res.Points = append(res.Points, pts...)
+	}
+	return res, nil
+}
+
+type live struct {
+	cfg string
+	t   *topo
+	e   enforcer
+	pt  *Point
+}
+
+func (r *runner) runN(n int) (_ []Point, err error) {
+	peers := peerAddrs(n)
+	var all []*live
+	defer func() {
+		for _, l := range all {
+			var cerr error
+			if l.e != nil {
+				cerr = netnsutil.Do(l.t.node, l.e.close)
+			}
+			err = errors.Join(err, cerr, l.t.close())
+		}
+	}()
+	for _, cfg := range r.opts.Configs {
+		t, err := newTopo()
+		if err != nil {
+			return nil, fmt.Errorf("%s: topology: %w", cfg, err)
+		}
+		l := &live{cfg: cfg, t: t, pt: &Point{N: n, Config: cfg}}
+		all = append(all, l)
+		if err := t.startServers(r.opts.ServerCPU); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg, err)
+		}
+		if err := r.waitConnected(t); err != nil {
+			return nil, fmt.Errorf("%s: before enforcement: %w", cfg, err)
+		}
+		if l.e, err = newEnforcer(cfg, r.opts.Iptables); err != nil {
+			return nil, err
+		}
+		took, err := l.e.install(r.ctx, t, peers)
+		if err != nil {
+			return nil, fmt.Errorf("%s: install %d rules: %w", cfg, n, err)
+		}
+		l.pt.InstallMs = float64(took.Microseconds()) / 1000
+		if err := r.checkEnforced(l); err != nil {
+			return nil, fmt.Errorf("%s: N=%d: %w", cfg, n, err)
+		}
+		l.pt.Enforces = true
+		r.logf("N=%d %-9s installed in %.1f ms, enforces", n, cfg, l.pt.InstallMs)
+		if cfg != CfgNone && r.opts.Changes > 0 {
+			if err := r.timeChanges(l); err != nil {
+				return nil, fmt.Errorf("%s: rule changes: %w", cfg, err)
+			}
+			// The extra peer is gone again: still the same enforcement.
+			if err := r.checkEnforced(l); err != nil {
+				return nil, fmt.Errorf("%s: after rule changes: %w", cfg, err)
+			}
+		}
+		if ze, ok := l.e.(*ztEnforcer); ok {
+			l.pt.PolicyEntries = ze.entries
+			l.pt.PolicyBytesPerEnt = float64(ze.memFull.Policy-ze.memEmpty.Policy) / float64(ze.entries)
+			l.pt.IPCacheBytesPerEnt = float64(ze.memFull.IPCache-ze.memEmpty.IPCache) / float64(len(ze.state.IPCache))
+		}
+	}
+	if r.opts.CheckOnly {
+		return points(all), nil
+	}
+	type sample struct {
+		rr, crr clientResult
+		bulk    float64
+	}
+	for rep := 0; rep < r.opts.Reps; rep++ {
+		got := map[string]sample{}
+		for i := range all {
+			l := all[(i+rep)%len(all)] // rotate the order every repetition
+			var s sample
+			if s.rr, err = r.client(l.t, "rr"); err != nil {
+				return nil, fmt.Errorf("%s: TCP_RR: %w", l.cfg, err)
+			}
+			if s.crr, err = r.client(l.t, "crr"); err != nil {
+				return nil, fmt.Errorf("%s: TCP_CRR: %w", l.cfg, err)
+			}
+			if r.opts.Iperf > 0 {
+				if s.bulk, err = r.iperf(l.t); err != nil {
+					return nil, fmt.Errorf("%s: iperf3: %w", l.cfg, err)
+				}
+			}
+			got[l.cfg] = s
+		}
+		base := got[CfgNone]
+		for _, l := range all {
+			s := got[l.cfg]
+			addRR(&l.pt.RR, s.rr, base.rr)
+			addRR(&l.pt.CRR, s.crr, base.crr)
+			if r.opts.Iperf > 0 {
+				addValue(&l.pt.Bulk, s.bulk, base.bulk)
+			}
+		}
+		r.logf("N=%d rep %d/%d: TCP_RR/s %s", n, rep+1, r.opts.Reps, summary(all, func(s sample) float64 { return s.rr.rate() }, got))
+	}
+	for _, l := range all {
+		for _, m := range []*Metric{&l.pt.RR, &l.pt.CRR, &l.pt.Bulk} {
+			m.finish()
+		}
+		if ze, ok := l.e.(*ztEnforcer); ok {
+			if err := r.progCost(l, ze); err != nil {
+				return nil, fmt.Errorf("zt: program cost: %w", err)
+			}
+		}
+	}
+	return points(all), nil
+}
+
+func points(all []*live) []Point {
+	out := make([]Point, 0, len(all))
+	for _, l := range all {
+		out = append(out, *l.pt)
+	}
+	return out
+}
+
+func summary[S any](all []*live, f func(S) float64, got map[string]S) string {
+	var b bytes.Buffer
+	for _, l := range all {
+		fmt.Fprintf(&b, "%s=%.0f ", l.cfg, f(got[l.cfg]))
+	}
+	return b.String()
+}
+
+func (c clientResult) rate() float64 {
+	if c.Seconds == 0 {
+		return 0
+	}
+	return float64(c.Transactions) / c.Seconds
+}
+
+func addRR(m *Metric, s, base clientResult) {
+	addValue(m, s.rate(), base.rate())
+	m.p50s = append(m.p50s, s.P50ns)
+	m.p99s = append(m.p99s, s.P99ns)
+	// Latency is added relative to this repetition's baseline.
+	m.addedP50 = append(m.addedP50, s.P50ns-base.P50ns)
+	m.addedP99 = append(m.addedP99, s.P99ns-base.P99ns)
+}
+
+func addValue(m *Metric, v, base float64) {
+	m.Values = append(m.Values, v)
+	if base > 0 {
+		m.Ratios = append(m.Ratios, v/base)
+	}
+}
+
+func (m *Metric) finish() {
+	m.Median = median(m.Values)
+	m.RatioMedian = median(m.Ratios)
+	if len(m.Ratios) > 0 {
+		m.RatioMin, m.RatioMax = slices.Min(m.Ratios), slices.Max(m.Ratios)
+	}
+	m.P50ns, m.P99ns = median(m.p50s), median(m.p99s)
+	m.AddedP50ns, m.AddedP99ns = median(m.addedP50), median(m.addedP99)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	sort.Float64s(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// waitConnected waits until both clients reach the server: a fresh veth
+// drops packets until its qdisc is activated, which is no policy.
+func (r *runner) waitConnected(t *topo) error {
+	dst := netip.AddrPortFrom(serverIP4, rrPort)
+	for _, p := range []*pod{t.client, t.denied} {
+		var err error
+		for i := 0; i < 50; i++ {
+			if err = t.dial(p, dst, 200*time.Millisecond); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			return fmt.Errorf("%s cannot reach the server: %w", p.name, err)
+		}
+	}
+	return nil
+}
+
+// checkEnforced proves with real connections that the probing client
+// reaches the server on both ports and that the denied client is blocked
+// (passes without enforcement).
+func (r *runner) checkEnforced(l *live) error {
+	t := l.t
+	for _, port := range []uint16{rrPort, iperfPort} {
+		if err := t.dial(t.client, netip.AddrPortFrom(serverIP4, port), 2*time.Second); err != nil {
+			return fmt.Errorf("allowed client blocked on port %d: %w", port, err)
+		}
+	}
+	err := t.dial(t.denied, netip.AddrPortFrom(serverIP4, rrPort), 300*time.Millisecond)
+	if l.cfg == CfgNone {
+		if err != nil {
+			return fmt.Errorf("without enforcement the other client is blocked: %w", err)
+		}
+		return nil
+	}
+	if err == nil {
+		return errors.New("a client outside the allowed set reached the server: not enforcing")
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, unix.ECONNREFUSED) && !isTimeout(err) {
+		return fmt.Errorf("denied client: unexpected error %w", err)
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// client runs one TCP_RR or TCP_CRR measurement from the client pod.
+func (r *runner) client(t *topo, mode string) (clientResult, error) {
+	var res clientResult
+	cmd := pinned(r.ctx, r.opts.ClientCPU, r.self, netip.AddrPortFrom(serverIP4, rrPort).String(),
+		r.opts.Duration.String(), r.opts.Warmup.String())
+	cmd.Env = append(os.Environ(), childEnv+"="+mode)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := netnsutil.Do(t.client.ns, cmd.Start); err != nil {
+		return res, err
+	}
+	if err := cmd.Wait(); err != nil {
+		return res, fmt.Errorf("%w: %s", err, bytes.TrimSpace(errb.Bytes()))
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return res, fmt.Errorf("client output %q: %w", out.String(), err)
+	}
+	if res.Transactions == 0 {
+		return res, errors.New("no transaction completed")
+	}
+	return res, nil
+}
+
+// iperf runs iperf3 from the client pod and returns received bits/s.
+func (r *runner) iperf(t *topo) (float64, error) {
+	secs := max(1, int(r.opts.Iperf.Round(time.Second)/time.Second))
+	cmd := pinned(r.ctx, r.opts.ClientCPU, "iperf3", "-c", serverIP4.String(), "-p", strconv.Itoa(iperfPort),
+		"-t", strconv.Itoa(secs), "-J")
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := netnsutil.Do(t.client.ns, cmd.Start); err != nil {
+		return 0, err
+	}
+	werr := cmd.Wait()
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w (exit: %v)", err, werr)
+	}
+	if res.Error != "" || werr != nil {
+		return 0, fmt.Errorf("iperf3: %s %v", res.Error, werr)
+	}
+	return res.End.SumReceived.BitsPerSecond, nil
+}
+
+// timeChanges adds and removes one peer opts.Changes times.
+func (r *runner) timeChanges(l *live) error {
+	var d []float64
+	for i := 0; i < r.opts.Changes; i++ {
+		took, err := l.e.change(r.ctx, l.t, extraPeer, i%2 == 0)
+		if err != nil {
+			return err
+		}
+		d = append(d, float64(took.Nanoseconds())/1000)
+	}
+	if r.opts.Changes%2 == 1 { // leave the extra peer out
+		if _, err := l.e.change(r.ctx, l.t, extraPeer, false); err != nil {
+			return err
+		}
+	}
+	l.pt.ChangeP50us, l.pt.ChangeP99us = percentile(d, 0.5), percentile(d, 0.99)
+	if ze, ok := l.e.(*ztEnforcer); ok {
+		var raw []float64
+		for _, x := range ze.rawChanges {
+			raw = append(raw, float64(x.Nanoseconds())/1000)
+		}
+		l.pt.RawChangeP50us, l.pt.RawChangeP99us = percentile(raw, 0.5), percentile(raw, 0.99)
+	}
+	return nil
+}
+
+// progCost runs one more TCP_RR with BPF run-time statistics on and
+// divides the programs' run time by their run count. Statistics are off
+// during the rate measurements: they cost time themselves.
+func (r *runner) progCost(l *live, ze *ztEnforcer) error {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable bpf stats: %w", err)
+	}
+	defer stats.Close()
+	c0, ns0, err := ze.progStats(l.t)
+	if err != nil {
+		return err
+	}
+	res, err := r.client(l.t, "rr")
+	if err != nil {
+		return err
+	}
+	c1, ns1, err := ze.progStats(l.t)
+	if err != nil {
+		return err
+	}
+	if c1 <= c0 {
+		return errors.New("the programs did not run")
+	}
+	l.pt.ProgNsPerRun = float64(ns1-ns0) / float64(c1-c0)
+	l.pt.ProgRunsPerTxn = float64(c1-c0) / float64(res.Transactions)
+	return nil
+}
