@@ -1,0 +1,121 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTiny runs a tiny configuration end to end (root, the pinned
+// Kubernetes binaries and the Go toolchain; it never skips). With
+// ZT_BENCH_CONTROLPLANE=quick or =full it runs that mode instead and
+// prints the Markdown and JSON.
+func TestTiny(t *testing.T) {
+	p := plan{
+		propPods: []int{20, 60}, flips: 3,
+		compile: []compileCase{{1000, 100, "node"}}, updates: 5,
+	}
+	cfg := Config{Log: testLog{t}}
+	timeout := 3 * time.Minute
+	switch mode := os.Getenv("ZT_BENCH_CONTROLPLANE"); mode {
+	case "":
+	case "quick", "full":
+		cfg.Quick = mode == "quick"
+		p = planFor(cfg.Quick)
+		timeout = 30 * time.Minute
+	default:
+		t.Fatalf("ZT_BENCH_CONTROLPLANE=%q: want quick or full", mode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	r, err := run(ctx, cfg, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("took %s", time.Since(start).Round(time.Millisecond))
+
+	if len(r.Propagation) != len(p.propPods) {
+		t.Fatalf("%d propagation rows, want %d", len(r.Propagation), len(p.propPods))
+	}
+	for _, row := range r.Propagation {
+		// Every flip was observed in both directions by a real probe.
+		if len(row.Apply) != p.flips || len(row.Delete) != p.flips || len(row.Node) != 2*p.flips {
+			t.Errorf("%d pods: %d apply, %d delete, %d node samples, want %d, %d, %d",
+				row.Pods, len(row.Apply), len(row.Delete), len(row.Node), p.flips, p.flips, 2*p.flips)
+		}
+		for name, s := range map[string]Stats{"apply": row.ApplyStats, "delete": row.DeleteStats, "node": row.NodeStats} {
+			if s.P50 <= 0 || s.P99 < s.P50 || s.Max < s.P99 {
+				t.Errorf("%d pods %s: implausible %+v", row.Pods, name, s)
+			}
+		}
+		// The node-side part cannot exceed what the probe saw.
+		if row.NodeStats.P50 > row.ApplyStats.Max+row.DeleteStats.Max {
+			t.Errorf("%d pods: node p50 %.1f ms above every end-to-end sample", row.Pods, row.NodeStats.P50)
+		}
+	}
+	if len(r.Memory) != len(p.propPods)+len(p.memPods) {
+		t.Errorf("%d memory rows", len(r.Memory))
+	}
+	for _, m := range r.Memory {
+		if m.RSSKiB <= 0 || m.HWMKiB < m.RSSKiB {
+			t.Errorf("memory row %+v", m)
+		}
+	}
+	if len(r.Compile) != len(p.compile) {
+		t.Fatalf("%d compile rows, want %d", len(r.Compile), len(p.compile))
+	}
+	for _, c := range r.Compile {
+		if c.FullMs <= 0 || c.MaxRSSKiB <= 0 || c.Endpoints == 0 || c.Identities == 0 || c.Problems != 0 ||
+			c.Relabel.N != p.updates || c.Policy.N != p.updates || c.Relabel.P99 < c.Relabel.P50 {
+			t.Errorf("compile row %+v", c)
+		}
+	}
+	if len(r.Targets) != 5 {
+		t.Errorf("%d targets, want 5", len(r.Targets))
+	}
+	var md bytes.Buffer
+	if err := r.Markdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(md.String(), "## Control plane\n") || strings.Count(md.String(), "\n| ") < 8 {
+		t.Errorf("markdown:\n%s", md.String())
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(js, &back); err != nil || len(back.Propagation) != len(r.Propagation) {
+		t.Errorf("report does not round-trip through JSON: %v", err)
+	}
+	t.Logf("\n%s", md.String())
+	if os.Getenv("ZT_BENCH_CONTROLPLANE") != "" {
+		t.Logf("\n%s", js)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	var s []float64
+	for i := 100; i >= 1; i-- {
+		s = append(s, float64(i))
+	}
+	got := summarize(s)
+	if got != (Stats{N: 100, P50: 50, P99: 99, Max: 100}) {
+		t.Errorf("summarize 1..100 = %+v", got)
+	}
+	if got := summarize([]float64{3}); got != (Stats{N: 1, P50: 3, P99: 3, Max: 3}) {
+		t.Errorf("summarize [3] = %+v", got)
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

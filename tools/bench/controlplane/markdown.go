@@ -1,0 +1,78 @@
+package controlplane
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+)
+
+// Markdown writes a "## Control plane" section for docs/benchmarks.md.
+func (r *Report) Markdown(w io.Writer) error {
+	var b bytes.Buffer
+	mode := "full"
+	if r.Quick {
+		mode = "quick"
+	}
+	fmt.Fprintf(&b, "## Control plane\n\n")
+	fmt.Fprintf(&b, "One %s run of `tools/bench` (package `tools/bench/controlplane`) on %d CPUs, %s, %.0f s.\n\n",
+		mode, r.CPUs, r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Seconds)
+
+	fmt.Fprintf(&b, "### Targets\n\n| target | want | got | |\n|---|---|---|---|\n")
+	for _, t := range r.Targets {
+		verdict := "FAIL"
+		switch {
+		case !t.Measured:
+			verdict = "not measured in this run"
+		case t.Pass:
+			verdict = "pass"
+		}
+		got := t.Got
+		if got == "" {
+			got = "-"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.Name, t.Want, got, verdict)
+	}
+
+	fmt.Fprintf(&b, "\n### Policy propagation\n\n")
+	fmt.Fprintf(&b, "A lab (pkg/lab): etcd, kube-apiserver, one node with zt-agent (--min-sync-interval %s, its default) and "+
+		"three pods with network namespaces; the other pods exist in the API only, on other nodes. "+
+		"Each flip is `kubectl apply -f -` of a policy letting client reach the isolated server, then `kubectl delete` of it; "+
+		"the time runs from starting kubectl to the first real TCP connection attempt from client's network namespace "+
+		"whose verdict changed (probes back to back, each a few ms). "+
+		"*node* is the agent's `zt_policy_propagation_seconds` for the same changes: first watch event of a batch to its map writes done. "+
+		"%d flips per size.\n\n", r.AgentSyncInterval, r.Flips)
+	fmt.Fprintf(&b, "| pods | policies | apply p50 | apply p99 | delete p50 | delete p99 | node p50 | node p99 | node max |\n")
+	fmt.Fprintf(&b, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, p := range r.Propagation {
+		fmt.Fprintf(&b, "| %d | %d | %.0f ms | %.0f ms | %.0f ms | %.0f ms | %.1f ms | %.1f ms | %.1f ms |\n",
+			p.Pods, p.Policies, p.ApplyStats.P50, p.ApplyStats.P99, p.DeleteStats.P50, p.DeleteStats.P99,
+			p.NodeStats.P50, p.NodeStats.P99, p.NodeStats.Max)
+	}
+
+	fmt.Fprintf(&b, "\n### Agent memory\n\nThe zt-agent process of the lab, after the flips at each size "+
+		"(/proc/PID/status).\n\n| pods | VmRSS | VmHWM | VmRSS / pod |\n|---:|---:|---:|---:|\n")
+	for _, m := range r.Memory {
+		fmt.Fprintf(&b, "| %d | %.1f MiB | %.1f MiB | %.1f KiB |\n", m.Pods, float64(m.RSSKiB)/1024, float64(m.HWMKiB)/1024, m.BytesPerPod/1024)
+	}
+	if len(r.Memory) >= 2 {
+		fmt.Fprintf(&b, "\nGrowth between %d and %d pods: %.2f KiB per pod.\n",
+			r.Memory[0].Pods, r.Memory[len(r.Memory)-1].Pods, r.MarginalBytesPerPod/1024)
+	}
+
+	fmt.Fprintf(&b, "\n### Compiler (pkg/policy) on one core\n\n"+
+		"A generated cluster (one namespace per 100 pods, 10 apps each in two versions, nodes of 100 pods; "+
+		"policies mixing pod, namespace and combined selectors, ipBlocks, named ports, port ranges, egress), "+
+		"compiled by `policy.Build` in a child process with GOMAXPROCS=1. *node* view: one node's pods are endpoints "+
+		"(what zt-agent compiles); *cluster*: every pod is (`ztctl compile`). Peak RSS is the child's (rusage: input, "+
+		"compiler, runtime); heap is what the built compiler holds. Updates: a pod relabel, or a policy added or "+
+		"deleted, each followed by Sync.\n\n")
+	fmt.Fprintf(&b, "| pods | policies | view | identities | full compile | peak RSS | compiler heap | relabel p50 | relabel p99 | policy p50 | policy p99 |\n")
+	fmt.Fprintf(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range r.Compile {
+		fmt.Fprintf(&b, "| %d | %d | %s | %d | %.0f ms | %.0f MiB | %.0f MiB | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
+			c.Pods, c.Policies, c.View, c.Identities, c.FullMs, float64(c.MaxRSSKiB)/1024, float64(c.CompilerHeapBytes)/(1<<20),
+			c.Relabel.P50, c.Relabel.P99, c.Policy.P50, c.Policy.P99)
+	}
+	_, err := w.Write(b.Bytes())
+	return err
+}
