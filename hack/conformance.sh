@@ -10,7 +10,11 @@
 # Environment: KUBECONFIG (required for run), ZT_CONF_OUT (default _out/conformance),
 # ZT_CONF_FOCUS / ZT_CONF_SKIP (ginkgo regexps, default: Netpol, minus SCTP),
 # ZT_CONF_TIMEOUT (ginkgo timeout, default 3h), ZT_CONF_DOC (default docs/conformance.md; empty: don't write),
-# CONTAINERD_ADDRESS (ctr socket, default: containerd's own default).
+# CONTAINERD_ADDRESS (ctr socket; default: hack/cluster.sh's, when its cluster is up, else containerd's).
+#
+# With the one-machine cluster of hack/cluster.sh:
+#   hack/cluster.sh up && eval "$(hack/cluster.sh env)" && kubectl apply -k deploy/overlays/local
+#   kubectl -n zt-system rollout status ds/zt-agent && hack/conformance.sh run
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,6 +97,11 @@ run_tests() {
 	[[ -x $bin/kubectl ]] && kubectl=${KUBECTL:-$bin/kubectl}
 	"$kubectl" version >/dev/null
 	"$kubectl" -n zt-system get daemonset zt-agent >/dev/null || { echo "conformance: zt-agent DaemonSet not found in zt-system: install zt first" >&2; exit 1; }
+	# hack/cluster.sh runs containerd on its own socket under its folder.
+	local cdir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
+	if [[ -z ${CONTAINERD_ADDRESS:-} && -S $cdir/containerd.sock ]]; then
+		CONTAINERD_ADDRESS=$cdir/containerd.sock
+	fi
 	echo "conformance: importing $agnhost_ref into containerd (namespace k8s.io${CONTAINERD_ADDRESS:+, $CONTAINERD_ADDRESS})"
 	ctr ${CONTAINERD_ADDRESS:+--address "$CONTAINERD_ADDRESS"} -n k8s.io images import "$out/images/agnhost.tar"
 
