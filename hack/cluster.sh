@@ -27,6 +27,8 @@ dir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
 bin=${ZT_BIN:-$repo/_out/bin}
 images=${ZT_IMAGES:-$repo/_out/images}
 tmpl=$repo/hack/cluster
+# Which folder's cluster is up on this host (one at a time).
+marker=/run/ztk8s-cluster
 
 node=ztk8s-node
 pod_cidr=10.217.0.0/24
@@ -216,6 +218,12 @@ cmd_up() {
 		log "a previous run left host state: tearing it down first"
 		cmd_down
 	fi
+	# One cluster per host: kubelet's /var/lib/kubelet and ports are the host's.
+	local other
+	other=$(cat "$marker" 2>/dev/null || true)
+	if [[ -n $other && $other != "$dir" && -f $other/host-state ]]; then
+		die "a cluster from $other is up on this host: ZT_CLUSTER_DIR=$other hack/cluster.sh down first"
+	fi
 	[[ -e /sys/fs/bpf/zt ]] && die "/sys/fs/bpf/zt exists: another zt agent's pins; refusing to share them"
 	findmnt -n -t bpf /sys/fs/bpf >/dev/null || die "bpffs is not mounted at /sys/fs/bpf"
 
@@ -228,6 +236,8 @@ cmd_up() {
 	CGROUP_ROOT=$(own_cgroup)/ztk8s
 	echo "# host changes of hack/cluster.sh up --cni $cni at $(date -u +%FT%TZ); undone by down, last first" >"$dir/host-state"
 	record "cni $cni"
+	record "mkdir $marker"
+	echo "$dir" >"$marker"
 
 	# Sysctls, host directories, nftables tables: as they were.
 	local k v
