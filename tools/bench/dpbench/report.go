@@ -1,0 +1,192 @@
+package dpbench
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// Target is one goal of issue #7 and whether this run met it.
+type Target struct {
+	Name string `json:"name"`
+	Want string `json:"want"`
+	Got  string `json:"got"`
+	// Measured is false when this run did not reach the size the target
+	// names; Pass is then false too.
+	Measured bool `json:"measured"`
+	Pass     bool `json:"pass"`
+}
+
+func (r *Result) point(n int, cfg string) (Point, bool) {
+	for _, p := range r.Points {
+		if p.N == n && p.Config == cfg {
+			return p, true
+		}
+	}
+	return Point{}, false
+}
+
+// Ns returns the rule counts measured, ascending.
+func (r *Result) Ns() []int {
+	var ns []int
+	for _, p := range r.Points {
+		if !slices.Contains(ns, p.N) {
+			ns = append(ns, p.N)
+		}
+	}
+	slices.Sort(ns)
+	return ns
+}
+
+// BigN is the rule count the targets name.
+const BigN = 100000
+
+// Targets evaluates the goals of issue #7 against this run.
+func (r *Result) Targets() []Target {
+	ns := r.Ns()
+	if len(ns) == 0 {
+		return nil
+	}
+	big, bigOK := r.point(BigN, CfgZT)
+	small, smallOK := r.point(ns[0], CfgZT)
+	var out []Target
+	add := func(name, want, got string, measured, pass bool) {
+		out = append(out, Target{Name: name, Want: want, Got: got, Measured: measured, Pass: measured && pass})
+	}
+	notAt := fmt.Sprintf("not measured (largest N %d)", ns[len(ns)-1])
+	pct := func(m Metric) string {
+		return fmt.Sprintf("%.1f%% (%.1f–%.1f)", 100*m.RatioMedian, 100*m.RatioMin, 100*m.RatioMax)
+	}
+	for _, x := range []struct {
+		name string
+		m    func(Point) Metric
+	}{{"TCP_RR", func(p Point) Metric { return p.RR }}, {"TCP_CRR", func(p Point) Metric { return p.CRR }}} {
+		if bigOK {
+			add(fmt.Sprintf("zt %s rate at 100k rules vs none", x.name), ">= 97%", pct(x.m(big)), true, x.m(big).RatioMedian >= 0.97)
+			add(fmt.Sprintf("zt %s rate at 100k over rate at %d", x.name, ns[0]), ">= 0.97",
+				fmt.Sprintf("%.3f", x.m(big).RatioMedian/x.m(small).RatioMedian), smallOK, x.m(big).RatioMedian/x.m(small).RatioMedian >= 0.97)
+		} else {
+			add(fmt.Sprintf("zt %s rate at 100k rules vs none", x.name), ">= 97%", notAt, false, false)
+		}
+		worst, worstN, measured := 1e9, 0, false
+		for _, n := range ns {
+			z, ok1 := r.point(n, CfgZT)
+			f, ok2 := r.point(n, CfgNft)
+			if !ok1 || !ok2 {
+				continue
+			}
+			measured = true
+			if d := 100 * (x.m(z).RatioMedian - x.m(f).RatioMedian); d < worst {
+				worst, worstN = d, n
+			}
+		}
+		add(fmt.Sprintf("zt %s vs nftables, every N", x.name), ">= -2 points",
+			fmt.Sprintf("%+.1f points (worst, at N=%d)", worst, worstN), measured, worst >= -2)
+	}
+	if bigOK {
+		add("added latency p50 at 100k (TCP_RR)", "<= +0.5 µs", fmt.Sprintf("%+.2f µs", big.RR.AddedP50ns/1000), true, big.RR.AddedP50ns <= 500)
+		add("added latency p99 at 100k (TCP_RR)", "<= +2 µs", fmt.Sprintf("%+.2f µs", big.RR.AddedP99ns/1000), true, big.RR.AddedP99ns <= 2000)
+		add("program cost at 100k entries", "<= 150 ns/packet", fmt.Sprintf("%.0f ns per program run", big.ProgNsPerRun), big.ProgNsPerRun > 0, big.ProgNsPerRun <= 150)
+		add("full load of 100k entries (mapsync)", "<= 150 ms", fmt.Sprintf("%.1f ms", big.InstallMs), true, big.InstallMs <= 150)
+	} else {
+		for _, n := range []string{"added latency at 100k", "program cost at 100k entries", "full load of 100k entries"} {
+			add(n, "", notAt, false, false)
+		}
+	}
+	last, _ := r.point(ns[len(ns)-1], CfgZT)
+	add(fmt.Sprintf("one rule change, map write p99 (N=%d)", last.N), "<= 100 µs",
+		fmt.Sprintf("%.1f µs (mapsync Apply p99 %.1f µs)", last.RawChangeP99us, last.ChangeP99us), last.RawChangeP99us > 0, last.RawChangeP99us <= 100)
+	add(fmt.Sprintf("map memory per policy entry (N=%d)", last.N), "<= 100 B",
+		fmt.Sprintf("%.1f B", last.PolicyBytesPerEnt), last.PolicyEntries > 0, last.PolicyBytesPerEnt <= 100)
+	ids := last.N + 3 // the peers, the server's and denied pod's, the changed peer's
+	add("identities held and enforced", ">= 65,535", fmt.Sprintf("%d (N=%d run, probing client's identity last)", ids, last.N),
+		last.Enforces, last.Enforces && ids >= 65535)
+	return out
+}
+
+func ratio(m Metric) string {
+	if len(m.Ratios) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f (%.3f–%.3f)", m.RatioMedian, m.RatioMin, m.RatioMax)
+}
+
+// Markdown writes the datapath section: per N a table of every
+// configuration as ratios to "none", zt's own costs, and the targets.
+func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
+	var b strings.Builder
+	o := r.Options
+	fmt.Fprintf(&b, "## Datapath\n\n")
+	fmt.Fprintf(&b, "Topology: per configuration a node network namespace routing between a server pod, the probing client pod "+
+		"and a pod outside the allowed set, joined by veth pairs (pkg/lab style). The client process is pinned to CPU %d and the server "+
+		"(echo and iperf3) to CPU %d with `taskset`. TCP_RR: one connection, 1 byte each way per transaction; TCP_CRR: a new connection per "+
+		"transaction; both are the bench's own blocking-socket client and server. %d repetitions of %s each (after %s warm-up) per measurement, "+
+		"visiting the configurations in a rotating order; every figure is the median of the repetitions, and ratios are to `none` of the same repetition "+
+		"with the min–max over the repetitions in parentheses (the noise).\n\n",
+		o.ClientCPU, o.ServerCPU, o.Reps, o.Duration, o.Warmup)
+	fmt.Fprintf(&b, "Configurations: **none** (no enforcement); **zt** (pkg/datapath programs on tcx of the host veths, maps written by pkg/mapsync: "+
+		"one identity, ipcache entry and policy entry per peer, conntrack, IPv6 and anti-spoofing on; the cgroup socket hooks are not attached "+
+		"because they act on every process of the machine); **iptables** (`%s`; FORWARD: `ESTABLISHED,RELATED` accept first, then a chain "+
+		"for the server with one rule per peer, **the probing client's rule last: the worst case**, then DROP); **ipset** (the same with one rule "+
+		"matching a `hash:ip` set, as kube-router does); **nftables** (an `ipv4_addr` set, `ct state established,related accept` first). "+
+		"Every configuration allows TCP 7000-7001 from the N peers only. Before measuring, each was checked with real connections: the probing "+
+		"client passes, the other pod is blocked (and passes under none) — also `go test ./tools/bench/dpbench`.\n\n", r.IptablesV)
+	for _, f := range chartFiles {
+		fmt.Fprintf(&b, "![%s](%s)\n\n", f, f)
+	}
+	for _, n := range r.Ns() {
+		fmt.Fprintf(&b, "### N = %d\n\n", n)
+		b.WriteString("| config | TCP_RR/s | ratio | TCP_CRR/s | ratio | RR p50 / p99 µs | added p50 / p99 µs | bulk Gbit/s | ratio | install ms | rule change p50 / p99 µs |\n")
+		b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, cfg := range o.Configs {
+			p, ok := r.point(n, cfg)
+			if !ok {
+				continue
+			}
+			change := "-"
+			if cfg != CfgNone && p.ChangeP50us > 0 {
+				change = fmt.Sprintf("%.0f / %.0f", p.ChangeP50us, p.ChangeP99us)
+			}
+			bulk, bulkRatio := "-", "-"
+			if len(p.Bulk.Values) > 0 {
+				bulk, bulkRatio = fmt.Sprintf("%.2f", p.Bulk.Median/1e9), ratio(p.Bulk)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %.1f / %.1f | %+.1f / %+.1f | %s | %s | %.1f | %s |\n",
+				cfg, p.RR.Median, ratio(p.RR), p.CRR.Median, ratio(p.CRR), p.RR.P50ns/1000, p.RR.P99ns/1000,
+				p.RR.AddedP50ns/1000, p.RR.AddedP99ns/1000, bulk, bulkRatio, p.InstallMs, change)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("Rule change: add or remove one allowed peer, as each tool does it — `iptables-restore --noflush` (one `-I`/`-D`), " +
+		"`ipset add/del`, `nft add/delete element` (each a process, as agents run them), zt: `mapsync.Apply` of the changed desired state " +
+		"(diff of the whole state plus one policy map write). Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, " +
+		"zt: `mapsync.Reconcile` into empty maps).\n\n")
+	b.WriteString("### zt's own costs\n\n")
+	b.WriteString("| N | program ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	for _, n := range r.Ns() {
+		p, ok := r.point(n, CfgZT)
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "| %d | %.0f | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, p.ProgNsPerRun, p.ProgRunsPerTxn,
+			p.PolicyBytesPerEnt, p.IPCacheBytesPerEnt, p.RawChangeP50us, p.RawChangeP99us, p.ChangeP50us, p.ChangeP99us, p.InstallMs)
+	}
+	b.WriteString("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during one extra TCP_RR run, " +
+		"since the statistics cost time themselves). Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n")
+	b.WriteString("### Targets\n\n| target | want | got | pass |\n|---|---|---|---|\n")
+	for _, t := range r.Targets() {
+		pass := "no"
+		switch {
+		case !t.Measured:
+			pass = "not measured"
+		case t.Pass:
+			pass = "yes"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.Name, t.Want, t.Got, pass)
+	}
+	b.WriteString("\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
