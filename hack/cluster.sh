@@ -63,8 +63,8 @@ node_ip() { ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*
 # host keeps its processes; kubelet's cgroupRoot goes below it.
 own_cgroup() {
 	local p
-	p=$(sed -n 's/^[0-9]*:\(.*,\)\{0,1\}memory\(,[^:]*\)\{0,1\}:\(.*\)$/\3/p' /proc/self/cgroup)
-	[[ -n $p ]] || p=$(sed -n 's/^0::\(.*\)$/\1/p' /proc/self/cgroup)
+	p=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
+	[[ -n $p ]] || p=$(awk -F: '$1 == "0" && $2 == "" {print $3}' /proc/self/cgroup)
 	echo "${p%/}"
 }
 
@@ -440,7 +440,7 @@ cmd_down() {
 	nft list tables 2>/dev/null | while read -r _ fam name; do
 		grep -qx "table $fam $name" <<<"$before" && continue
 		# A table iptables-nft created for the KUBE-* chains, now holding no rule.
-		nft list table "$fam" "$name" 2>/dev/null | grep -qE '^\s+(ip|ip6|meta|counter|jump|tcp|udp|ct|oif|iif|mark|socket|fib)' ||
+		nft -a list table "$fam" "$name" 2>/dev/null | grep '# handle' | grep -qvE '^\s*(table|chain|set|map|flowtable) ' ||
 			nft delete table "$fam" "$name" 2>/dev/null || true
 	done
 	# 4. Host state recorded by up, last change first.

@@ -15,8 +15,9 @@ import (
 // hostState is what the cluster may change on the host, one sorted list of
 // lines per aspect. Aspects the whole machine shares with other programs
 // (links, mounts, processes, cgroups) are narrowed to the names the cluster
-// uses, so another program's work does not fail the comparison; the netfilter
-// state, the sysctls and the host directories are taken whole.
+// uses, so another program's work does not fail the comparison (netfilter:
+// every table, but only the chains and rules naming kube, cni, masquerading or
+// the cluster's ranges); the sysctls and the host directories are taken whole.
 type hostState map[string][]string
 
 var (
@@ -24,6 +25,7 @@ var (
 	ourProcess = regexp.MustCompile(`^(containerd|containerd-shim.*|runc|kubelet|kube-proxy|kube-scheduler|kube-controller-manager|pause|ztnettest)$`)
 	ourMount   = regexp.MustCompile(`^(/sys/fs/bpf|/sys/fs/cgroup|/run/netns$|/run/netns/cni-|/var/lib/kubelet|/var/lib/cni|/run/containerd|/run/zt)`)
 	counters   = regexp.MustCompile(`\[\d+:\d+\]`)
+	ourRule    = regexp.MustCompile(`(?i)kube|10\.21[78]\.|ztk8s|cni|masq`)
 )
 
 var hostSysctls = []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.route_localnet",
@@ -93,17 +95,25 @@ func snapshotHost(c *Cluster) (hostState, error) {
 		}
 		s.add("mount", mp+" "+strings.Fields(post)[0]+" "+prop)
 	}
-	// Netfilter, whole.
+	// Netfilter: every table, and every rule or chain of the cluster's.
+	if out, err = run("nft", "list", "tables"); err != nil {
+		return nil, err
+	}
+	s.lines("nft-table", out)
 	if out, err = run("nft", "list", "ruleset"); err != nil {
 		return nil, err
 	}
-	s.lines("nft", out)
+	for _, l := range strings.Split(out, "\n") {
+		if ourRule.MatchString(l) {
+			s.add("nft", strings.TrimSpace(l))
+		}
+	}
 	for _, save := range []string{"iptables-save", "ip6tables-save"} {
 		if out, err = run(save); err != nil {
 			return nil, err
 		}
 		for _, l := range strings.Split(out, "\n") {
-			if !strings.HasPrefix(l, "#") && l != "" {
+			if ourRule.MatchString(l) {
 				s.add(save, counters.ReplaceAllString(l, ""))
 			}
 		}
