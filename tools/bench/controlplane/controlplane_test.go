@@ -16,7 +16,8 @@ import (
 // prints the Markdown and JSON.
 func TestTiny(t *testing.T) {
 	p := plan{
-		propPods: []int{20, 60}, flips: 3,
+		mode:     "tiny",
+		propPods: []int{20, 60}, flips: 2,
 		compile: []compileCase{{1000, 100, "node"}}, updates: 5,
 	}
 	cfg := Config{Log: testLog{t}}
@@ -44,17 +45,29 @@ func TestTiny(t *testing.T) {
 	}
 	for _, row := range r.Propagation {
 		// Every flip was observed in both directions by a real probe.
-		if len(row.Apply) != p.flips || len(row.Delete) != p.flips || len(row.Node) != 2*p.flips {
-			t.Errorf("%d pods: %d apply, %d delete, %d node samples, want %d, %d, %d",
-				row.Pods, len(row.Apply), len(row.Delete), len(row.Node), p.flips, p.flips, 2*p.flips)
+		if len(row.Apply) != p.flips || len(row.Delete) != p.flips || len(row.ClientCreate) != p.flips ||
+			len(row.ClientDelete) != p.flips || len(row.Node) != 4*p.flips {
+			t.Errorf("%d pods: %d apply, %d delete, %d create, %d client delete, %d node samples, want %d each and %d node",
+				row.Pods, len(row.Apply), len(row.Delete), len(row.ClientCreate), len(row.ClientDelete), len(row.Node), p.flips, 4*p.flips)
 		}
-		for name, s := range map[string]Stats{"apply": row.ApplyStats, "delete": row.DeleteStats, "node": row.NodeStats} {
+		for name, s := range map[string]Stats{"apply": row.ApplyStats, "delete": row.DeleteStats,
+			"client create": row.ClientCreateStats, "client delete": row.ClientDeleteStats, "node": row.NodeStats} {
 			if s.P50 <= 0 || s.P99 < s.P50 || s.Max < s.P99 {
 				t.Errorf("%d pods %s: implausible %+v", row.Pods, name, s)
 			}
 		}
+		// Through the API server and a watch, no change is enforced in
+		// under a millisecond: such a sample means the previous change
+		// was never really seen enforced.
+		for _, ss := range [][]float64{row.Apply, row.Delete, row.ClientCreate, row.ClientDelete} {
+			for _, v := range ss {
+				if v < 1 {
+					t.Errorf("%d pods: a change enforced %.3f ms after it was made", row.Pods, v)
+				}
+			}
+		}
 		// The node-side part cannot exceed what the probe saw.
-		if row.NodeStats.P50 > row.ApplyStats.Max+row.DeleteStats.Max {
+		if row.NodeStats.P50 > max(row.ApplyStats.Max, row.DeleteStats.Max, row.ClientCreateStats.Max, row.ClientDeleteStats.Max) {
 			t.Errorf("%d pods: node p50 %.1f ms above every end-to-end sample", row.Pods, row.NodeStats.P50)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -159,6 +160,7 @@ func startLab(ctx context.Context, bins binaries, k8sBin string, logf func(strin
 	rc, err := clientcmd.BuildConfigFromFlags("", st.AdminKubeconfig)
 	if err == nil {
 		rc.QPS, rc.Burst = 1000, 2000
+		rc.ContentType = "application/vnd.kubernetes.protobuf"
 		bl.cs, err = kubernetes.NewForConfig(rc)
 	}
 	if err != nil {
@@ -332,32 +334,35 @@ func (bl *benchLab) settle(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-// reaches makes one TCP connection attempt from a lab pod to the server.
-func (bl *benchLab) reaches(ctx context.Context, from string, timeout time.Duration) (bool, error) {
+// probe makes one TCP connection attempt from a lab pod to the server:
+// passed when the server answered, blocked when it did not and one of
+// the agent's drop counters moved. Neither (a timeout on a busy machine)
+// says nothing.
+func (bl *benchLab) probe(ctx context.Context, from string, timeout time.Duration) (passed, blocked bool, err error) {
 	r, err := bl.l.Try(ctx, lab.TryOptions{From: benchNS + "/" + from, To: benchNS + "/server",
 		Port: serverPort, Protocol: identity.ProtoTCP, Timeout: timeout})
 	if err != nil {
-		return false, fmt.Errorf("probe %s -> server: %w", from, err)
+		return false, false, fmt.Errorf("probe %s -> server: %w", from, err)
 	}
-	return r.Passed, nil
+	return r.Passed, r.Blocked(), nil
 }
 
-// waitReach polls until from's probe to the server gives want; it returns
-// the time from since to the first probe that did.
+// waitReach runs a probe train (probeTrain) from a lab pod to the server
+// until it passes (want) or is blocked (!want).
 func (bl *benchLab) waitReach(ctx context.Context, from string, want bool, since time.Time, timeout time.Duration) (time.Duration, error) {
-	for {
-		ok, err := bl.reaches(ctx, from, 300*time.Millisecond)
-		if err != nil {
-			return 0, err
+	var src, dst *lab.Pod
+	for i, p := range bl.l.State().Pods {
+		switch p.Key() {
+		case benchNS + "/" + from:
+			src = &bl.l.State().Pods[i]
+		case benchNS + "/server":
+			dst = &bl.l.State().Pods[i]
 		}
-		if ok == want {
-			return time.Since(since), nil
-		}
-		if time.Since(since) > timeout {
-			return 0, fmt.Errorf("%s -> server: still reachable=%v after %s", from, ok, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
+	if src == nil || dst == nil || len(src.Addrs()) == 0 || len(dst.Addrs()) == 0 {
+		return 0, fmt.Errorf("lab pods %s and server not found", from)
+	}
+	return probeTrain(ctx, src.Netns, src.Addrs()[0], netip.AddrPortFrom(dst.Addrs()[0], serverPort), want, since, timeout)
 }
 
 func (bl *benchLab) runKubectl(ctx context.Context, stdin string, args ...string) error {
@@ -414,24 +419,34 @@ func (bl *benchLab) nodeSide(before map[string]float64) (time.Duration, int, err
 	}
 }
 
-// flip applies allow-client with kubectl and waits for client -> server
-// to pass, then deletes it and waits for the probe to fail.
+// flip makes four changes, each waited for with probes from client to
+// the server: kubectl apply of allow-client, kubectl delete of it, then
+// the same create and delete through the API client (no kubectl process).
 func (bl *benchLab) flip(ctx context.Context, row *PropagationRow) error {
-	for _, apply := range []bool{true, false} {
+	np, err := decodePolicy(allowClient)
+	if err != nil {
+		return err
+	}
+	pols := bl.cs.NetworkingV1().NetworkPolicies(benchNS)
+	changes := []struct {
+		allow bool
+		do    func() error
+		out   *[]float64
+	}{
+		{true, func() error { return bl.runKubectl(ctx, allowClient, "apply", "-f", "-") }, &row.Apply},
+		{false, func() error { return bl.runKubectl(ctx, "", "delete", "networkpolicy", "-n", benchNS, np.Name) }, &row.Delete},
+		{true, func() error { _, err := pols.Create(ctx, np.DeepCopy(), metav1.CreateOptions{}); return err }, &row.ClientCreate},
+		{false, func() error { return pols.Delete(ctx, np.Name, metav1.DeleteOptions{}) }, &row.ClientDelete},
+	}
+	for _, c := range changes {
 		before, err := bl.scrape()
 		if err != nil {
 			return err
 		}
 		start := time.Now()
 		errc := make(chan error, 1)
-		go func() {
-			if apply {
-				errc <- bl.runKubectl(ctx, allowClient, "apply", "-f", "-")
-			} else {
-				errc <- bl.runKubectl(ctx, "", "delete", "networkpolicy", "-n", benchNS, "allow-client")
-			}
-		}()
-		d, werr := bl.waitReach(ctx, "client", apply, start, 30*time.Second)
+		go func() { errc <- c.do() }()
+		d, werr := bl.waitReach(ctx, "client", c.allow, start, 30*time.Second)
 		if err := <-errc; err != nil {
 			return err
 		}
@@ -442,17 +457,21 @@ func (bl *benchLab) flip(ctx context.Context, row *PropagationRow) error {
 		if err != nil {
 			return err
 		}
-		if apply {
-			row.Apply = append(row.Apply, ms(d))
-		} else {
-			row.Delete = append(row.Delete, ms(d))
-		}
+		*c.out = append(*c.out, ms(d))
 		row.Node = append(row.Node, ms(node))
 		if n > 1 {
 			row.NodeBatched++
 		}
 	}
 	return nil
+}
+
+func decodePolicy(y string) (*networkingv1.NetworkPolicy, error) {
+	b, err := bundle.Decode(strings.NewReader(y))
+	if err != nil || len(b.Policies) != 1 {
+		return nil, fmt.Errorf("decode policy: %v (%d policies)", err, len(b.Policies))
+	}
+	return b.Policies[0], nil
 }
 
 // rss reads the agent's VmRSS and VmHWM in KiB.
