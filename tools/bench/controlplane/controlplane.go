@@ -147,7 +147,11 @@ type Report struct {
 	// smallest and the largest MemoryRow.
 	MarginalBytesPerPod float64      `json:"marginal_bytes_per_pod"`
 	Compile             []CompileRow `json:"compile"`
-	Targets             []Target     `json:"targets"`
+	// HoleProbes were made from client to the isolated server while bulk
+	// pods were added (outside the flips); Holes of them passed.
+	HoleProbes int      `json:"hole_probes"`
+	Holes      int      `json:"holes"`
+	Targets    []Target `json:"targets"`
 }
 
 type compileCase struct {
@@ -280,6 +284,9 @@ func measureCluster(ctx context.Context, bins binaries, k8sBin string, p plan, r
 	}
 	grow := func(pods int) (PropagationRow, error) {
 		row := PropagationRow{Pods: pods}
+		// client must never reach the isolated server while pods arrive.
+		stop := bl.holeWatch(ctx)
+		defer func() { rep.HoleProbes += stop() }()
 		start := time.Now()
 		if err := bl.grow(ctx, pods-localPods); err != nil {
 			return row, err
@@ -336,6 +343,10 @@ func measureCluster(ctx context.Context, bins binaries, k8sBin string, p plan, r
 	// Still enforced after all of it.
 	if passed, blocked, err := bl.probe(ctx, "client", time.Second); err != nil || passed || !blocked {
 		return fmt.Errorf("client -> isolated server after the flips: passed=%v, blocked by zt=%v (%v)", passed, blocked, err)
+	}
+	rep.Holes = int(bl.holes.Load())
+	if rep.Holes > 0 {
+		return fmt.Errorf("client reached the isolated server %d times (of %d probes) while pods were added", rep.Holes, rep.HoleProbes)
 	}
 	if n := len(rep.Memory); n >= 2 {
 		a, b := rep.Memory[0], rep.Memory[n-1]

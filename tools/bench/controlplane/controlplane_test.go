@@ -71,6 +71,9 @@ func TestTiny(t *testing.T) {
 			t.Errorf("%d pods: node p50 %.1f ms above every end-to-end sample", row.Pods, row.NodeStats.P50)
 		}
 	}
+	if r.HoleProbes == 0 || r.Holes != 0 {
+		t.Errorf("%d hole probes, %d passed: want some, none passing", r.HoleProbes, r.Holes)
+	}
 	if len(r.Memory) != len(p.propPods)+len(p.memPods) {
 		t.Errorf("%d memory rows", len(r.Memory))
 	}

@@ -48,6 +48,8 @@ func (r *Report) Markdown(w io.Writer) error {
 			p.NodeStats.P50, p.NodeStats.P99, p.NodeStats.Max)
 	}
 
+	fmt.Fprintf(&b, "\nWhile the pods were added (outside the flips), %d probes from client to the isolated server: %d passed.\n",
+		r.HoleProbes, r.Holes)
 	fmt.Fprintf(&b, "\n### Agent memory\n\nThe zt-agent process of the lab, after the flips at each size "+
 		"(/proc/PID/status).\n\n| pods | VmRSS | VmHWM | VmRSS / pod |\n|---:|---:|---:|---:|\n")
 	for _, m := range r.Memory {

@@ -121,6 +121,7 @@ type benchLab struct {
 	hc      *http.Client
 	created int // bulk pods created so far
 	extra   int // ipcache entries that are not pods
+	holes   atomic.Int64
 	logf    func(string, ...any)
 }
 
@@ -347,10 +348,45 @@ func (bl *benchLab) probe(ctx context.Context, from string, timeout time.Duratio
 	return r.Passed, r.Blocked(), nil
 }
 
-// waitReach runs a probe train (probeTrain) from a lab pod to the server
-// until it passes (want) or is blocked (!want).
-func (bl *benchLab) waitReach(ctx context.Context, from string, want bool, since time.Time, timeout time.Duration) (time.Duration, error) {
-	var src, dst *lab.Pod
+// holeWatch probes from client to the server every 50 ms until the
+// returned stop is called, which returns the number of probes made;
+// probes that passed are counted in bl.holes.
+func (bl *benchLab) holeWatch(ctx context.Context) (stop func() int) {
+	src, dst, err := bl.pods("client")
+	done := make(chan struct{})
+	var n int
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err != nil {
+			return
+		}
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			passed, derr := dial(src.Netns, src.Addrs()[0], netip.AddrPortFrom(dst.Addrs()[0], serverPort))
+			if derr != nil {
+				continue
+			}
+			n++
+			if passed {
+				bl.holes.Add(1)
+			}
+		}
+	})
+	return func() int {
+		close(done)
+		wg.Wait()
+		return n
+	}
+}
+
+// pods finds the lab pod from and the server.
+func (bl *benchLab) pods(from string) (src, dst *lab.Pod, err error) {
 	for i, p := range bl.l.State().Pods {
 		switch p.Key() {
 		case benchNS + "/" + from:
@@ -360,7 +396,17 @@ func (bl *benchLab) waitReach(ctx context.Context, from string, want bool, since
 		}
 	}
 	if src == nil || dst == nil || len(src.Addrs()) == 0 || len(dst.Addrs()) == 0 {
-		return 0, fmt.Errorf("lab pods %s and server not found", from)
+		return nil, nil, fmt.Errorf("lab pods %s and server not found", from)
+	}
+	return src, dst, nil
+}
+
+// waitReach runs a probe train (probeTrain) from a lab pod to the server
+// until it passes (want) or is blocked (!want).
+func (bl *benchLab) waitReach(ctx context.Context, from string, want bool, since time.Time, timeout time.Duration) (time.Duration, error) {
+	src, dst, err := bl.pods(from)
+	if err != nil {
+		return 0, err
 	}
 	return probeTrain(ctx, src.Netns, src.Addrs()[0], netip.AddrPortFrom(dst.Addrs()[0], serverPort), want, since, timeout)
 }
