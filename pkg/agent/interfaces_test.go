@@ -13,11 +13,13 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/internal/netnsutil"
+	"github.com/ztnet/zt/pkg/policy"
 )
 
 // The layouts below live in an anonymous "node" namespace (links die with
@@ -307,5 +309,48 @@ func TestHostInterfacePtp(t *testing.T) {
 	a.ifaces = nil
 	if errs := n.lookup(a, p0, p1); len(errs) > 0 {
 		t.Fatalf("ptp layout without namespaces: %v", errs)
+	}
+}
+
+// TestInterfaceNotFoundReported: a local pod whose veth is nowhere (no
+// route to a veth, no namespace with its address) is reported once, by
+// name, with its addresses and both lookups, and counted.
+func TestInterfaceNotFoundReported(t *testing.T) {
+	n := newTestNode(t)
+	n.withBridge(pfx("10.80.0.1/24"))
+	n.addPod("other", pfx("10.80.0.10/24"))
+	c := policy.New(policy.Options{NodeName: "n1"})
+	pk := policy.PodKey{Namespace: "lost", Name: "pod-" + n.tag}
+	c.SetPod(policy.Pod{Namespace: pk.Namespace, Name: pk.Name, NodeName: "n1",
+		IPs: []netip.Addr{netip.MustParseAddr("10.80.0.77"), netip.MustParseAddr("fd80::77")}})
+	c.Sync()
+	a := &Agent{log: zap.NewNop(), compiler: c, metrics: newMetrics(nil),
+		bound: map[policy.PodKey]binding{}, missing: map[policy.PodKey]string{},
+		ifaces: newIfaceFinder([]string{n.dir})}
+	count := func() float64 {
+		var m dto.Metric
+		if err := a.metrics.errors.WithLabelValues("interface_not_found").Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	for i := 0; i < 2; i++ {
+		var missing bool
+		n.do(func() error { missing = a.bindEndpoints(); return nil })
+		if !missing {
+			t.Fatal("a pod with no interface is not retried")
+		}
+	}
+	msg := a.missing[pk]
+	for _, want := range []string{pk.String(), "10.80.0.77", "fd80::77", "zb" + n.tag + " (bridge)", "by network namespace", n.dir} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("report %q does not mention %q", msg, want)
+		}
+	}
+	if got := count(); got != 1 {
+		t.Errorf("interface_not_found counted %v times over two syncs with the same error, want 1", got)
+	}
+	if len(a.bound) != 0 {
+		t.Errorf("bound without an interface: %v", a.bound)
 	}
 }
