@@ -86,6 +86,10 @@ func TestTiny(t *testing.T) {
 		t.Fatalf("%d compile rows, want %d", len(r.Compile), len(p.compile))
 	}
 	for _, c := range r.Compile {
+		if c.TimedOut && p.mode != "tiny" {
+			t.Logf("compile %d pods %d policies %s view timed out", c.Pods, c.Policies, c.View)
+			continue
+		}
 		if c.FullMs <= 0 || c.MaxRSSKiB <= 0 || c.Endpoints == 0 || c.Identities == 0 || c.Problems != 0 ||
 			c.Relabel.N != p.updates || c.Policy.N != p.updates || c.Relabel.P99 < c.Relabel.P50 {
 			t.Errorf("compile row %+v", c)

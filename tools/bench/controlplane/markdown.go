@@ -70,6 +70,10 @@ func (r *Report) Markdown(w io.Writer) error {
 	fmt.Fprintf(&b, "| pods | policies | view | identities | full compile | peak RSS | compiler heap | relabel p50 | relabel p99 | policy p50 | policy p99 |\n")
 	fmt.Fprintf(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range r.Compile {
+		if c.TimedOut {
+			fmt.Fprintf(&b, "| %d | %d | %s | - | not done in %s | - | - | - | - | - | - |\n", c.Pods, c.Policies, c.View, compileTimeout)
+			continue
+		}
 		fmt.Fprintf(&b, "| %d | %d | %s | %d | %.0f ms | %.0f MiB | %.0f MiB | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
 			c.Pods, c.Policies, c.View, c.Identities, c.FullMs, float64(c.MaxRSSKiB)/1024, float64(c.CompilerHeapBytes)/(1<<20),
 			c.Relabel.P50, c.Relabel.P99, c.Policy.P50, c.Policy.P99)
