@@ -59,14 +59,17 @@ func run() int {
 		only      = flag.String("only", "", "run only one half: datapath or controlplane")
 		doc       = flag.String("doc", "", "write a Markdown report here, with PNG charts and JSON beside it")
 		jsonOut   = flag.String("json", "", "write the JSON here (default: the --doc path with .json)")
-		nsFlag    = flag.String("n", "", "comma-separated rule counts (default 10,1000,10000,100000; quick 10,1000,100000)")
-		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 4; quick 2)")
-		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 2s; quick 1s)")
-		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 2s; quick 1s)")
-		changes   = flag.Int("changes", 0, "timed rule changes per N and configuration (default 200; quick 40)")
+		nsFlag    = flag.String("n", "", "comma-separated rule counts (default 10,1000,10000,100000; quick 10,100000)")
+		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 6; quick 2)")
+		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 1s; quick 1s)")
+		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 1s)")
+		changes   = flag.Int("changes", 0, "timed zt rule changes per N (default 200; quick 40)")
+		tchanges  = flag.Int("tool-changes", 0, "timed rule changes per N of iptables, ipset, nftables (default 20; quick 6)")
 		iptables  = flag.String("iptables", "iptables", "iptables binary: iptables (nf_tables backend here) or iptables-legacy")
 		clientCPU = flag.Int("client-cpu", 0, "CPU the client processes are pinned to")
 		serverCPU = flag.Int("server-cpu", 1, "CPU the server processes are pinned to")
+		configs   = flag.String("configs", "", "comma-separated configurations, none first (default none,zt,iptables,ipset,nftables)")
+		rtPrio    = flag.Int("rt", 10, "SCHED_FIFO priority of client and server (chrt -f); 0: normal scheduling")
 		checkOnly = flag.Bool("check-only", false, "datapath: install every configuration and check it enforces, measure nothing")
 		k8sBin    = flag.String("k8s-bin", "", "control plane: directory with kube-apiserver, etcd, kubectl (default _out/bin)")
 	)
@@ -82,12 +85,12 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := dpbench.Options{Ns: []int{10, 1000, 10000, 100000}, Reps: 4, Duration: 2 * time.Second,
-		Warmup: 300 * time.Millisecond, Iperf: 2 * time.Second, Changes: 200,
-		ClientCPU: *clientCPU, ServerCPU: *serverCPU, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
+	opts := dpbench.Options{Ns: []int{10, 1000, 10000, 100000}, Reps: 6, Duration: time.Second,
+		Warmup: 200 * time.Millisecond, Iperf: time.Second, Changes: 200, ToolChanges: 20,
+		ClientCPU: *clientCPU, ServerCPU: *serverCPU, RTPrio: *rtPrio, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
 	if *quick {
-		opts.Ns, opts.Reps, opts.Duration, opts.Warmup, opts.Iperf, opts.Changes =
-			[]int{10, 1000, 100000}, 2, time.Second, 200*time.Millisecond, time.Second, 40
+		opts.Ns, opts.Reps, opts.Duration, opts.Warmup, opts.Iperf, opts.Changes, opts.ToolChanges =
+			[]int{10, 100000}, 2, time.Second, 200*time.Millisecond, time.Second, 40, 6
 	}
 	if *nsFlag != "" {
 		opts.Ns = nil
@@ -100,6 +103,9 @@ func run() int {
 			opts.Ns = append(opts.Ns, n)
 		}
 	}
+	if *configs != "" {
+		opts.Configs = strings.Split(*configs, ",")
+	}
 	for _, o := range []struct {
 		set bool
 		do  func()
@@ -108,6 +114,7 @@ func run() int {
 		{*dur > 0, func() { opts.Duration = *dur }},
 		{*iperf > 0, func() { opts.Iperf = *iperf }},
 		{*changes > 0, func() { opts.Changes = *changes }},
+		{*tchanges > 0, func() { opts.ToolChanges = *tchanges }},
 	} {
 		if o.set {
 			o.do()

@@ -42,11 +42,17 @@ type Options struct {
 	Duration time.Duration // per TCP_RR / TCP_CRR measurement
 	Warmup   time.Duration // before each measurement
 	Iperf    time.Duration // per iperf3 measurement; 0 skips bulk throughput
-	Changes  int           // timed rule changes per N and configuration
+	Changes  int           // timed zt rule changes per N
+	// ToolChanges is the number of timed rule changes of iptables, ipset
+	// and nftables per N: each is a process, some take a second at 100k
+	// rules. Default Changes.
+	ToolChanges int
 	// ClientCPU and ServerCPU pin the client and server processes (taskset).
 	ClientCPU, ServerCPU int
-	Iptables             string   // iptables binary: iptables (nf_tables) or iptables-legacy
-	Configs              []string // default Configs
+	// RTPrio > 0 runs client and server with SCHED_FIFO at this priority.
+	RTPrio   int
+	Iptables string   // iptables binary: iptables (nf_tables) or iptables-legacy
+	Configs  []string // default Configs
 	// CheckOnly installs every configuration and checks enforcement,
 	// measuring nothing.
 	CheckOnly bool
@@ -128,6 +134,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Reps <= 0 {
 		opts.Reps = 1
 	}
+
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -173,7 +180,7 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		}
 		l := &live{cfg: cfg, t: t, pt: &Point{N: n, Config: cfg}}
 		all = append(all, l)
-		if err := t.startServers(r.opts.ServerCPU); err != nil {
+		if err := t.startServers(r.opts.ServerCPU, r.opts.RTPrio); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfg, err)
 		}
 		if err := r.waitConnected(t); err != nil {
@@ -350,10 +357,10 @@ func (r *runner) waitConnected(t *topo) error {
 // (passes without enforcement).
 func (r *runner) checkEnforced(l *live) error {
 	t := l.t
-	for _, port := range []uint16{rrPort, iperfPort} {
-		if err := t.dial(t.client, netip.AddrPortFrom(serverIP4, port), 2*time.Second); err != nil {
-			return fmt.Errorf("allowed client blocked on port %d: %w", port, err)
-		}
+	// Port 7000 only: iperf3 -s takes any connection for a test, and the
+	// iperf3 runs themselves fail if 7001 is blocked.
+	if err := t.dial(t.client, netip.AddrPortFrom(serverIP4, rrPort), 2*time.Second); err != nil {
+		return fmt.Errorf("allowed client blocked: %w", err)
 	}
 	err := t.dial(t.denied, netip.AddrPortFrom(serverIP4, rrPort), 300*time.Millisecond)
 	if l.cfg == CfgNone {
@@ -379,7 +386,9 @@ func isTimeout(err error) bool {
 // client runs one TCP_RR or TCP_CRR measurement from the client pod.
 func (r *runner) client(t *topo, mode string) (clientResult, error) {
 	var res clientResult
-	cmd := pinned(r.ctx, r.opts.ClientCPU, r.self, netip.AddrPortFrom(serverIP4, rrPort).String(),
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Warmup+r.opts.Duration+30*time.Second)
+	defer cancel()
+	cmd := pinned(ctx, r.opts.ClientCPU, r.opts.RTPrio, r.self, netip.AddrPortFrom(serverIP4, rrPort).String(),
 		r.opts.Duration.String(), r.opts.Warmup.String())
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	var out, errb bytes.Buffer
@@ -402,7 +411,9 @@ func (r *runner) client(t *topo, mode string) (clientResult, error) {
 // iperf runs iperf3 from the client pod and returns received bits/s.
 func (r *runner) iperf(t *topo) (float64, error) {
 	secs := max(1, int(r.opts.Iperf.Round(time.Second)/time.Second))
-	cmd := pinned(r.ctx, r.opts.ClientCPU, "iperf3", "-c", serverIP4.String(), "-p", strconv.Itoa(iperfPort),
+	ctx, cancel := context.WithTimeout(r.ctx, time.Duration(secs)*time.Second+20*time.Second)
+	defer cancel()
+	cmd := pinned(ctx, r.opts.ClientCPU, 0, "iperf3", "-c", serverIP4.String(), "-p", strconv.Itoa(iperfPort),
 		"-t", strconv.Itoa(secs), "-J")
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -430,14 +441,18 @@ func (r *runner) iperf(t *topo) (float64, error) {
 // timeChanges adds and removes one peer opts.Changes times.
 func (r *runner) timeChanges(l *live) error {
 	var d []float64
-	for i := 0; i < r.opts.Changes; i++ {
+	count := r.opts.Changes
+	if _, ok := l.e.(*ztEnforcer); !ok && r.opts.ToolChanges > 0 {
+		count = r.opts.ToolChanges
+	}
+	for i := 0; i < count; i++ {
 		took, err := l.e.change(r.ctx, l.t, extraPeer, i%2 == 0)
 		if err != nil {
 			return err
 		}
 		d = append(d, float64(took.Nanoseconds())/1000)
 	}
-	if r.opts.Changes%2 == 1 { // leave the extra peer out
+	if count%2 == 1 { // leave the extra peer out
 		if _, err := l.e.change(r.ctx, l.t, extraPeer, false); err != nil {
 			return err
 		}
