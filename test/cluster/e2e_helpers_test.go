@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -183,17 +184,31 @@ func (e *e2e) pod(ns, app string, old ...string) e2ePod {
 }
 
 // connect opens a TCP connection from one pod to another's port 8080
-// (kubectl exec ztnettest connect) and checks the answer names it.
+// (kubectl exec ztnettest connect) and checks the answer names it. When
+// kubectl exec itself fails (not the command in the pod), it tries again
+// (at most 3 times): that says nothing about the connection.
 func (e *e2e) connect(from, to e2ePod) error {
-	out, err := e.kubectl("", "-n", from.ns, "exec", from.name, "--", "/ztnettest", "connect", "-timeout", "2s", to.ip+":8080")
-	if err != nil {
-		return err
+	var err error
+	for i := 0; i < 3; i++ {
+		var out string
+		out, err = e.kubectl("", "-n", from.ns, "exec", from.name, "--", "/ztnettest", "connect", "-timeout", "2s", to.ip+":8080")
+		if err == nil {
+			if strings.TrimSpace(out) != to.name {
+				return fmt.Errorf("%s answered %q, want its hostname %s", to, strings.TrimSpace(out), to.name)
+			}
+			return nil
+		}
+		if strings.Contains(err.Error(), "command terminated with exit code") {
+			return err // ztnettest ran and could not connect
+		}
+		e.t.Logf("kubectl exec failed, not the connection (try %d): %v", i+1, err)
+		time.Sleep(500 * time.Millisecond)
 	}
-	if strings.TrimSpace(out) != to.name {
-		return fmt.Errorf("%s answered %q, want its hostname %s", to, strings.TrimSpace(out), to.name)
-	}
-	return nil
+	return fmt.Errorf("%w: %v", errExec, err)
 }
+
+// errExec: kubectl exec itself kept failing; the connection is unknown.
+var errExec = errors.New("kubectl exec failed")
 
 // expect waits (bounded: policies take effect within a few syncs) until
 // every connection does what it should, then checks it once more.
@@ -229,6 +244,8 @@ func (e *e2e) check(conns []e2eConn) []string {
 	for _, c := range conns {
 		err := e.connect(c.from, c.to)
 		switch {
+		case errors.Is(err, errExec):
+			bad = append(bad, fmt.Sprintf("%s -> %s unknown: %v", c.from, c.to, err))
 		case c.allowed && err != nil:
 			bad = append(bad, fmt.Sprintf("%s -> %s should pass: %v", c.from, c.to, err))
 		case !c.allowed && err == nil:
