@@ -48,7 +48,15 @@ test: setup lint check-generated ## the whole test suite: unit, kernel (as root)
 	hack/test.sh
 
 .PHONY: bench
-bench: ## the benchmarks (compiler build vs incremental update)
+bench: ## (root) zt vs none/iptables/ipset/nftables at 10..100k rules + control plane; writes docs/benchmarks.md, .json, .png (~15 min)
+	$(GO) run ./tools/bench --doc docs/benchmarks.md $(BENCH_FLAGS)
+
+.PHONY: bench-quick
+bench-quick: ## (root) the same in quick mode, printed only (~3 min)
+	$(GO) run ./tools/bench --quick $(BENCH_FLAGS)
+
+.PHONY: bench-micro
+bench-micro: ## the Go micro-benchmarks (compiler build vs incremental update, map lookups)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
 
 .PHONY: fuzz
