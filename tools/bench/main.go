@@ -60,11 +60,11 @@ func run() int {
 		doc       = flag.String("doc", "", "write a Markdown report here, with PNG charts and JSON beside it")
 		jsonOut   = flag.String("json", "", "write the JSON here (default: the --doc path with .json)")
 		nsFlag    = flag.String("n", "", "comma-separated rule counts (default 10,1000,10000,100000; quick 10,100000)")
-		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 6; quick 2)")
+		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 5; quick 2)")
 		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 1s; quick 1s)")
 		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 1s)")
-		changes   = flag.Int("changes", 0, "timed zt rule changes per N (default 200; quick 40)")
-		tchanges  = flag.Int("tool-changes", 0, "timed rule changes per N of iptables, ipset, nftables (default 20; quick 6)")
+		changes   = flag.Int("changes", 0, "timed rule changes per N and configuration, at most (default 50; quick 10)")
+		budget    = flag.Duration("change-budget", 0, "stop timing a configuration's rule changes after this long, at least 2 (default 15s; quick 4s)")
 		iptables  = flag.String("iptables", "iptables", "iptables binary: iptables (nf_tables backend here) or iptables-legacy")
 		clientCPU = flag.Int("client-cpu", 0, "CPU the client processes are pinned to")
 		serverCPU = flag.Int("server-cpu", 1, "CPU the server processes are pinned to")
@@ -85,12 +85,12 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := dpbench.Options{Ns: []int{10, 1000, 10000, 100000}, Reps: 6, Duration: time.Second,
-		Warmup: 200 * time.Millisecond, Iperf: time.Second, Changes: 200, ToolChanges: 20,
+	opts := dpbench.Options{Ns: []int{10, 1000, 10000, 100000}, Reps: 5, Duration: time.Second,
+		Warmup: 200 * time.Millisecond, Iperf: time.Second, Changes: 50, ChangeBudget: 15 * time.Second, RawWrites: 2000,
 		ClientCPU: *clientCPU, ServerCPU: *serverCPU, RTPrio: *rtPrio, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
 	if *quick {
-		opts.Ns, opts.Reps, opts.Duration, opts.Warmup, opts.Iperf, opts.Changes, opts.ToolChanges =
-			[]int{10, 100000}, 2, time.Second, 200*time.Millisecond, time.Second, 40, 6
+		opts.Ns, opts.Reps, opts.Changes, opts.ChangeBudget, opts.RawWrites =
+			[]int{10, 100000}, 2, 10, 4*time.Second, 500
 	}
 	if *nsFlag != "" {
 		opts.Ns = nil
@@ -114,7 +114,7 @@ func run() int {
 		{*dur > 0, func() { opts.Duration = *dur }},
 		{*iperf > 0, func() { opts.Iperf = *iperf }},
 		{*changes > 0, func() { opts.Changes = *changes }},
-		{*tchanges > 0, func() { opts.ToolChanges = *tchanges }},
+		{*budget > 0, func() { opts.ChangeBudget = *budget }},
 	} {
 		if o.set {
 			o.do()

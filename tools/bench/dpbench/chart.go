@@ -3,6 +3,7 @@ package dpbench
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"strconv"
 
 	"gonum.org/v1/plot"
@@ -60,7 +61,9 @@ func (r *Result) Chart(path, metric string) error {
 				continue
 			}
 			m := pick(p)
-			s.xs = append(s.xs, float64(n))
+			// Nudge each configuration sideways (log scale) so the
+			// error bars do not hide each other.
+			s.xs = append(s.xs, float64(n)*math.Pow(10, 0.025*float64(i-len(r.Options.Configs)/2)))
 			s.ys = append(s.ys, m.RatioMedian)
 			s.lo = append(s.lo, m.RatioMin)
 			s.hi = append(s.hi, m.RatioMax)
@@ -86,6 +89,9 @@ func (r *Result) Chart(path, metric string) error {
 		bars.LineStyle.Color = c
 		pl.Add(line, points, bars)
 		pl.Legend.Add(cfg, line, points)
+	}
+	if ns := r.Ns(); len(ns) > 0 {
+		pl.X.Min, pl.X.Max = float64(ns[0])/2, float64(ns[len(ns)-1])*2
 	}
 	pl.Y.Min = 0
 	if pl.Y.Max < 1.1 {

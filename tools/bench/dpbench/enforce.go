@@ -352,8 +352,7 @@ func (e *ztEnforcer) install(ctx context.Context, t *topo, peers []netip.Addr) (
 
 // change allows or revokes one peer identity (a pod known to the
 // ipcache, like any pod of the cluster) through mapsync: the time
-// returned is its Apply (diff and one policy write). The same write alone
-// is timed too.
+// returned is its Apply (diff of the whole state and one policy write).
 func (e *ztEnforcer) change(ctx context.Context, t *topo, a netip.Addr, add bool) (time.Duration, error) {
 	if got := e.state.IPCache[netip.PrefixFrom(a, 32)].Identity; got != e.extraID {
 		return 0, fmt.Errorf("%s has identity %d, want %d", a, got, e.extraID)
@@ -362,9 +361,8 @@ func (e *ztEnforcer) change(ctx context.Context, t *topo, a netip.Addr, add bool
 	if err != nil {
 		return 0, err
 	}
-	val := datapath.PolicyVal{RuleId: 2, Action: datapath.ActionAllow}
 	if add {
-		e.state.Policy[k] = val
+		e.state.Policy[k] = datapath.PolicyVal{RuleId: 2, Action: datapath.ActionAllow}
 	} else {
 		delete(e.state.Policy, k)
 	}
@@ -377,18 +375,33 @@ func (e *ztEnforcer) change(ctx context.Context, t *topo, a netip.Addr, add bool
 	if st.Writes() != 1 {
 		return 0, fmt.Errorf("one rule change took %d map writes (%+v), want 1", st.Writes(), st)
 	}
-	// The same write alone: undo it and redo it, timing the redo.
-	undo, redo := func() error { return e.dp.PolicyDelete(k) }, func() error { return e.dp.PolicyPut(k, val) }
-	if !add {
-		undo, redo = redo, undo
+	return took, nil
+}
+
+// rawWrites times n bare policy map writes of the same change (put and
+// delete in turn), in microseconds; the map is left as it was.
+func (e *ztEnforcer) rawWrites(n int) ([]float64, error) {
+	k, err := e.peerRule(e.extraID)
+	if err != nil {
+		return nil, err
 	}
-	if err := undo(); err != nil {
-		return 0, err
+	_, had := e.state.Policy[k]
+	val := datapath.PolicyVal{RuleId: 2, Action: datapath.ActionAllow}
+	out := make([]float64, 0, n)
+	for i := 0; i < n || i%2 == 1; i++ { // an even count restores the map
+		start := time.Now()
+		if (i%2 == 0) == had {
+			err = e.dp.PolicyDelete(k)
+		} else {
+			err = e.dp.PolicyPut(k, val)
+		}
+		took := time.Since(start)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, float64(took.Nanoseconds())/1000)
 	}
-	rawStart := time.Now()
-	err = redo()
-	e.rawChanges = append(e.rawChanges, time.Since(rawStart))
-	return took, err
+	return out, nil
 }
 
 // progStats sums run count and run time of the tc programs attached to

@@ -2,6 +2,7 @@ package dpbench
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func TestEveryConfigurationEnforces(t *testing.T) {
 	defer cancel()
 	res, err := Run(ctx, Options{
 		Ns: []int{10}, Reps: 1, Duration: 200 * time.Millisecond, Warmup: 50 * time.Millisecond,
-		Iperf: time.Second, Changes: 4, ClientCPU: 0, ServerCPU: 1, Log: testWriter{t},
+		Iperf: time.Second, Changes: 4, RawWrites: 20, ClientCPU: 0, ServerCPU: 1, RTPrio: 10, Log: testWriter{t},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -55,4 +56,41 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// TestCheckCatchesNoEnforcement: the check must fail a configuration that
+// installed nothing, and one that blocks the probing client.
+func TestCheckCatchesNoEnforcement(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: network namespaces and netfilter")
+	}
+	tp, err := newTopo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tp.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	r := &runner{opts: Options{ServerCPU: 1}, ctx: context.Background()}
+	if err := tp.startServers(1, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.waitConnected(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkEnforced(&live{cfg: CfgNone, t: tp}); err != nil {
+		t.Fatalf("none: %v", err)
+	}
+	if err := r.checkEnforced(&live{cfg: CfgNft, t: tp}); err == nil {
+		t.Fatal("nothing installed, yet the check passed")
+	}
+	// Rules that allow nobody: the probing client is blocked.
+	if _, err := (&nftEnforcer{}).install(context.Background(), tp, []netip.Addr{extraPeer}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkEnforced(&live{cfg: CfgNft, t: tp}); err == nil {
+		t.Fatal("the probing client is blocked, yet the check passed")
+	}
 }

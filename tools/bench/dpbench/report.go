@@ -140,7 +140,7 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 	}
 	for _, n := range r.Ns() {
 		fmt.Fprintf(&b, "### N = %d\n\n", n)
-		b.WriteString("| config | TCP_RR/s | ratio | TCP_CRR/s | ratio | RR p50 / p99 µs | added p50 / p99 µs | bulk Gbit/s | ratio | install ms | rule change p50 / p99 µs |\n")
+		b.WriteString("| config | TCP_RR/s | ratio | TCP_CRR/s | ratio | RR p50 / p99 µs | added p50 / p99 µs | bulk Gbit/s | ratio | install ms | rule change p50 / p99 µs (samples) |\n")
 		b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, cfg := range o.Configs {
 			p, ok := r.point(n, cfg)
@@ -149,7 +149,7 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 			}
 			change := "-"
 			if cfg != CfgNone && p.ChangeP50us > 0 {
-				change = fmt.Sprintf("%.0f / %.0f", p.ChangeP50us, p.ChangeP99us)
+				change = fmt.Sprintf("%.0f / %.0f (%d)", p.ChangeP50us, p.ChangeP99us, p.ChangeSamples)
 			}
 			bulk, bulkRatio := "-", "-"
 			if len(p.Bulk.Values) > 0 {
@@ -161,12 +161,12 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("Rule change: add or remove one allowed peer, as each tool does it — `iptables-restore --noflush` (one `-I`/`-D`), " +
-		"`ipset add/del`, `nft add/delete element` (each a process, as agents run them), zt: `mapsync.Apply` of the changed desired state " +
-		"(diff of the whole state plus one policy map write). Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, " +
-		"zt: `mapsync.Reconcile` into empty maps).\n\n")
+	b.WriteString(fmt.Sprintf("Rule change: add or remove one allowed peer, as each tool does it — `iptables-restore --noflush` (one `-I`/`-D`), "+
+		"`ipset add/del`, `nft add/delete element` (each a process, as agents run them), zt: `mapsync.Apply` of the changed desired state "+
+		"(diff of the whole state plus one policy map write). Each configuration's changes stop after %s (at least 2), so p99 of few samples is their maximum. Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, "+
+		"zt: `mapsync.Reconcile` into empty maps).\n\n", o.ChangeBudget))
 	b.WriteString("### zt's own costs\n\n")
-	b.WriteString("| N | program ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
+	b.WriteString("| N | program ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for _, n := range r.Ns() {
 		p, ok := r.point(n, CfgZT)
@@ -176,8 +176,8 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		fmt.Fprintf(&b, "| %d | %.0f | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, p.ProgNsPerRun, p.ProgRunsPerTxn,
 			p.PolicyBytesPerEnt, p.IPCacheBytesPerEnt, p.RawChangeP50us, p.RawChangeP99us, p.ChangeP50us, p.ChangeP99us, p.InstallMs)
 	}
-	b.WriteString("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during one extra TCP_RR run, " +
-		"since the statistics cost time themselves). Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n")
+	b.WriteString(fmt.Sprintf("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during one extra TCP_RR run, "+
+		"since the statistics cost time themselves). Map write: one bare policy entry put or delete (pkg/datapath), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", o.RawWrites))
 	b.WriteString("### Targets\n\n| target | want | got | pass |\n|---|---|---|---|\n")
 	for _, t := range r.Targets() {
 		pass := "no"

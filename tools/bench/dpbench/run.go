@@ -42,11 +42,13 @@ type Options struct {
 	Duration time.Duration // per TCP_RR / TCP_CRR measurement
 	Warmup   time.Duration // before each measurement
 	Iperf    time.Duration // per iperf3 measurement; 0 skips bulk throughput
-	Changes  int           // timed zt rule changes per N
-	// ToolChanges is the number of timed rule changes of iptables, ipset
-	// and nftables per N: each is a process, some take a second at 100k
-	// rules. Default Changes.
-	ToolChanges int
+	Changes  int           // timed rule changes per N and configuration (at most)
+	// ChangeBudget stops timing rule changes of a configuration after
+	// this long (at least 2 are timed): an iptables change at 100k rules
+	// takes seconds.
+	ChangeBudget time.Duration
+	// RawWrites is the number of bare zt policy map writes timed per N.
+	RawWrites int
 	// ClientCPU and ServerCPU pin the client and server processes (taskset).
 	ClientCPU, ServerCPU int
 	// RTPrio > 0 runs client and server with SCHED_FIFO at this priority.
@@ -89,11 +91,13 @@ type Point struct {
 	// ChangeP50us/P99us: one rule change (add or remove one peer) as the
 	// tool does it: exec of iptables-restore, ipset, nft; for zt the
 	// mapsync Apply (diff + 2 map writes).
-	ChangeP50us float64 `json:"change_p50_us"`
-	ChangeP99us float64 `json:"change_p99_us"`
+	ChangeP50us   float64 `json:"change_p50_us"`
+	ChangeP99us   float64 `json:"change_p99_us"`
+	ChangeSamples int     `json:"change_samples"`
 	// zt only.
 	RawChangeP50us     float64 `json:"raw_change_p50_us,omitempty"` // the 2 map writes alone
 	RawChangeP99us     float64 `json:"raw_change_p99_us,omitempty"`
+	RawSamples         int     `json:"raw_samples,omitempty"`
 	ProgNsPerRun       float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
 	ProgRunsPerTxn     float64 `json:"prog_runs_per_txn,omitempty"`
 	PolicyEntries      int     `json:"policy_entries,omitempty"`
@@ -180,7 +184,7 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		}
 		l := &live{cfg: cfg, t: t, pt: &Point{N: n, Config: cfg}}
 		all = append(all, l)
-		if err := t.startServers(r.opts.ServerCPU, r.opts.RTPrio); err != nil {
+		if err := t.startServers(r.opts.ServerCPU, r.opts.RTPrio, r.iperfRT()); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfg, err)
 		}
 		if err := r.waitConnected(t); err != nil {
@@ -408,12 +412,22 @@ func (r *runner) client(t *topo, mode string) (clientResult, error) {
 	return res, nil
 }
 
+// iperfRT is the SCHED_FIFO priority of iperf3: a bulk sender never
+// blocks, so only when client and server have a CPU each (the kernel's
+// RT throttling leaves other work 5% of each for the seconds it runs).
+func (r *runner) iperfRT() int {
+	if r.opts.ClientCPU == r.opts.ServerCPU {
+		return 0
+	}
+	return r.opts.RTPrio
+}
+
 // iperf runs iperf3 from the client pod and returns received bits/s.
 func (r *runner) iperf(t *topo) (float64, error) {
 	secs := max(1, int(r.opts.Iperf.Round(time.Second)/time.Second))
 	ctx, cancel := context.WithTimeout(r.ctx, time.Duration(secs)*time.Second+20*time.Second)
 	defer cancel()
-	cmd := pinned(ctx, r.opts.ClientCPU, 0, "iperf3", "-c", serverIP4.String(), "-p", strconv.Itoa(iperfPort),
+	cmd := pinned(ctx, r.opts.ClientCPU, r.iperfRT(), "iperf3", "-c", serverIP4.String(), "-p", strconv.Itoa(iperfPort),
 		"-t", strconv.Itoa(secs), "-J")
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -441,11 +455,13 @@ func (r *runner) iperf(t *topo) (float64, error) {
 // timeChanges adds and removes one peer opts.Changes times.
 func (r *runner) timeChanges(l *live) error {
 	var d []float64
-	count := r.opts.Changes
-	if _, ok := l.e.(*ztEnforcer); !ok && r.opts.ToolChanges > 0 {
-		count = r.opts.ToolChanges
-	}
-	for i := 0; i < count; i++ {
+	count := 0
+	start := time.Now()
+	for i := 0; i < r.opts.Changes; i++ {
+		if i >= 2 && r.opts.ChangeBudget > 0 && time.Since(start) > r.opts.ChangeBudget {
+			break
+		}
+		count++
 		took, err := l.e.change(r.ctx, l.t, extraPeer, i%2 == 0)
 		if err != nil {
 			return err
@@ -457,13 +473,13 @@ func (r *runner) timeChanges(l *live) error {
 			return err
 		}
 	}
-	l.pt.ChangeP50us, l.pt.ChangeP99us = percentile(d, 0.5), percentile(d, 0.99)
+	l.pt.ChangeP50us, l.pt.ChangeP99us, l.pt.ChangeSamples = percentile(d, 0.5), percentile(d, 0.99), len(d)
 	if ze, ok := l.e.(*ztEnforcer); ok {
-		var raw []float64
-		for _, x := range ze.rawChanges {
-			raw = append(raw, float64(x.Nanoseconds())/1000)
+		raw, err := ze.rawWrites(max(2, r.opts.RawWrites))
+		if err != nil {
+			return err
 		}
-		l.pt.RawChangeP50us, l.pt.RawChangeP99us = percentile(raw, 0.5), percentile(raw, 0.99)
+		l.pt.RawChangeP50us, l.pt.RawChangeP99us, l.pt.RawSamples = percentile(raw, 0.5), percentile(raw, 0.99), len(raw)
 	}
 	return nil
 }

@@ -258,9 +258,8 @@ func pinned(ctx context.Context, cpu, rtPrio int, name string, args ...string) *
 }
 
 // startServers starts the echo server and iperf3 -s in the server pod,
-// both on serverCPU, and waits until they listen. iperf3 never runs in
-// SCHED_FIFO: a bulk sender never blocks and would starve the machine.
-func (t *topo) startServers(serverCPU, rtPrio int) error {
+// both on serverCPU, and waits until they listen.
+func (t *topo) startServers(serverCPU, rtPrio, iperfRT int) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -292,7 +291,7 @@ func (t *topo) startServers(serverCPU, rtPrio int) error {
 	case <-time.After(10 * time.Second):
 		return errors.New("echo server did not start within 10s")
 	}
-	iperf := pinned(context.Background(), serverCPU, 0, "iperf3", "-s", "--forceflush", "-p", itoa(iperfPort))
+	iperf := pinned(context.Background(), serverCPU, iperfRT, "iperf3", "-s", "--forceflush", "-p", itoa(iperfPort))
 	iout, err := iperf.StdoutPipe()
 	if err != nil {
 		return err
