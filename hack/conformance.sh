@@ -43,12 +43,12 @@ build_bins() {
 	local start tmp
 	start=$(date +%s)
 	tmp=$(mktemp -d "$bin/.conf.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
 	(cd "$mod" && CGO_ENABLED=0 go build -o "$tmp/agnhost" -ldflags "$ldflags" k8s.io/kubernetes/test/images/agnhost)
 	echo "conformance: agnhost built after $(( $(date +%s) - start ))s"
-	(cd "$mod" && go test -c -o "$tmp/e2e.test" -ldflags "$ldflags" k8s.io/kubernetes/test/e2e)
+	(cd "$mod" && go test -c -vet=off -o "$tmp/e2e.test" -ldflags "$ldflags" k8s.io/kubernetes/test/e2e)
 	mv -f "$tmp/agnhost" "$bin/agnhost"
 	mv -f "$tmp/e2e.test" "$bin/e2e.test"
-	rmdir "$tmp"
 	echo "$stamp" >"$bin/.conformance.stamp"
 	echo "conformance: built in $(( $(date +%s) - start ))s: e2e.test $(du -h "$bin/e2e.test" | cut -f1), agnhost $(du -h "$bin/agnhost" | cut -f1)"
 }
