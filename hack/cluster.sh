@@ -20,7 +20,8 @@
 #
 # Binaries come from _out/bin (hack/k8s-bins.sh, `make build`); images from
 # _out/images/*.tar (`hack/cluster.sh images`), all imported at `up`.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "cluster: failed at ${BASH_SOURCE[0]}:$LINENO: $BASH_COMMAND" >&2' ERR
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
@@ -91,11 +92,12 @@ stop_pid() { # PID: TERM, then KILL after 10 s
 # Processes whose command line names $dir and that are not daemons: the
 # containerd shims (their -address is our socket).
 stray_pids() {
-	local p
+	local p c
 	for p in /proc/[0-9]*; do
 		p=${p#/proc/}
 		[[ $p == "$$" || $p == "$BASHPID" ]] && continue
-		tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "containerd-shim.*-address $dir/" && echo "$p"
+		c=$(cat "/proc/$p/cmdline" 2>/dev/null | tr '\0' ' ') || continue
+		[[ $c == *containerd-shim*"-address $dir/"* ]] && echo "$p"
 	done
 	return 0
 }
@@ -375,9 +377,10 @@ kill_cgroup_procs() { # DIR: kill every process in a cgroup tree
 	for ((i = 0; i < 50; i++)); do
 		any=0
 		while read -r f; do
-			while read -r p; do
-				[[ -n $p ]] && { kill -KILL "$p" 2>/dev/null || true; any=1; }
-			done <"$f"
+			for p in $(cat "$f" 2>/dev/null); do
+				kill -KILL "$p" 2>/dev/null || true
+				any=1
+			done
 		done < <(find "$1" -name cgroup.procs 2>/dev/null)
 		((any)) || return 0
 		sleep 0.1
@@ -389,7 +392,7 @@ del_iptables_kube() { # remove KUBE-* chains (kubelet's canaries, kube-proxy's h
 	for ipt in iptables ip6tables; do
 		command -v "$ipt" >/dev/null || continue
 		for t in filter nat mangle raw; do
-			"$ipt" -t "$t" -S 2>/dev/null | grep -E '^-A .* -j KUBE-' | sed 's/^-A/-D/' | while read -r c; do
+			"$ipt" -t "$t" -S 2>/dev/null | sed -n '/^-A .* -j KUBE-/s/^-A/-D/p' | while read -r c; do
 				eval "$ipt -t $t $c" 2>/dev/null || true
 			done
 			"$ipt" -t "$t" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p' | while read -r c; do
