@@ -61,10 +61,10 @@ func run() int {
 		jsonOut   = flag.String("json", "", "write the JSON here (default: the --doc path with .json)")
 		nsFlag    = flag.String("n", "", "comma-separated rule counts (default 10,1000,10000,100000; quick 10,100000)")
 		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 5; quick 2)")
-		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 1s; quick 1s)")
-		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 1s)")
+		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 1s; quick 0.5s)")
+		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 1s; quick: none)")
 		changes   = flag.Int("changes", 0, "timed rule changes per N and configuration, at most (default 50; quick 10)")
-		budget    = flag.Duration("change-budget", 0, "stop timing a configuration's rule changes after this long, at least 2 (default 15s; quick 4s)")
+		budget    = flag.Duration("change-budget", 0, "stop timing a configuration's rule changes after this long, at least 1 (default 15s; quick 3s)")
 		iptables  = flag.String("iptables", "iptables", "iptables binary: iptables (nf_tables backend here) or iptables-legacy")
 		clientCPU = flag.Int("client-cpu", 0, "CPU the client processes are pinned to")
 		serverCPU = flag.Int("server-cpu", 1, "CPU the server processes are pinned to")
@@ -89,8 +89,8 @@ func run() int {
 		Warmup: 200 * time.Millisecond, Iperf: time.Second, Changes: 50, ChangeBudget: 15 * time.Second, RawWrites: 2000,
 		ClientCPU: *clientCPU, ServerCPU: *serverCPU, RTPrio: *rtPrio, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
 	if *quick {
-		opts.Ns, opts.Reps, opts.Changes, opts.ChangeBudget, opts.RawWrites =
-			[]int{10, 100000}, 2, 10, 4*time.Second, 500
+		opts.Ns, opts.Reps, opts.Duration, opts.Iperf, opts.Changes, opts.ChangeBudget, opts.RawWrites =
+			[]int{10, 100000}, 2, 500*time.Millisecond, 0, 10, time.Second, 500
 	}
 	if *nsFlag != "" {
 		opts.Ns = nil
