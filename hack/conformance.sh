@@ -40,10 +40,11 @@ build_bins() {
 		return
 	fi
 	echo "conformance: building e2e.test and agnhost $version (stamp ${stamp:0:12}); a cold build is long"
-	local start tmp
+	local start
 	start=$(date +%s)
-	tmp=$(mktemp -d "$bin/.conf.XXXXXX")
-	trap 'rm -rf "$tmp"' EXIT
+	conf_tmp=$(mktemp -d "$bin/.conf.XXXXXX")
+	trap 'rm -rf "$conf_tmp"' EXIT
+	local tmp=$conf_tmp
 	(cd "$mod" && CGO_ENABLED=0 go build -o "$tmp/agnhost" -ldflags "$ldflags" k8s.io/kubernetes/test/images/agnhost)
 	echo "conformance: agnhost built after $(( $(date +%s) - start ))s"
 	(cd "$mod" && go test -c -vet=off -o "$tmp/e2e.test" -ldflags "$ldflags" k8s.io/kubernetes/test/e2e)
