@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -100,7 +101,7 @@ spec:
 	bulkNamespaces = 10
 	bulkGroups     = 50
 	bulkNodes      = 20
-	bulkWorkers    = 16
+	bulkWorkers    = 8
 	// agentSyncInterval is zt-agent's default --min-sync-interval, passed
 	// explicitly because the lab's own default is shorter.
 	agentSyncInterval = "100ms"
@@ -300,16 +301,48 @@ func (bl *benchLab) createBulkPod(ctx context.Context, i int) error {
 			Containers: []corev1.Container{{Name: "c", Image: "zt/probe"}},
 		},
 	}
-	got, err := bl.cs.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+	pods := bl.cs.CoreV1().Pods(p.Namespace)
+	var got *corev1.Pod
+	err := retryAPI(ctx, func() (err error) {
+		got, err = pods.Create(ctx, p, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) { // an earlier attempt timed out after creating it
+			got, err = pods.Get(ctx, p.Name, metav1.GetOptions{})
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	ip := bulkIP(i)
 	got.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
-	if _, err := bl.cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, got, metav1.UpdateOptions{}); err != nil {
+	err = retryAPI(ctx, func() error {
+		_, err := pods.UpdateStatus(ctx, got, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("status of pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	return nil
+}
+
+// retryAPI retries f on the API server's overload answers (timeouts, 429,
+// 5xx), at most 5 times with a growing pause: a busy two-core machine
+// gets them while 100,000 pods are created.
+func retryAPI(ctx context.Context, f func() error) error {
+	var err error
+	for attempt := range 5 {
+		err = f()
+		if err == nil || !(apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) ||
+			apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * time.Second):
+		}
+	}
+	return err
 }
 
 // settle waits until the agent's ipcache holds every pod.
