@@ -9,7 +9,7 @@
 #
 # Environment: KUBECONFIG (required for run), ZT_CONF_OUT (default _out/conformance),
 # ZT_CONF_FOCUS / ZT_CONF_SKIP (ginkgo regexps, default: Netpol, minus SCTP),
-# ZT_CONF_TIMEOUT (ginkgo timeout, default 3h), ZT_CONF_DOC (default docs/conformance.md; empty: don't write),
+# ZT_CONF_TIMEOUT (ginkgo timeout, default 3h), ZT_CONF_PROCS (parallel ginkgo processes, default 1), ZT_CONF_DOC (default docs/conformance.md; empty: don't write),
 # CONTAINERD_ADDRESS (ctr socket; default: hack/cluster.sh's, when its cluster is up, else containerd's).
 #
 # With the one-machine cluster of hack/cluster.sh:
@@ -35,6 +35,10 @@ build_bins() {
 	stamp=$( { cat "$mod/go.mod" "$mod/go.sum"; echo "$ldflags"; } | sha256sum | cut -d' ' -f1)
 	exec 8>"$bin/.conformance.lock"
 	flock 8
+	if [[ ! -x $bin/ginkgo || ! -f $bin/.conformance.stamp || $(cat "$bin/.conformance.stamp") != "$stamp" ]]; then
+		# The ginkgo CLI runs e2e.test in parallel processes (ZT_CONF_PROCS).
+		(cd "$mod" && go build -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
+	fi
 	if [[ -x $bin/e2e.test && -x $bin/agnhost && -f $bin/.conformance.stamp && $(cat "$bin/.conformance.stamp") == "$stamp" ]]; then
 		echo "conformance: e2e.test and agnhost up to date (stamp ${stamp:0:12})"
 		return
@@ -63,6 +67,7 @@ sctp_skip='\[Feature:SCTPConnectivity\]|NetworkPolicy between server and client 
 sctp_reason='needs SCTP sockets: this kernel has none (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails with EPROTONOSUPPORT)'
 skip=${ZT_CONF_SKIP:-$sctp_skip}
 timeout=${ZT_CONF_TIMEOUT:-3h}
+procs=${ZT_CONF_PROCS:-1}
 
 # mkimage: the image builder of tools/k8s (another module); built once into _out/bin.
 mkimage() {
@@ -110,17 +115,23 @@ run_tests() {
 	rm -rf "$report"
 	mkdir -p "$report"
 	local args=(--kubeconfig="$KUBECONFIG" --provider=local --kubectl-path="$kubectl"
-		--report-dir="$report" --dump-logs-on-failure=true --disable-log-dump
-		"--ginkgo.focus=$focus" "--ginkgo.skip=$skip" --ginkgo.timeout="$timeout" --ginkgo.v
-		--ginkgo.no-color)
-	echo "conformance: e2e.test ${args[*]}"
+		--report-dir="$report" --dump-logs-on-failure=true --disable-log-dump)
+	local gargs=("--focus=$focus" "--skip=$skip" --timeout="$timeout" --v --no-color)
+	local runner
+	if ((procs > 1)); then
+		runner=("$bin/ginkgo" --procs="$procs" "${gargs[@]}" "$bin/e2e.test" --)
+	else
+		runner=("$bin/e2e.test" "${gargs[@]/#--/--ginkgo.}")
+	fi
+	echo "conformance: ${runner[*]} ${args[*]}"
 	local start end rc=0
 	start=$(date +%s)
-	(cd "$out" && "$bin/e2e.test" "${args[@]}") >"$out/e2e.log" 2>&1 || rc=$?
+	(cd "$out" && "${runner[@]}" "${args[@]}") >"$out/e2e.log" 2>&1 || rc=$?
 	end=$(date +%s)
 	elapsed=$((end - start))
 	echo "conformance: e2e.test exited $rc after ${elapsed}s (log: $out/e2e.log)"
-	cmdline="e2e.test ${args[*]}"
+	cmdline=$(printf "%q " "${runner[@]}" "${args[@]}")
+	cmdline=${cmdline//$bin\//}
 	cmdline=${cmdline//$repo\//}
 	cmdline=${cmdline//$KUBECONFIG/\$KUBECONFIG}
 	report_doc "$report/junit_01.xml"
