@@ -139,8 +139,10 @@ func (f *ifaceFinder) find(ips []netip.Addr, routeErr error) (netlink.Link, erro
 	if f.hostErr != nil {
 		scanErr = errors.Join(scanErr, f.hostErr)
 	}
-	detail := fmt.Sprintf("by route: %v; by network namespace: none of the %d under %s has %s on a veth whose peer is a host veth",
-		routeErr, len(f.nets), strings.Join(f.dirs, ","), joinAddrs(ips))
+	// No counts in the message: the report is repeated only when it
+	// changes, and the number of namespaces changes all the time.
+	detail := fmt.Sprintf("by route: %v; by network namespace: none under %s has %s on a veth whose peer is a host veth",
+		routeErr, strings.Join(f.dirs, ","), joinAddrs(ips))
 	if scanErr != nil {
 		detail += fmt.Sprintf(" (%v)", scanErr)
 	}
