@@ -6,6 +6,8 @@
 #   hack/conformance.sh list           the Netpol tests the run selects (dry run, no cluster needed)
 #   hack/conformance.sh run            build, import the images into containerd, run, summarize,
 #                                      and write docs/conformance.md
+#   hack/conformance.sh cluster-run    the same on a cluster of its own (hack/cluster.sh up, zt installed,
+#                                      down at the end); refuses when a cluster is up
 #
 # Environment: KUBECONFIG (required for run), ZT_CONF_OUT (default _out/conformance),
 # ZT_CONF_FOCUS / ZT_CONF_SKIP (ginkgo regexps, default: Netpol, minus SCTP),
@@ -180,9 +182,32 @@ MD
 	fi
 }
 
+# cluster-run: bring up hack/cluster.sh's one-machine cluster (refusing when any is up),
+# install zt from deploy/overlays/local, run, and take that cluster down again.
+cluster_run() {
+	local cdir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
+	if [[ -e /run/ztk8s-cluster ]]; then
+		echo "conformance: a cluster is up on this host ($(cat /run/ztk8s-cluster)): use it with KUBECONFIG and 'run', or wait" >&2
+		exit 1
+	fi
+	build_bins
+	build_images
+	list_tests
+	[[ -f $repo/_out/images/zt-agent.tar ]] || "$repo/hack/cluster.sh" images
+	trap '"$repo/hack/cluster.sh" down >"$out/cluster-down.log" 2>&1 || echo "conformance: cluster down failed, see $out/cluster-down.log" >&2' EXIT
+	local t0=$SECONDS
+	"$repo/hack/cluster.sh" up --cni "${CNI:-ptp}"
+	export KUBECONFIG=$cdir/admin.kubeconfig
+	"$bin/kubectl" apply -k "$repo/deploy/overlays/local"
+	"$bin/kubectl" -n zt-system rollout status ds/zt-agent --timeout=300s
+	echo "conformance: cluster up and zt ready in $((SECONDS - t0))s"
+	run_tests
+}
+
 case ${1:-run} in
 build) build_bins; build_images ;;
 list) build_bins; list_tests ;;
 run) build_bins; build_images; list_tests; run_tests ;;
-*) echo "usage: $0 build|list|run" >&2; exit 2 ;;
+cluster-run) cluster_run ;;
+*) echo "usage: $0 build|list|run|cluster-run" >&2; exit 2 ;;
 esac
