@@ -48,7 +48,7 @@ sysctls=(net.ipv4.ip_forward net.ipv6.conf.all.forwarding net.ipv4.conf.all.rout
 	net.netfilter.nf_conntrack_tcp_timeout_close_wait
 	net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 # Host directories the runtime, kubelet, libcni and zt write to.
-hostdirs=(/var/lib/kubelet /var/lib/cni /run/containerd /sys/fs/bpf/zt /run/zt)
+hostdirs=(/var/lib/kubelet /var/lib/cni /run/containerd /var/log/containers /sys/fs/bpf/zt /run/zt)
 # Mounts zt's DaemonSet needs shared (mountPropagation HostToContainer).
 shared=(/sys/fs/bpf /sys/fs/cgroup /run/netns)
 # Daemons, in start order; stopped in reverse.
@@ -377,7 +377,7 @@ kill_cgroup_procs() { # DIR: kill every process in a cgroup tree
 	for ((i = 0; i < 50; i++)); do
 		any=0
 		while read -r f; do
-			for p in $(cat "$f" 2>/dev/null); do
+			for p in $(cat "$f" 2>/dev/null || true); do
 				kill -KILL "$p" 2>/dev/null || true
 				any=1
 			done
@@ -422,8 +422,11 @@ cmd_down() {
 	while read -r kind a b; do
 		[[ $kind == cgroup-tree ]] && kill_cgroup_procs "$a"
 	done <"$st"
+	log "pods stopped ($((SECONDS - t0))s)"
 	if p=$(pid_of containerd); then stop_pid "$p"; fi
-	for p in $(stray_pids); do stop_pid "$p"; done
+	# The shims of killed containers have nothing left to save.
+	for p in $(stray_pids); do kill -KILL "$p" 2>/dev/null || true; done
+	log "daemons stopped ($((SECONDS - t0))s)"
 	# 2. Mounts: containers' rootfs and shm, kubelet's volumes, pods' netns.
 	unmount_under "$dir" /var/lib/kubelet /run/containerd
 	for p in /run/netns/cni-*; do
