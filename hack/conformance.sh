@@ -194,6 +194,15 @@ cluster_run() {
 	build_images
 	list_tests
 	[[ -f $repo/_out/images/zt-agent.tar ]] || "$repo/hack/cluster.sh" images
+	# A private copy of the cluster's images: others may rebuild _out/images meanwhile.
+	local f
+	export ZT_IMAGES=$out/cluster-images
+	rm -rf "$ZT_IMAGES"
+	mkdir -p "$ZT_IMAGES"
+	for f in "$repo"/_out/images/*.tar; do
+		cp "$f" "$ZT_IMAGES/"
+		tar -tf "$ZT_IMAGES/${f##*/}" >/dev/null || { echo "conformance: $f is being rewritten; try again" >&2; exit 1; }
+	done
 	trap '"$repo/hack/cluster.sh" down >"$out/cluster-down.log" 2>&1 || echo "conformance: cluster down failed, see $out/cluster-down.log" >&2' EXIT
 	local t0=$SECONDS
 	"$repo/hack/cluster.sh" up --cni "${CNI:-ptp}"
