@@ -78,10 +78,10 @@ pid_of() { # NAME: the PID in its PID file when that process is ours (its comman
 	[[ -r /proc/$p/cmdline ]] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -qF "$dir" && echo "$p"
 }
 
-stop_pid() { # PID: TERM, then KILL after 10 s
+stop_pid() { # PID: TERM, then KILL after 3 s (the cluster is thrown away: no need to drain)
 	local p=$1 i
 	kill -TERM "$p" 2>/dev/null || return 0
-	for ((i = 0; i < 100; i++)); do
+	for ((i = 0; i < 30; i++)); do
 		kill -0 "$p" 2>/dev/null || return 0
 		sleep 0.1
 	done
@@ -417,7 +417,10 @@ cmd_down() {
 	for ((i = ${#daemons[@]} - 1; i >= 0; i--)); do
 		n=${daemons[i]}
 		[[ $n == containerd ]] && continue
-		if p=$(pid_of "$n"); then stop_pid "$p"; fi
+		if p=$(pid_of "$n"); then
+			stop_pid "$p"
+			log "stopped $n ($((SECONDS - t0))s)"
+		fi
 	done
 	while read -r kind a b; do
 		[[ $kind == cgroup-tree ]] && kill_cgroup_procs "$a"
