@@ -177,7 +177,13 @@ MD
 	[[ -f $junit ]] && j=(-junit "$junit")
 	(cd "$mod" && go run ./cmd/netpolreport "${j[@]}" -list "$out/all-tests.txt" -header "$header" -skip "$skip=$sctp_reason") >"$out/conformance.md"
 	if [[ -n $doc ]]; then
-		cp "$out/conformance.md" "$doc"
+		# Keep the hand-written part of the doc: everything from the marker line on.
+		local marker='<!-- hand-written below: kept by hack/conformance.sh -->'
+		if [[ -f $doc ]] && grep -qxF -- "$marker" "$doc"; then
+			{ echo; awk -v m="$marker" '$0 == m {f = 1} f' "$doc"; } >>"$out/conformance.md"
+		fi
+		cp "$out/conformance.md" "$doc.tmp"
+		mv -f "$doc.tmp" "$doc"
 		echo "conformance: wrote $doc"
 	fi
 }
