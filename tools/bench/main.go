@@ -130,6 +130,15 @@ func run() int {
 		}
 		out.Datapath, out.Targets = res, res.Targets()
 	}
+	if out.Datapath != nil {
+		// Written before the control plane runs: its full plan takes long.
+		out.Seconds = time.Since(out.Started).Seconds()
+		out.Machine.LoadAtFinish = loadavg()
+		if err := emit(&out, *doc, *jsonOut, *checkOnly); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
+	}
 	if *only != "datapath" && !*checkOnly {
 		rep, err := controlplane.Run(ctx, controlplane.Config{Quick: *quick, K8sBin: *k8sBin, Log: os.Stderr})
 		if err != nil {
@@ -137,48 +146,52 @@ func run() int {
 			return 1
 		}
 		out.ControlPlane = rep
-	}
-	out.Seconds = time.Since(out.Started).Seconds()
-	out.Machine.LoadAtFinish = loadavg()
-
-	var md bytes.Buffer
-	charts := map[string]string{}
-	if *doc != "" && out.Datapath != nil && !*checkOnly {
-		base := strings.TrimSuffix(*doc, filepath.Ext(*doc))
-		for _, m := range []string{"rr", "crr"} {
-			path := base + "-" + m + ".png"
-			if err := out.Datapath.Chart(path, m); err != nil {
-				fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-				return 1
-			}
-			charts[m] = filepath.Base(path)
-		}
-	}
-	if err := writeMarkdown(&md, &out, []string{charts["rr"], charts["crr"]}); err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		return 1
-	}
-	fmt.Print(md.String())
-	if *doc != "" {
-		if err := os.WriteFile(*doc, md.Bytes(), 0o644); err != nil {
+		out.Seconds = time.Since(out.Started).Seconds()
+		out.Machine.LoadAtFinish = loadavg()
+		if err := emit(&out, *doc, *jsonOut, *checkOnly); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-			return 1
-		}
-		if *jsonOut == "" {
-			*jsonOut = strings.TrimSuffix(*doc, filepath.Ext(*doc)) + ".json"
-		}
-	}
-	if *jsonOut != "" {
-		b, err := json.MarshalIndent(out, "", "  ")
-		if err == nil {
-			err = os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench: json: %v\n", err)
 			return 1
 		}
 	}
 	return 0
+}
+
+// emit prints the report and writes the document, charts and JSON.
+func emit(out *Output, doc, jsonOut string, checkOnly bool) error {
+	var md bytes.Buffer
+	charts := map[string]string{}
+	if doc != "" && out.Datapath != nil && !checkOnly {
+		base := strings.TrimSuffix(doc, filepath.Ext(doc))
+		for _, m := range []string{"rr", "crr"} {
+			path := base + "-" + m + ".png"
+			if err := out.Datapath.Chart(path, m); err != nil {
+				return err
+			}
+			charts[m] = filepath.Base(path)
+		}
+	}
+	if err := writeMarkdown(&md, out, []string{charts["rr"], charts["crr"]}); err != nil {
+		return err
+	}
+	fmt.Print(md.String())
+	if doc != "" {
+		if err := os.WriteFile(doc, md.Bytes(), 0o644); err != nil {
+			return err
+		}
+		if jsonOut == "" {
+			jsonOut = strings.TrimSuffix(doc, filepath.Ext(doc)) + ".json"
+		}
+	}
+	if jsonOut != "" {
+		b, err := json.MarshalIndent(out, "", "  ")
+		if err == nil {
+			err = os.WriteFile(jsonOut, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			return fmt.Errorf("json: %w", err)
+		}
+	}
+	return nil
 }
 
 func writeMarkdown(w *bytes.Buffer, out *Output, charts []string) error {
