@@ -32,6 +32,19 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 ldflags=${ldflags# }
 
+# shquote ARGS...: the arguments as one shell line, single-quoted where needed.
+shquote() {
+	local a line=""
+	for a; do
+		if [[ $a =~ ^[A-Za-z0-9_./=:,+@-]+$ ]]; then
+			line+="$a "
+		else
+			line+="'${a//\'/\'\\\'\'}' "
+		fi
+	done
+	echo "${line% }"
+}
+
 build_bins() {
 	local stamp
 	stamp=$( { cat "$mod/go.mod" "$mod/go.sum"; echo "$ldflags"; } | sha256sum | cut -d' ' -f1)
@@ -132,10 +145,12 @@ run_tests() {
 	end=$(date +%s)
 	elapsed=$((end - start))
 	echo "conformance: e2e.test exited $rc after ${elapsed}s (log: $out/e2e.log)"
-	cmdline=$(printf "%q " "${runner[@]}" "${args[@]}")
+	cmdline=$(shquote "${runner[@]}" "${args[@]}")
+	cmdline=${cmdline//$KUBECONFIG/\$KUBECONFIG}
 	cmdline=${cmdline//$bin\//}
 	cmdline=${cmdline//$repo\//}
-	cmdline=${cmdline//$KUBECONFIG/\$KUBECONFIG}
+	# What zt ran: the agent pods' image and its ID as the runtime reports it.
+	agent_image=$("$kubectl" -n zt-system get pods -o jsonpath='{range .items[*].status.containerStatuses[*]}{.image} {.imageID}{"\n"}{end}' 2>/dev/null | sort -u | tr '\n' ' ')
 	report_doc "$report/junit_01.xml"
 	return 0
 }
@@ -160,7 +175,8 @@ against a running one-machine cluster with zt installed. Do not edit by hand.
 - machine: $machine
 - nodes: ${nodes%; }
 - zt commit: $commit
-- images: \`$agnhost_ref\` built locally from the same module (static agnhost, one layer)
+- zt-agent image (image, ID): ${agent_image:-unknown}${zt_image_note:+ ($zt_image_note)}
+- test image: \`$agnhost_ref\` built locally from the same module (static agnhost, one layer)
 - command (from \`_out/conformance\`):
 
 \`\`\`
@@ -199,16 +215,12 @@ cluster_run() {
 	build_bins
 	build_images
 	list_tests
-	[[ -f $repo/_out/images/zt-agent.tar ]] || "$repo/hack/cluster.sh" images
-	# A private copy of the cluster's images: others may rebuild _out/images meanwhile.
-	local f
+	# The cluster's images (zt-agent from this working tree), in a folder of our own:
+	# others may rebuild _out/images meanwhile.
 	export ZT_IMAGES=$out/cluster-images
-	rm -rf "$ZT_IMAGES"
-	mkdir -p "$ZT_IMAGES"
-	for f in "$repo"/_out/images/*.tar; do
-		cp "$f" "$ZT_IMAGES/"
-		tar -tf "$ZT_IMAGES/${f##*/}" >/dev/null || { echo "conformance: $f is being rewritten; try again" >&2; exit 1; }
-	done
+	zt_image_note="built by cluster-run from commit $(git -C "$repo" rev-parse --short HEAD)"
+	git -C "$repo" diff --quiet HEAD -- pkg bpf cmd deploy internal 2>/dev/null || zt_image_note+=" plus uncommitted changes"
+	"$repo/hack/cluster.sh" images
 	trap '"$repo/hack/cluster.sh" down >"$out/cluster-down.log" 2>&1 || echo "conformance: cluster down failed, see $out/cluster-down.log" >&2' EXIT
 	local t0=$SECONDS
 	"$repo/hack/cluster.sh" up --cni "${CNI:-ptp}"

@@ -21,6 +21,7 @@ import (
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -159,6 +160,9 @@ func run(junitPath, listPath, headerPath string, skips skipList, w io.Writer) er
 		}
 		if ok {
 			r.secs = c.Time
+			if f, err := strconv.ParseFloat(c.Time, 64); err == nil {
+				r.secs = strconv.FormatFloat(f, 'f', 0, 64)
+			}
 		}
 		count[r.state]++
 		res = append(res, r)

@@ -14,7 +14,7 @@ func TestRun(t *testing.T) {
 	list := filepath.Join(dir, "list.txt")
 	os.WriteFile(junit, []byte(`<?xml version="1.0" encoding="UTF-8"?>
 <testsuites tests="4"><testsuite name="Kubernetes e2e suite" tests="4">
-<testcase name="[It] [sig-network] Netpol a [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="passed" time="12.5"></testcase>
+<testcase name="[It] [sig-network] Netpol a [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="passed" time="12.51"></testcase>
 <testcase name="[It] [sig-network] Netpol b [Feature:NetworkPolicy]" classname="Kubernetes e2e suite" status="failed" time="3"><failure type="failed">[FAILED] reachability mismatch
 more</failure></testcase>
 <testcase name="[It] [sig-network] Netpol [Feature:SCTPConnectivity] c" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
@@ -32,7 +32,7 @@ more</failure></testcase>
 		"| failed | [sig-network] Netpol b [Feature:NetworkPolicy] | 3 | [FAILED] reachability mismatch |",
 		"| skipped | [sig-network] Netpol [Feature:SCTPConnectivity] c | 0 | no SCTP |",
 		"| not run | [sig-network] Netpol d |  |  |",
-		"| passed | [sig-network] Netpol a [Feature:NetworkPolicy] | 12.5 |  |",
+		"| passed | [sig-network] Netpol a [Feature:NetworkPolicy] | 13 |  |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in\n%s", want, out)
