@@ -24,6 +24,7 @@ mod=$repo/tools/conformance
 bin=$repo/_out/bin
 out=${ZT_CONF_OUT:-$repo/_out/conformance}
 mkdir -p "$bin" "$out"
+out=$(cd "$out" && pwd)
 
 version=v1.37.2
 ldflags=""
