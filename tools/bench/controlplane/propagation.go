@@ -326,14 +326,14 @@ func (bl *benchLab) createBulkPod(ctx context.Context, i int) error {
 }
 
 // retryAPI retries f on the API server's overload answers (timeouts, 429,
-// 5xx), at most 5 times with a growing pause: a busy two-core machine
-// gets them while 100,000 pods are created.
+// 5xx) and on transport errors (an HTTP/2 stream reset), at most 5 times
+// with a growing pause: a busy two-core machine gets them while 100,000
+// pods are created.
 func retryAPI(ctx context.Context, f func() error) error {
 	var err error
 	for attempt := range 5 {
 		err = f()
-		if err == nil || !(apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) ||
-			apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err)) {
+		if err == nil || ctx.Err() != nil || !retryable(err) {
 			return err
 		}
 		select {
@@ -343,6 +343,15 @@ func retryAPI(ctx context.Context, f func() error) error {
 		}
 	}
 	return err
+}
+
+func retryable(err error) bool {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return true // not an answer of the API server: the transport
+	}
+	return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err)
 }
 
 // settle waits until the agent's ipcache holds every pod.
