@@ -132,14 +132,6 @@ cmd_images() {
 	"$bin/mkimage" -o "$out/ztnettest.tar" -ref "zt.local/ztnettest:$image_tag" -entrypoint /ztnettest \
 		-cmd serve "$bin/ztnettest:/ztnettest"
 	"$bin/mkimage" -o "$out/pause.tar" -ref "zt.local/pause:$image_tag" -entrypoint /pause "$bin/pause:/pause"
-	render_overlay
-}
-
-# deploy/overlays/local/base.yaml: deploy/ as kustomize renders it (see the
-# overlay's kustomization.yaml for why it is not referenced directly).
-render_overlay() {
-	local o=$repo/deploy/overlays/local
-	"$bin/kubectl" kustomize "$repo/deploy" >"$o/base.yaml.tmp" && mv -f "$o/base.yaml.tmp" "$o/base.yaml"
 }
 
 cmd_import() {
@@ -287,7 +279,6 @@ cmd_up() {
 	done < <(hierarchies)
 	[[ $cni == bridge ]] && record "link $bridge"
 
-	render_overlay
 	gen_pki "$NODE_IP"
 	local tok_admin tok_kcm tok_sched tok_node tok_proxy
 	tok_admin=$(openssl rand -hex 16) tok_kcm=$(openssl rand -hex 16) tok_sched=$(openssl rand -hex 16)

@@ -15,7 +15,7 @@
 # CONTAINERD_ADDRESS (ctr socket; default: hack/cluster.sh's, when its cluster is up, else containerd's).
 #
 # With the one-machine cluster of hack/cluster.sh:
-#   hack/cluster.sh up && eval "$(hack/cluster.sh env)" && kubectl apply -k deploy/overlays/local
+#   hack/cluster.sh up && eval "$(hack/cluster.sh env)" && kubectl apply -k hack/cluster/zt
 #   kubectl -n zt-system rollout status ds/zt-agent && hack/conformance.sh run
 set -euo pipefail
 
@@ -207,7 +207,7 @@ MD
 }
 
 # cluster-run: bring up hack/cluster.sh's one-machine cluster (refusing when any is up),
-# install zt from deploy/overlays/local, run, and take that cluster down again.
+# install zt from hack/cluster/zt, run, and take that cluster down again.
 cluster_run() {
 	local cdir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
 	if [[ -e /run/ztk8s-cluster ]]; then
@@ -227,7 +227,7 @@ cluster_run() {
 	local t0=$SECONDS
 	"$repo/hack/cluster.sh" up --cni "${CNI:-ptp}"
 	export KUBECONFIG=$cdir/admin.kubeconfig
-	"$bin/kubectl" apply -k "$repo/deploy/overlays/local"
+	"$bin/kubectl" apply -k "$repo/hack/cluster/zt"
 	"$bin/kubectl" -n zt-system rollout status ds/zt-agent --timeout=300s
 	echo "conformance: cluster up and zt ready in $((SECONDS - t0))s"
 	run_tests

@@ -14,7 +14,7 @@ hack/k8s-bins.sh
 # (about 4 of its 6-7 minutes): above go test's default 10 m under load.
 go test -count=1 -race -timeout 30m ./...
 # A real single-node Kubernetes (hack/cluster.sh): zt installed with
-# `kubectl apply -k deploy/overlays/local`, NetworkPolicies enforced on real
+# `kubectl apply -k hack/cluster/zt`, NetworkPolicies enforced on real
 # pods; it brings the cluster up and down itself and checks the host is left
 # as it was. After the main suite: it needs the whole machine's root state.
 go test -tags cluster -count=1 -timeout 30m ./test/cluster/

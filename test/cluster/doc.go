@@ -18,7 +18,7 @@
 // _out/cluster is never touched: up refuses while another one runs).
 //
 // The images available in the cluster: zt.local/zt-agent:dev (the DaemonSet
-// of deploy/overlays/local) and zt.local/ztnettest:dev (ServerImage: `serve
+// of hack/cluster/zt) and zt.local/ztnettest:dev (ServerImage: `serve
 // [-listen :8080]` answers each TCP connection with its hostname; `connect
 // [-timeout 3s] HOST:PORT` prints it or exits 1).
 package cluster

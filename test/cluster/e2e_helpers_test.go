@@ -74,12 +74,12 @@ func (e *e2e) apply(yaml string) {
 	C.Apply(e.t, yaml)
 }
 
-// ensureZT deploys zt (deploy/overlays/local) unless the DaemonSet is
+// ensureZT deploys zt (hack/cluster/zt) unless the DaemonSet is
 // there, and waits until it is rolled out.
 func (e *e2e) ensureZT() {
 	e.t.Helper()
 	if _, err := e.kubectl("", "-n", "zt-system", "get", "daemonset", "zt-agent"); err != nil {
-		e.must("", "apply", "-k", filepath.Join(C.Repo, "deploy", "overlays", "local"))
+		e.must("", "apply", "-k", filepath.Join(C.Repo, "hack", "cluster", "zt"))
 	}
 	C.WaitRollout(e.t, "zt-system", "daemonset/zt-agent", 3*time.Minute)
 }

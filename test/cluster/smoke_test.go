@@ -10,13 +10,13 @@ import (
 	"time"
 )
 
-// TestSmoke: zt installed with `kubectl apply -k deploy/overlays/local`
+// TestSmoke: zt installed with `kubectl apply -k hack/cluster/zt`
 // becomes Ready unprivileged, and a default-deny NetworkPolicy applied with
 // kubectl blocks a connection between two namespaces that an allow reopens.
 func TestSmoke(t *testing.T) {
 	c := C
 	t0 := time.Now()
-	if out, err := c.Kubectl("apply", "-k", filepath.Join(c.Repo, "deploy", "overlays", "local")); err != nil {
+	if out, err := c.Kubectl("apply", "-k", filepath.Join(c.Repo, "hack", "cluster", "zt")); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	c.WaitRollout(t, "zt-system", "daemonset/zt-agent", 3*time.Minute)
