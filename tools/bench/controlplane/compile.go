@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ztnet/zt/internal/kubeenv"
+	"github.com/ztnet/zt/tools/bench/controlplane/internal/compileresult"
 )
 
 // binaries are built from the repository for each run, so the figures are
@@ -42,22 +43,6 @@ func buildBinaries(ctx context.Context) (binaries, error) {
 	return b, nil
 }
 
-// childResult is compilebench's JSON output.
-type childResult struct {
-	Pods              int     `json:"pods"`
-	Policies          int     `json:"policies"`
-	View              string  `json:"view"`
-	GOMAXPROCS        int     `json:"gomaxprocs"`
-	FullNs            int64   `json:"full_ns"`
-	InputHeapBytes    uint64  `json:"input_heap_bytes"`
-	CompilerHeapBytes uint64  `json:"compiler_heap_bytes"`
-	Endpoints         int     `json:"endpoints"`
-	Identities        int     `json:"identities"`
-	Problems          int     `json:"problems"`
-	RelabelNs         []int64 `json:"relabel_ns"`
-	PolicyNs          []int64 `json:"policy_ns"`
-}
-
 // runCompile runs one compilebench child on one core and reads its peak
 // RSS from rusage.
 func runCompile(ctx context.Context, bin string, c compileCase, updates int) (CompileRow, error) {
@@ -70,7 +55,7 @@ func runCompile(ctx context.Context, bin string, c compileCase, updates int) (Co
 	if err := cmd.Run(); err != nil {
 		return CompileRow{}, fmt.Errorf("compilebench %d pods %d policies %s view: %w: %s", c.pods, c.policies, c.view, err, stderr.Bytes())
 	}
-	var r childResult
+	var r compileresult.Result
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		return CompileRow{}, fmt.Errorf("compilebench output: %w", err)
 	}

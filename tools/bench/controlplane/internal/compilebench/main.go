@@ -19,28 +19,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ztnet/zt/pkg/policy"
+	"github.com/ztnet/zt/tools/bench/controlplane/internal/compileresult"
 )
-
-// Result is what one run measured.
-type Result struct {
-	Pods       int    `json:"pods"`
-	Policies   int    `json:"policies"`
-	View       string `json:"view"`
-	GOMAXPROCS int    `json:"gomaxprocs"`
-	// FullNs is the time of policy.Build over the whole snapshot.
-	FullNs int64 `json:"full_ns"`
-	// InputHeapBytes is the live heap holding the generated snapshot;
-	// CompilerHeapBytes is what the built compiler adds to it (after GC).
-	InputHeapBytes    uint64 `json:"input_heap_bytes"`
-	CompilerHeapBytes uint64 `json:"compiler_heap_bytes"`
-	Endpoints         int    `json:"endpoints"`
-	Identities        int    `json:"identities"`
-	Problems          int    `json:"problems"`
-	// RelabelNs: SetPod (a label change of one pod) + Sync, each update.
-	RelabelNs []int64 `json:"relabel_ns"`
-	// PolicyNs: SetPolicy (a new policy) or DeletePolicy + Sync, each update.
-	PolicyNs []int64 `json:"policy_ns"`
-}
 
 func main() {
 	pods := flag.Int("pods", 10000, "pods in the cluster")
@@ -72,7 +52,7 @@ func run(pods, policies int, view string, updates int) error {
 	default:
 		return fmt.Errorf("unknown view %q (node or cluster)", view)
 	}
-	r := Result{Pods: pods, Policies: policies, View: view, GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	r := compileresult.Result{Pods: pods, Policies: policies, View: view, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	r.InputHeapBytes = liveHeap()
 	t0 := time.Now()
 	c := policy.Build(w, opts)
