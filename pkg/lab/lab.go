@@ -15,7 +15,7 @@ package lab
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -122,6 +122,17 @@ func CheckRoot() error {
 	return nil
 }
 
+// RootLinkName is the root-namespace link of the lab kept in dir. It is
+// derived from the folder, so whoever holds the folder knows which link is
+// its lab's while other labs (other tests, other processes) run beside it.
+func RootLinkName(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return "ztl-" + hex.EncodeToString(sum[:5])
+}
+
 // Up builds a lab and applies b (nil: an empty lab). Leftovers of an
 // earlier lab recorded in cfg.Dir are removed first. On error everything
 // created is removed again.
@@ -139,8 +150,6 @@ func Up(ctx context.Context, cfg Config, b *bundle.Bundle) (l *Lab, err error) {
 	if err := os.MkdirAll(filepath.Join(cfg.Dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	tag := make([]byte, 3)
-	_, _ = rand.Read(tag)
 	l = &Lab{cfg: cfg, st: &State{Name: cfg.Name, Dir: cfg.Dir, Created: time.Now()}}
 	if err := l.st.save(); err != nil {
 		return nil, err
@@ -165,7 +174,7 @@ func Up(ctx context.Context, cfg Config, b *bundle.Bundle) (l *Lab, err error) {
 	}
 	rootIP := fabricAddr(fabric, 1)
 	fabricNS := filepath.Join(cfg.Dir, "netns", "fabric")
-	rootLink := "ztl-" + hex.EncodeToString(tag)
+	rootLink := RootLinkName(cfg.Dir)
 	if err := l.st.record(func(s *State) {
 		s.Fabric, s.FabricNS, s.RootLink = fabric.String(), fabricNS, rootLink
 		s.Mounts = append(s.Mounts, fabricNS)

@@ -43,7 +43,6 @@ func newEnv(t *testing.T) *env {
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)
 	e := &env{t: t, dir: filepath.Join(os.TempDir(), "ztlab-test-"+tag), name: "zt" + tag}
-	linksBefore := rootLinks()
 	t.Cleanup(func() {
 		if t.Failed() {
 			if st, err := lab.LoadState(e.dir); err == nil {
@@ -56,7 +55,7 @@ func newEnv(t *testing.T) *env {
 			// Never leave a lab behind, even when the test failed.
 			_, _, _ = e.ztlab("down")
 		}
-		for _, l := range e.leftovers(linksBefore) {
+		for _, l := range e.leftovers() {
 			t.Errorf("left behind: %s", l)
 		}
 	})
@@ -109,9 +108,9 @@ func rootLinks() map[string]bool {
 }
 
 // leftovers lists what of this env's lab still exists: its folder, mounts
-// under it, its bpffs roots, new ztl-* links in the root namespace, and
+// under it, its bpffs roots, its labs' links in the root namespace, and
 // processes of the lab (agents, pod servers, etcd and kube-apiserver).
-func (e *env) leftovers(linksBefore map[string]bool) []string {
+func (e *env) leftovers() []string {
 	var out []string
 	if _, err := os.Stat(e.dir); err == nil {
 		out = append(out, "lab folder "+e.dir)
@@ -130,14 +129,11 @@ func (e *env) leftovers(linksBefore map[string]bool) []string {
 			}
 		}
 	}
+	// Only this env's labs' links: other packages' tests run labs at the
+	// same time.
+	own := append([]string{lab.RootLinkName(e.dir)}, e.links...)
 	for name := range rootLinks() {
-		if e.ownOnly {
-			if slices.Contains(e.links, name) {
-				out = append(out, "root link "+name)
-			}
-			continue
-		}
-		if strings.HasPrefix(name, "ztl-") && !linksBefore[name] {
+		if slices.Contains(own, name) {
 			out = append(out, "root link "+name)
 		}
 	}
