@@ -342,10 +342,15 @@ func TestInteractive(t *testing.T) {
 
 	// A second up over a lab that was never taken down (a crash) removes
 	// the leftovers first and comes up clean.
-	oldRoot := st.RootLink
+	// The root link's name comes from the folder, so the new lab's has the
+	// same name: the first lab's link is gone when its index is.
+	oldRoot, err := netlink.LinkByName(st.RootLink)
+	if err != nil {
+		t.Fatalf("root link %s of the first lab: %v", st.RootLink, err)
+	}
 	e.mustZtlab("up", "-f", shop("cluster.yaml"), "-f", shop("policies.yaml"))
-	if _, err := netlink.LinkByName(oldRoot); err == nil {
-		t.Errorf("root link %s of the first lab still exists", oldRoot)
+	if l, err := netlink.LinkByIndex(oldRoot.Attrs().Index); err == nil && l.Attrs().Name == st.RootLink {
+		t.Errorf("root link %s (index %d) of the first lab still exists", st.RootLink, oldRoot.Attrs().Index)
 	}
 	agree(t, expected(t, shop("cluster.yaml"), shop("policies.yaml")), e.mustZtlab("probe", "-o", "json"))
 	e.mustZtlab("down")
