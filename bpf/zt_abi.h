@@ -25,6 +25,13 @@
  *   config     ARRAY     __u32 0              -> zt_config (24)
  *   netns      HASH      __u64 netns cookie   -> zt_netns_val (8)
  *   ev_bucket  PERCPU_ARRAY __u32 0           -> zt_bucket (16), internal
+ *   svcnets    LPM_TRIE  zt_ipcache_key (24)  -> __u32 (1)
+ *              the cluster's Service IP ranges (ServiceCIDRs), same
+ *              key layout as ipcache.
+ *   svcpend    LRU_HASH  zt_ct_key (44)       -> __u32 source host ifindex
+ *              egress to a Service address whose verdict waits for the
+ *              NAT (see "Service egress" below); key ep_id 0, dir EGRESS,
+ *              the tuple as the pod sent it.
  *
  * Layouts (offset:size):
  *   zt_ipcache_key { 0:4 prefixlen, 4:1 family, 5:3 pad, 8:16 addr }
@@ -43,7 +50,7 @@
  *                    27:1 reason, 28:1 verdict, 29:1 tcp_flags, 30:1 hook,
  *                    31:1 pad, 32:2 sport (BE), 34:2 dport (BE),
  *                    36:16 saddr, 52:16 daddr, 68:4 len }
- *   zt_config      { 0:4 flags, 4:4 ev_rate, 8:4 ev_burst, 12:4 pad,
+ *   zt_config      { 0:4 flags, 4:4 ev_rate, 8:4 ev_burst, 12:4 svc_mark,
  *                    16:8 ct_timeout_ns }
  *   zt_netns_val   { 0:4 ep_id, 4:4 ifindex }
  *
@@ -52,6 +59,24 @@
  * same endpoint looks up the reversed tuple with the opposite direction.
  * For ICMP echo the ports carry the echo id: request = (id, 0),
  * reply = (0, id), so only the reply of a seen request matches in reverse.
+ *
+ * Service egress. NetworkPolicy egress applies to the pod a Service
+ * address is translated to, and kube-proxy translates it (DNAT in the
+ * node's netfilter prerouting) after zt_from_pod and the socket hooks
+ * ran. So when an egress-isolated endpoint sends TCP, UDP or SCTP to an
+ * address in svcnets and config.svc_mark is set, zt_from_pod does not
+ * decide: it records the tuple in svcpend, ORs svc_mark into skb->mark
+ * and passes the packet uncounted. The netfilter program zt_nf_service
+ * (forward and local-in hooks, after DNAT) takes every packet carrying
+ * the mark: it reads the connection's original and translated tuples
+ * from netfilter conntrack, finds the endpoint in svcpend and decides
+ * egress against the translated destination (identity, port) as
+ * zt_from_pod would. Allowed: the conntrack entry of the endpoint is
+ * written with the original tuple, so the reply (from the Service
+ * address, after un-NAT) passes as REPLY. Denied: dropped and counted
+ * there, with hook ZT_HOOK_NF. The agent sets svc_mark only once the
+ * netfilter program is attached. The socket hooks pass Service
+ * addresses (tc and netfilter decide).
  */
 #ifndef ZT_ABI_H
 #define ZT_ABI_H
@@ -66,6 +91,8 @@
 #define ZT_POLICY_MAX    65536
 #define ZT_CT_MAX        262144
 #define ZT_NETNS_MAX     4096
+#define ZT_SVCNETS_MAX   64
+#define ZT_SVCPEND_MAX   65536
 #define ZT_EVENTS_BYTES  (1 << 20)
 
 /* Security identities: a __u32 whose reserved values are named here.
@@ -120,6 +147,7 @@ enum zt_action : __u8 {
 enum zt_hook : __u8 {
 	ZT_HOOK_TC = 0,
 	ZT_HOOK_SOCK = 1,
+	ZT_HOOK_NF = 2, /* netfilter, after the Service NAT */
 };
 
 enum zt_ep_flags : __u32 {
@@ -244,12 +272,14 @@ _Static_assert(sizeof(struct zt_flow_event) == 72, "zt_flow_event size");
 
 /* Token bucket: ev_rate events per second per CPU, up to ev_burst at once.
  * ev_rate == 0 emits no events (all counted as EV_RATELIMITED).
+ * svc_mark: the skb mark bit(s) flagging Service egress whose verdict
+ * waits for the NAT; 0 decides it before the NAT (no deferral).
  * ct_timeout_ns == 0: conntrack entries never expire (LRU only). */
 struct zt_config {
 	enum zt_cfg_flags flags;
 	__u32 ev_rate;
 	__u32 ev_burst;
-	__u32 pad;
+	__u32 svc_mark;
 	__u64 ct_timeout_ns;
 };
 _Static_assert(sizeof(struct zt_config) == 24, "zt_config size");

@@ -106,6 +106,12 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 	if (zt_is_own_ip(ep, f->family, f->daddr))
 		return ZT_SOCK_ALLOW;
 
+	/* A Service address: its egress is decided after the NAT (tc and
+	 * netfilter), on the pod it is translated to. */
+	cfg = zt_config_get();
+	if (cfg && cfg->svc_mark && zt_svc_proto(f->proto) && zt_is_service(f->family, f->daddr))
+		return ZT_SOCK_ALLOW;
+
 	v.ep_id = ep->ep_id;
 	v.ifindex = ns->ifindex;
 	v.peer_id = zt_identity(f->family, f->daddr);
@@ -117,7 +123,6 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 
 	v.verdict = ZT_VERDICT_DROP;
 	v.reason = ZT_REASON_SOCK_DENIED;
-	cfg = zt_config_get();
 	zt_count(v.dir, v.verdict, v.reason, 0);
 	zt_emit(cfg, f, &v);
 	return ZT_SOCK_DENY;

@@ -110,7 +110,22 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		return zt_finish(cfg, &f, &v, 0);
 	}
 
-	/* (2) forward packet: verify against current policy, every packet */
+	/* (2) egress to a Service address: decided after the NAT, by
+	 * zt_nf_service (see zt_abi.h, "Service egress"); not counted here */
+	if (dir == ZT_DIR_EGRESS && (ep->flags & ZT_EP_EGRESS_ISOLATED) && cfg && cfg->svc_mark &&
+	    !f.icmp_err && zt_svc_proto(f.proto) && zt_is_service(f.family, f.daddr)) {
+		struct zt_ct_key pk;
+		__u32 *pend, ifindex = skb->ifindex;
+
+		zt_ct_key_fwd(&pk, 0, ZT_DIR_EGRESS, &f);
+		pend = bpf_map_lookup_elem(&svcpend, &pk);
+		if (!pend || *pend != ifindex)
+			bpf_map_update_elem(&svcpend, &pk, &ifindex, BPF_ANY);
+		skb->mark |= cfg->svc_mark;
+		return TC_ACT_UNSPEC;
+	}
+
+	/* (3) forward packet: verify against current policy, every packet */
 	v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;

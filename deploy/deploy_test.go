@@ -50,6 +50,7 @@ const (
 var wantRules = triples(
 	rule([]string{""}, []string{"pods", "namespaces"}, "get", "list", "watch"),
 	rule([]string{"networking.k8s.io"}, []string{"networkpolicies"}, "get", "list", "watch"),
+	rule([]string{"networking.k8s.io"}, []string{"servicecidrs"}, "get", "list", "watch"),
 	rule([]string{"", "events.k8s.io"}, []string{"events"}, "create", "patch"),
 )
 
@@ -721,6 +722,11 @@ func testRBAC(t *testing.T, s *testenv.APIServer, admin kubernetes.Interface) {
 		check("list networkpolicies in all namespaces", err)
 		_, err = agent.NetworkingV1().NetworkPolicies(rbacNS).Get(ctx, "deny-all", metav1.GetOptions{})
 		check("get networkpolicy", err)
+		cidrs, err := agent.NetworkingV1().ServiceCIDRs().List(ctx, all)
+		check("list servicecidrs", err)
+		if err == nil && len(cidrs.Items) == 0 {
+			t.Error("listed no ServiceCIDR: the API server creates one from --service-cluster-ip-range")
+		}
 
 		// Watches start with synthetic ADDED events for what exists.
 		watchFor(t, "pods", func(o metav1.ListOptions) (watch.Interface, error) {
@@ -732,6 +738,11 @@ func testRBAC(t *testing.T, s *testenv.APIServer, admin kubernetes.Interface) {
 		watchFor(t, "networkpolicies", func(o metav1.ListOptions) (watch.Interface, error) {
 			return agent.NetworkingV1().NetworkPolicies("").Watch(ctx, o)
 		}, "deny-all")
+		if err == nil && len(cidrs.Items) > 0 {
+			watchFor(t, "servicecidrs", func(o metav1.ListOptions) (watch.Interface, error) {
+				return agent.NetworkingV1().ServiceCIDRs().Watch(ctx, o)
+			}, cidrs.Items[0].Name)
+		}
 
 		ref := corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1", Namespace: rbacNS, Name: "deny-all"}
 		now := metav1.Now()

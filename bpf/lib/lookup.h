@@ -52,6 +52,23 @@ static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_i
 	return v->action;
 }
 
+/* Is addr in one of the cluster's Service ranges? */
+static __always_inline int zt_is_service(__u8 family, const __u8 *addr)
+{
+	struct zt_ipcache_key k = {};
+
+	k.family = family;
+	k.prefixlen = 32 + (family == ZT_AF_INET ? 32 : 128);
+	zt_addr_copy(k.addr, addr);
+	return bpf_map_lookup_elem(&svcnets, &k) != NULL;
+}
+
+/* Protocols kube-proxy translates Service addresses for. */
+static __always_inline int zt_svc_proto(__u8 proto)
+{
+	return proto == ZT_IPPROTO_TCP || proto == ZT_IPPROTO_UDP || proto == ZT_IPPROTO_SCTP;
+}
+
 static __always_inline struct zt_endpoint *zt_endpoint_get(__u32 ifindex)
 {
 	return bpf_map_lookup_elem(&endpoints, &ifindex);

@@ -78,4 +78,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ev_bucket SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, ZT_SVCNETS_MAX);
+	__type(key, struct zt_ipcache_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svcnets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, ZT_SVCPEND_MAX);
+	__type(key, struct zt_ct_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svcpend SEC(".maps");
+
 #endif

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"net/netip"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -56,6 +58,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fs.StringVar(&cfg.Flows.Dir, "flows-dir", cfg.Flows.Dir, "directory of the on-disk flow journal (empty: memory only)")
 	fs.Int64Var(&cfg.Flows.JournalMaxBytes, "flows-journal-max-bytes", cfg.Flows.JournalMaxBytes, "size cap of the flow journal; the oldest files are deleted first")
 	fs.IntVar(&cfg.Flows.AllowedSample, "flows-allowed-sample", 0, "also record allowed new connections, 1 in N (0: drops and audits only)")
+	fs.Func("service-cidrs", "comma-separated Service IP ranges, added to the cluster's ServiceCIDR objects", func(v string) error {
+		cfg.ServiceCIDRs = nil
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				return err
+			}
+			cfg.ServiceCIDRs = append(cfg.ServiceCIDRs, p.Masked())
+		}
+		return nil
+	})
+	fs.Func("service-mark", fmt.Sprintf("skb mark bit flagging egress to Service addresses, decided after kube-proxy's NAT (0: decide before it; default %#x)", cfg.ServiceMark), func(v string) error {
+		m, err := strconv.ParseUint(v, 0, 32)
+		if err != nil {
+			return err
+		}
+		cfg.ServiceMark = uint32(m)
+		return nil
+	})
 	netnsDirs := fs.String("netns-dirs", strings.Join(cfg.NetnsDirs, ","), "comma-separated folders holding pod network namespaces")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

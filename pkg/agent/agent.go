@@ -71,6 +71,9 @@ type Agent struct {
 	flows *flowState // see flows.go
 
 	realized realizedState // see realized.go
+
+	// svcRanges: the Service IP ranges last written (nil before the first).
+	svcRanges *[]netip.Prefix
 }
 
 type binding struct {
@@ -212,6 +215,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	a.setupServiceEgress()
+
 	defer a.startFlows(ctx)()
 	srv := a.serveHealth()
 	defer func() {
@@ -291,6 +296,7 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 		return false, err
 	}
 	a.compiler.SetHostIPs(hostIPs)
+	a.syncServiceRanges()
 	// One Sync over everything: the first one numbers every identity
 	// (keeping the adopted numbers) from the complete picture.
 	a.compiler.Sync()

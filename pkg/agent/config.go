@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -50,6 +51,13 @@ type Config struct {
 	// host mounted (the DaemonSet sets it: a bpffs the agent mounted inside
 	// its container would vanish, with every pin, when it restarts).
 	NoMountBPFFS bool
+	// ServiceCIDRs are Service IP ranges added to those of the cluster's
+	// ServiceCIDR objects (for clusters whose agent may not read them).
+	ServiceCIDRs []netip.Prefix
+	// ServiceMark is the skb mark bit flagging egress to a Service address
+	// whose verdict waits for kube-proxy's NAT (decided on the pod it
+	// reaches). 0 decides Service addresses before the NAT, as sent.
+	ServiceMark uint32
 	// MapSizes overrides the kernel map capacities.
 	MapSizes datapath.MapSizes
 	// Flows configures flow records and their API (see flows.go).
@@ -65,6 +73,7 @@ func DefaultConfig() Config {
 		ReconcileInterval: 5 * time.Minute,
 		RetryInterval:     time.Second,
 		SocketHooks:       true,
+		ServiceMark:       datapath.DefaultServiceMark,
 		NetnsDirs:         []string{"/run/netns", "/var/run/netns"},
 		Flows:             DefaultFlowsConfig(),
 	}

@@ -79,6 +79,7 @@ type Datapath struct {
 	opts     Options
 	tc       ztTcObjects
 	sock     ztSockObjects
+	nf       ztNfObjects
 	migrated []MapMigration
 }
 
@@ -132,6 +133,22 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load sock objects: %w", err)
 	}
 
+	nfSpec, err := loadZtNf()
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("load netfilter spec: %w", err)
+	}
+	if err := applySizes(nfSpec, opts.MapSizes); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := nfSpec.LoadAndAssign(&d.nf, &ebpf.CollectionOptions{
+		MapReplacements: d.tcMapsByName(),
+	}); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("load netfilter objects: %w", err)
+	}
+
 	if err := d.initConfig(); err != nil {
 		d.Close()
 		return nil, err
@@ -145,6 +162,7 @@ func (d *Datapath) tcMapsByName() map[string]*ebpf.Map {
 		"ipcache": m.Ipcache, "endpoints": m.Endpoints, "policy": m.Policy,
 		"conntrack": m.Conntrack, "counters": m.Counters, "events": m.Events,
 		"config": m.Config, "netns": m.Netns, "ev_bucket": m.EvBucket,
+		"svcnets": m.Svcnets, "svcpend": m.Svcpend,
 	}
 }
 
@@ -177,7 +195,7 @@ func (d *Datapath) Migrated() []MapMigration { return d.migrated }
 // Close releases all file descriptors. Pinned maps and links stay in the
 // kernel and keep enforcing.
 func (d *Datapath) Close() error {
-	return errors.Join(d.sock.Close(), d.tc.Close())
+	return errors.Join(d.nf.Close(), d.sock.Close(), d.tc.Close())
 }
 
 // Remove detaches every pinned link (endpoints and cgroup), unpins every
@@ -195,6 +213,9 @@ func (d *Datapath) Remove() error {
 		}
 	}
 	if err := d.DetachCgroup(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.DetachNetfilter(); err != nil {
 		errs = append(errs, err)
 	}
 	for name, m := range d.tcMapsByName() {

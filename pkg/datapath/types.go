@@ -106,6 +106,7 @@ const (
 const (
 	HookTC   = ztTcZtHookZT_HOOK_TC
 	HookSock = ztTcZtHookZT_HOOK_SOCK
+	HookNF   = ztTcZtHookZT_HOOK_NF
 )
 
 // Endpoint flags.
@@ -155,7 +156,7 @@ var (
 	}
 
 	actionNames = map[Action]string{ActionNone: "none", ActionAllow: "allow", ActionDeny: "deny"}
-	hookNames   = map[Hook]string{HookTC: "tc", HookSock: "sock"}
+	hookNames   = map[Hook]string{HookTC: "tc", HookSock: "sock", HookNF: "nf"}
 )
 
 func enumString[T ~uint8 | ~uint32](names map[T]string, v T, kind string) string {

@@ -25,6 +25,8 @@ const (
 	ztSockMapIpcache     = "ipcache"
 	ztSockMapNetns       = "netns"
 	ztSockMapPolicy      = "policy"
+	ztSockMapSvcnets     = "svcnets"
+	ztSockMapSvcpend     = "svcpend"
 	ztSockProgZtConnect4 = "zt_connect4"
 	ztSockProgZtConnect6 = "zt_connect6"
 	ztSockProgZtSendmsg4 = "zt_sendmsg4"
@@ -92,6 +94,8 @@ type ztSockMapSpecs struct {
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
+	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
 }
 
 // ztSockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -129,6 +133,8 @@ type ztSockMaps struct {
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Netns     *ebpf.Map `ebpf:"netns"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Svcnets   *ebpf.Map `ebpf:"svcnets"`
+	Svcpend   *ebpf.Map `ebpf:"svcpend"`
 }
 
 func (m *ztSockMaps) Close() error {
@@ -142,6 +148,8 @@ func (m *ztSockMaps) Close() error {
 		m.Ipcache,
 		m.Netns,
 		m.Policy,
+		m.Svcnets,
+		m.Svcpend,
 	)
 }
 

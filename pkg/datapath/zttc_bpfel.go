@@ -38,7 +38,7 @@ type ztTcZtConfig struct {
 	Flags       ztTcZtCfgFlags
 	EvRate      uint32
 	EvBurst     uint32
-	Pad         uint32
+	SvcMark     uint32
 	CtTimeoutNs uint64
 }
 
@@ -135,6 +135,7 @@ type ztTcZtHook uint8
 const (
 	ztTcZtHookZT_HOOK_TC   ztTcZtHook = 0
 	ztTcZtHookZT_HOOK_SOCK ztTcZtHook = 1
+	ztTcZtHookZT_HOOK_NF   ztTcZtHook = 2
 )
 
 type ztTcZtIdentity uint32
@@ -225,6 +226,8 @@ const (
 	ztTcMapIpcache    = "ipcache"
 	ztTcMapNetns      = "netns"
 	ztTcMapPolicy     = "policy"
+	ztTcMapSvcnets    = "svcnets"
+	ztTcMapSvcpend    = "svcpend"
 	ztTcProgZtFromPod = "zt_from_pod"
 	ztTcProgZtToPod   = "zt_to_pod"
 )
@@ -288,6 +291,8 @@ type ztTcMapSpecs struct {
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
+	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
 }
 
 // ztTcVariableSpecs contains global variables before they are loaded into the kernel.
@@ -325,6 +330,8 @@ type ztTcMaps struct {
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Netns     *ebpf.Map `ebpf:"netns"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Svcnets   *ebpf.Map `ebpf:"svcnets"`
+	Svcpend   *ebpf.Map `ebpf:"svcpend"`
 }
 
 func (m *ztTcMaps) Close() error {
@@ -338,6 +345,8 @@ func (m *ztTcMaps) Close() error {
 		m.Ipcache,
 		m.Netns,
 		m.Policy,
+		m.Svcnets,
+		m.Svcpend,
 	)
 }
 

@@ -1,5 +1,7 @@
 // Package k8swatch watches the Kubernetes objects zt compiles: all Pods
-// (trimmed to what policy reads), Namespaces and NetworkPolicies.
+// (trimmed to what policy reads), Namespaces and NetworkPolicies; and the
+// cluster's ServiceCIDRs (the Service IP ranges, whose egress the datapath
+// decides after the NAT).
 //
 //	API server ──informers──▶ handlers: record the key, signal ──▶ Changes()
 //	                                                           ──▶ listers (current objects)
@@ -11,12 +13,17 @@ package k8swatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
@@ -58,6 +65,12 @@ type Watcher struct {
 	Policies   listersnetworkingv1.NetworkPolicyLister
 	synced     []cache.InformerSynced
 
+	// ServiceCIDRs are not waited for (WaitForSync): an agent whose role
+	// lacks them still enforces, deciding Service addresses before the NAT.
+	ServiceCIDRs listersnetworkingv1.ServiceCIDRLister
+	svcSynced    cache.InformerSynced
+	svcChanged   atomic.Bool
+
 	mu      sync.Mutex
 	pending [3]map[string]struct{}
 	signal  chan struct{}
@@ -94,6 +107,25 @@ func New(client kubernetes.Interface, resync time.Duration) (*Watcher, error) {
 		}
 		w.synced = append(w.synced, inf.HasSynced)
 	}
+	svc := f.Networking().V1().ServiceCIDRs().Informer()
+	if err := svc.SetTransform(trimMeta); err != nil {
+		return nil, fmt.Errorf("set servicecidr transform: %w", err)
+	}
+	w.svcChanged.Store(true)
+	changed := func(any) {
+		w.svcChanged.Store(true)
+		select {
+		case w.signal <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := svc.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: changed, UpdateFunc: func(_, o any) { changed(o) }, DeleteFunc: changed,
+	}); err != nil {
+		return nil, fmt.Errorf("add ServiceCIDR handler: %w", err)
+	}
+	w.svcSynced = svc.HasSynced
+	w.ServiceCIDRs = f.Networking().V1().ServiceCIDRs().Lister()
 	w.Namespaces = f.Core().V1().Namespaces().Lister()
 	w.Pods = f.Core().V1().Pods().Lister()
 	w.Policies = f.Networking().V1().NetworkPolicies().Lister()
@@ -130,6 +162,42 @@ func (w *Watcher) Start(ctx context.Context) { w.factory.Start(ctx.Done()) }
 // WaitForSync waits until every informer has listed once.
 func (w *Watcher) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), w.synced...)
+}
+
+// ServiceRanges returns the Service IP ranges of every ServiceCIDR, sorted
+// and deduplicated, when they changed since the last call (changed false
+// otherwise, and before the first list). A range that does not parse is
+// reported and skipped.
+func (w *Watcher) ServiceRanges() (ranges []netip.Prefix, changed bool, err error) {
+	if !w.svcSynced() || !w.svcChanged.Swap(false) {
+		return nil, false, nil
+	}
+	objs, lerr := w.ServiceCIDRs.List(labels.Everything())
+	if lerr != nil {
+		w.svcChanged.Store(true)
+		return nil, false, fmt.Errorf("list ServiceCIDRs: %w", lerr)
+	}
+	var errs []error
+	for _, o := range objs {
+		for _, c := range o.Spec.CIDRs {
+			p, perr := netip.ParsePrefix(c)
+			if perr != nil {
+				errs = append(errs, fmt.Errorf("ServiceCIDR %s: %w", o.Name, perr))
+				continue
+			}
+			ranges = append(ranges, p.Masked())
+		}
+	}
+	slices.SortFunc(ranges, ComparePrefix)
+	return slices.Compact(ranges), true, errors.Join(errs...)
+}
+
+// ComparePrefix orders prefixes by address, then by length.
+func ComparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 // Signal is readable when changes are pending.

@@ -139,6 +139,9 @@ func TestAgent(t *testing.T) {
 		if _, err := sa.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
 			t.Errorf("list networkpolicies: %v", err)
 		}
+		if _, err := sa.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+			t.Errorf("list servicecidrs: %v", err)
+		}
 		dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 		ev := &corev1.Event{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-", Namespace: "default"},
 			InvolvedObject: corev1.ObjectReference{Kind: "Namespace", Name: "default"}, Reason: "E2E", Type: corev1.EventTypeNormal}
@@ -211,6 +214,7 @@ func TestAgent(t *testing.T) {
 	if !strings.Contains(agent.logs(), "socket hooks attached") {
 		t.Logf("note: socket hooks not attached (see the agent log); tc enforces alone")
 	}
+	checkServiceEgress(t, c, agent)
 
 	base := []*pod{server, client, other, clientB}
 
