@@ -65,6 +65,23 @@ type Maps interface {
 	Capacity() datapath.MapSizes
 }
 
+// BatchMaps is implemented by Maps that write many entries in one call
+// (*datapath.Datapath, with BPF_MAP_*_BATCH). Each call writes its entries
+// in slice order, each visible to the datapath as it is written, as if by
+// one single write after the other; on error it returns how many leading
+// entries it wrote (deletes: handled; a missing key is no error). mapsync
+// uses one call per step of the order above and never merges steps, so a
+// batch changes nothing the order guarantees. Maps without it (the tests'
+// fakes) get one write per entry, in the same order.
+type BatchMaps interface {
+	IPCachePutMany([]datapath.IPCacheKey, []datapath.IPCacheVal) (int, error)
+	IPCacheDeleteMany([]datapath.IPCacheKey) (int, error)
+	EndpointPutMany([]uint32, []datapath.Endpoint) (int, error)
+	EndpointDeleteMany([]uint32) (int, error)
+	PolicyPutMany([]datapath.PolicyKey, []datapath.PolicyVal) (int, error)
+	PolicyDeleteMany([]datapath.PolicyKey) (int, error)
+}
+
 // Binding ties a compiled endpoint to the host-side interface of its pod.
 type Binding struct {
 	Pod     policy.PodKey
@@ -231,121 +248,287 @@ func (s *Syncer) dump() (State, error) {
 	return st, nil
 }
 
-type diff[K comparable, V comparable] struct {
-	put map[K]V
-	del []K
+// entry is one key and value of a map.
+type entry[K comparable, V comparable] struct {
+	k K
+	v V
 }
 
-func diffMaps[K comparable, V comparable](have, want map[K]V) diff[K, V] {
-	d := diff[K, V]{put: map[K]V{}}
+// diffMaps returns the entries of want that have lacks or holds with
+// another value (added counts the keys have lacks), and the keys of have
+// that want lacks. It is one pass over want; have is only walked when a
+// key of it may be missing from want.
+func diffMaps[K comparable, V comparable](have, want map[K]V) (put []entry[K, V], added int, del []K) {
+	if len(have) == 0 {
+		put = make([]entry[K, V], 0, len(want))
+	}
+	common := 0
 	for k, v := range want {
-		if old, ok := have[k]; !ok || old != v {
-			d.put[k] = v
+		old, ok := have[k]
+		if ok {
+			common++
+			if old == v {
+				continue
+			}
+		} else {
+			added++
+		}
+		put = append(put, entry[K, V]{k, v})
+	}
+	if common < len(have) {
+		for k := range have {
+			if _, ok := want[k]; !ok {
+				del = append(del, k)
+			}
 		}
 	}
-	for k := range have {
-		if _, ok := want[k]; !ok {
-			d.del = append(d.del, k)
-		}
-	}
-	return d
+	return put, added, del
 }
 
-func added[K comparable, V any](have map[K]V, put map[K]V) int {
-	n := 0
-	for k := range put {
-		if _, ok := have[k]; !ok {
-			n++
+// polOps are policy writes of one step, in the policy trie's byte order.
+type polOps struct {
+	keys []datapath.PolicyKey
+	vals []datapath.PolicyVal
+}
+
+func newPolOps(es []entry[datapath.PolicyKey, datapath.PolicyVal]) polOps {
+	ranks := make([]uint64, 0, 2*len(es))
+	for i := range es {
+		r := datapath.PolicyKeyRank(&es[i].k)
+		ranks = append(ranks, r[:]...)
+	}
+	o := polOps{keys: make([]datapath.PolicyKey, len(es)), vals: make([]datapath.PolicyVal, len(es))}
+	for j, i := range sortByRank(ranks, 2) {
+		o.keys[j], o.vals[j] = es[i].k, es[i].v
+	}
+	return o
+}
+
+func sortPolicyKeys(ks []datapath.PolicyKey) []datapath.PolicyKey {
+	slices.SortFunc(ks, datapath.ComparePolicyKeys)
+	return ks
+}
+
+// ipcOps are ipcache writes of one step, in the ipcache trie's byte order
+// (which is identity.ComparePrefix order); vals is nil for deletes.
+type ipcOps struct {
+	pfxs []netip.Prefix
+	keys []datapath.IPCacheKey
+	vals []datapath.IPCacheVal
+}
+
+func newIPCOps(es []entry[netip.Prefix, datapath.IPCacheVal], pfxs []netip.Prefix) (ipcOps, error) {
+	var o ipcOps
+	n := len(es) + len(pfxs)
+	if n == 0 {
+		return o, nil
+	}
+	pfx := func(i int) netip.Prefix {
+		if i < len(es) {
+			return es[i].k
+		}
+		return pfxs[i-len(es)]
+	}
+	keys := make([]datapath.IPCacheKey, n)
+	ranks := make([]uint64, 0, 3*n)
+	for i := range n {
+		k, err := datapath.IPCacheKeyFor(pfx(i))
+		if err != nil {
+			return o, fmt.Errorf("ipcache %s: %w", pfx(i), err)
+		}
+		keys[i] = k
+		r := datapath.IPCacheKeyRank(&k)
+		ranks = append(ranks, r[:]...)
+	}
+	perm := sortByRank(ranks, 3)
+	o.pfxs = make([]netip.Prefix, n)
+	o.keys = make([]datapath.IPCacheKey, n)
+	if len(es) > 0 {
+		o.vals = make([]datapath.IPCacheVal, n)
+	}
+	for j, i := range perm {
+		o.pfxs[j], o.keys[j] = pfx(int(i)), keys[i]
+		if int(i) < len(es) {
+			o.vals[j] = es[i].v
 		}
 	}
-	return n
+	return o, nil
+}
+
+// epOps are endpoint writes of one step, by ifindex.
+type epOps struct {
+	ids  []uint32
+	vals []datapath.Endpoint
+}
+
+func (o *epOps) add(id uint32, v datapath.Endpoint) {
+	o.ids = append(o.ids, id)
+	o.vals = append(o.vals, v)
 }
 
 // plan is the ordered writes of one update.
 type plan struct {
-	loosen, tighten []uint32 // endpoint puts before / after the rest
+	loosen, tighten epOps // endpoint puts before / after the rest
 	epDel           []uint32
 	// freeze: temporary identities holding a copy of an identity's
 	// before-rules, and the prefixes parked on them meanwhile.
-	freezePol map[datapath.PolicyKey]datapath.PolicyVal
-	freezeIPC map[netip.Prefix]datapath.IPCacheVal
-	polPut    map[datapath.PolicyKey]datapath.PolicyVal
+	freezePol polOps
+	freezeIPC ipcOps
+	polPut    polOps
 	polDel    []datapath.PolicyKey
-	ipcPut    map[netip.Prefix]datapath.IPCacheVal
-	ipcDel    []netip.Prefix
+	ipcPut    ipcOps
+	ipcDel    ipcOps
+
+	ipcAdded, freezeIPCAdded, polAdded int // keys not in the realized maps
+}
+
+// changes is the number of entries the update leaves different.
+func (p *plan) changes() int {
+	return len(p.loosen.ids) + len(p.tighten.ids) + len(p.epDel) + len(p.polPut.keys) + len(p.polDel) +
+		len(p.ipcPut.keys) + len(p.ipcDel.keys)
 }
 
 // TempIdentityBase is where the temporary identities of an update start;
 // the compiler never allocates this high. They live for one Apply.
 const TempIdentityBase datapath.Identity = 0xFFF00000
 
-func (s *Syncer) plan(desired State) plan {
+func (s *Syncer) plan(desired State) (plan, error) {
 	r := s.realized
-	ipc := diffMaps(r.IPCache, desired.IPCache)
-	eps := diffMaps(r.Endpoints, desired.Endpoints)
-	pol := diffMaps(r.Policy, desired.Policy)
-	p := plan{polPut: pol.put, polDel: pol.del, ipcPut: ipc.put, ipcDel: ipc.del, epDel: eps.del,
-		freezePol: map[datapath.PolicyKey]datapath.PolicyVal{}, freezeIPC: map[netip.Prefix]datapath.IPCacheVal{}}
-	for _, i := range slices.Sorted(maps.Keys(eps.put)) {
-		cur, ok := r.Endpoints[i]
-		if ok && eps.put[i].Flags&isolation&^cur.Flags == 0 && cur.EpId == eps.put[i].EpId {
-			p.loosen = append(p.loosen, i)
+	ipcPut, ipcAdded, ipcDel := diffMaps(r.IPCache, desired.IPCache)
+	epPut, _, epDel := diffMaps(r.Endpoints, desired.Endpoints)
+	polPut, polAdded, polDel := diffMaps(r.Policy, desired.Policy)
+	p := plan{epDel: epDel, polDel: sortPolicyKeys(polDel), ipcAdded: ipcAdded, polAdded: polAdded}
+	slices.Sort(p.epDel)
+	slices.SortFunc(epPut, func(a, b entry[uint32, datapath.Endpoint]) int { return cmp.Compare(a.k, b.k) })
+	for _, e := range epPut {
+		cur, ok := r.Endpoints[e.k]
+		if ok && e.v.Flags&isolation&^cur.Flags == 0 && cur.EpId == e.v.EpId {
+			p.loosen.add(e.k, e.v)
 		} else {
-			p.tighten = append(p.tighten, i)
+			p.tighten.add(e.k, e.v)
 		}
 	}
-
-	// Identities whose allows change (the wildcard's change counts for
-	// every identity).
-	changed := map[datapath.Identity]bool{}
-	for k := range pol.put {
-		changed[k.PeerId] = true
-	}
-	for _, k := range pol.del {
-		changed[k.PeerId] = true
-	}
-	anyChanged := changed[datapath.IdentityAny]
 
 	// A prefix whose identity changes moves in one ipcache write after all
 	// policy writes, from a before-identity whose allows are still as they
 	// were. When those allows change in this update, the prefix is first
-	// parked on a temporary copy of them.
-	temps := map[datapath.Identity]datapath.Identity{}
+	// parked on a temporary copy of them. Without endpoints nothing is
+	// enforced yet: no window to guard.
+	var freezePol []entry[datapath.PolicyKey, datapath.PolicyVal]
+	var freezeIPC []entry[netip.Prefix, datapath.IPCacheVal]
+	if len(r.Endpoints) > 0 && len(ipcPut)+len(ipcDel) > 0 && len(polPut)+len(polDel) > 0 {
+		freezePol, freezeIPC = s.freeze(desired, ipcPut, ipcDel, polPut, polDel)
+	}
+	for _, e := range freezeIPC {
+		if _, ok := r.IPCache[e.k]; !ok {
+			p.freezeIPCAdded++
+		}
+	}
+	var err error
+	p.polPut = newPolOps(polPut)
+	p.freezePol = newPolOps(freezePol)
+	if p.ipcPut, err = newIPCOps(ipcPut, nil); err != nil {
+		return p, err
+	}
+	if p.ipcDel, err = newIPCOps(nil, ipcDel); err != nil {
+		return p, err
+	}
+	if p.freezeIPC, err = newIPCOps(freezeIPC, nil); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// freeze returns the temporary copies of the allows of identities that
+// change while prefixes move away from them, and those prefixes parked
+// on the copies.
+func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPCacheVal], ipcDel []netip.Prefix,
+	polPut []entry[datapath.PolicyKey, datapath.PolicyVal], polDel []datapath.PolicyKey,
+) ([]entry[datapath.PolicyKey, datapath.PolicyVal], []entry[netip.Prefix, datapath.IPCacheVal]) {
+	r := s.realized
+	// Identities whose allows change (the wildcard's change counts for
+	// every identity).
+	changed := map[datapath.Identity]bool{}
+	for _, e := range polPut {
+		changed[e.k.PeerId] = true
+	}
+	for _, k := range polDel {
+		changed[k.PeerId] = true
+	}
+	anyChanged := changed[datapath.IdentityAny]
+
+	type move struct {
+		pfx  netip.Prefix
+		from datapath.Identity
+	}
+	var moves []move
+	consider := func(pfx netip.Prefix) {
+		from := lookupPrefix(r.IPCache, pfx)
+		if !(anyChanged || changed[from]) || from == lookupPrefix(desired.IPCache, pfx) {
+			return
+		}
+		moves = append(moves, move{pfx, from})
+	}
+	for _, e := range ipcPut {
+		consider(e.k)
+	}
+	for _, pfx := range ipcDel {
+		consider(pfx)
+	}
+	if len(moves) == 0 {
+		return nil, nil
+	}
+	slices.SortFunc(moves, func(a, b move) int { return identity.ComparePrefix(a.pfx, b.pfx) })
+
+	// Temporary identities are numbered from TempIdentityBase in prefix
+	// order, skipping any the maps hold.
 	used := map[datapath.Identity]bool{}
 	for _, v := range r.IPCache {
-		used[v.Identity] = true
+		if v.Identity >= TempIdentityBase {
+			used[v.Identity] = true
+		}
 	}
 	for k := range r.Policy {
-		used[k.PeerId] = true
-	}
-	next := TempIdentityBase
-	moving := slices.Concat(slices.Collect(maps.Keys(ipc.put)), ipc.del)
-	slices.SortFunc(moving, identity.ComparePrefix)
-	for _, pfx := range moving {
-		from := lookupPrefix(r.IPCache, pfx)
-		to := lookupPrefix(desired.IPCache, pfx)
-		// Without endpoints nothing is enforced yet: no window to guard.
-		if from == to || !(anyChanged || changed[from]) || len(r.Endpoints) == 0 {
-			continue
+		if k.PeerId >= TempIdentityBase {
+			used[k.PeerId] = true
 		}
-		t, ok := temps[from]
+	}
+	temps := map[datapath.Identity]datapath.Identity{}
+	var tempIDs []datapath.Identity
+	next := TempIdentityBase
+	freezeIPC := make([]entry[netip.Prefix, datapath.IPCacheVal], 0, len(moves))
+	for _, m := range moves {
+		t, ok := temps[m.from]
 		if !ok {
 			for used[next] {
 				next++
 			}
 			t = next
 			used[t] = true
-			temps[from] = t
-			for k, v := range r.Policy {
-				if k.PeerId == from || k.PeerId == datapath.IdentityAny {
-					k.PeerId = t
-					p.freezePol[k] = v
-				}
+			temps[m.from] = t
+			tempIDs = append(tempIDs, t)
+		}
+		freezeIPC = append(freezeIPC, entry[netip.Prefix, datapath.IPCacheVal]{m.pfx, datapath.IPCacheVal{Identity: t}})
+	}
+	// One pass over the realized allows copies those of every frozen
+	// identity and the wildcard's to each temporary identity.
+	copies := map[datapath.PolicyKey]datapath.PolicyVal{}
+	for k, v := range r.Policy {
+		if t, ok := temps[k.PeerId]; ok {
+			k.PeerId = t
+			copies[k] = v
+		} else if k.PeerId == datapath.IdentityAny {
+			for _, t := range tempIDs {
+				k.PeerId = t
+				copies[k] = v
 			}
 		}
-		p.freezeIPC[pfx] = datapath.IPCacheVal{Identity: t}
 	}
-	return p
+	freezePol := make([]entry[datapath.PolicyKey, datapath.PolicyVal], 0, len(copies))
+	for k, v := range copies {
+		freezePol = append(freezePol, entry[datapath.PolicyKey, datapath.PolicyVal]{k, v})
+	}
+	return freezePol, freezeIPC
 }
 
 // lookupPrefix returns the identity addresses of pfx resolve to in m (the
@@ -363,7 +546,10 @@ func lookupPrefix(m map[netip.Prefix]datapath.IPCacheVal, pfx netip.Prefix) data
 func (s *Syncer) apply(desired State) (Stats, error) {
 	var st Stats
 	r := s.realized
-	p := s.plan(desired)
+	p, err := s.plan(desired)
+	if err != nil {
+		return st, fmt.Errorf("refused, previous state kept: %w", err)
+	}
 
 	// Refuse what cannot fit before writing anything: during the update a
 	// map holds its realized entries plus the new and temporary ones.
@@ -373,9 +559,9 @@ func (s *Syncer) apply(desired State) (Stats, error) {
 		have, add int
 		max       uint32
 	}{
-		{"ipcache", len(r.IPCache), added(r.IPCache, p.ipcPut) + added(r.IPCache, p.freezeIPC), capa.IPCache},
-		{"endpoints", len(r.Endpoints), len(p.tighten), capa.Endpoints},
-		{"policy", len(r.Policy), added(r.Policy, p.polPut) + len(p.freezePol), capa.Policy},
+		{"ipcache", len(r.IPCache), p.ipcAdded + p.freezeIPCAdded, capa.IPCache},
+		{"endpoints", len(r.Endpoints), len(p.tighten.ids), capa.Endpoints},
+		{"policy", len(r.Policy), p.polAdded + len(p.freezePol.keys), capa.Policy},
 	} {
 		if c.max > 0 && c.have+c.add > int(c.max) {
 			return st, fmt.Errorf("map %s: update needs %d entries (%d present + %d new), capacity %d: refused, previous state kept: %w",
@@ -383,110 +569,206 @@ func (s *Syncer) apply(desired State) (Stats, error) {
 		}
 	}
 
-	// A failed write leaves the cache unsure of the kernel: the next Apply
-	// reconciles from a dump (which also removes temporary entries).
-	fail := func(err error) (Stats, error) {
-		s.realized = nil
-		return st, err
+	// Each step is one batch where the Maps support it; the steps never
+	// merge, so the order of the package doc holds between them.
+	w := writer{m: s.maps, st: &st}
+	w.b, _ = s.maps.(BatchMaps)
+	for _, step := range []func() error{
+		// 0. Endpoints that go away or only lose isolation: what they
+		// pass afterwards is allowed, so doing it first opens nothing.
+		func() error { return w.epDel(p.epDel) },
+		func() error { return w.epPut(p.loosen) },
+		// 1. Park moving prefixes on frozen copies of their old allows.
+		func() error { return w.polPut(p.freezePol) },
+		func() error { return w.ipcPut(p.freezeIPC) },
+		// 2, 3. Allows: add, then remove. An address that stays on its
+		// identity sees its allows grow then shrink to the final set.
+		func() error { return w.polPut(p.polPut) },
+		func() error { return w.polDel(p.polDel) },
+		// 4. Addresses move to their final identities in one write each.
+		func() error { return w.ipcPut(p.ipcPut) },
+		func() error { return w.ipcDel(p.ipcDel) },
+		// 5. New endpoints and isolation gained, now their allows exist.
+		func() error { return w.epPut(p.tighten) },
+		// 6. Drop the frozen copies; nothing resolves to them any more.
+		func() error { return w.polDel(p.freezePol.keys) },
+	} {
+		if err := step(); err != nil {
+			// A failed write leaves the cache unsure of the kernel: the
+			// next Apply reconciles from a dump (which also removes
+			// temporary entries).
+			s.realized = nil
+			return st, err
+		}
 	}
-	putEP := func(i uint32) error {
-		if err := s.maps.EndpointPut(i, desired.Endpoints[i]); err != nil {
+	st.Frozen = len(p.freezeIPC.keys)
+	s.commit(desired, &p)
+	return st, nil
+}
+
+// commit records that the maps now hold desired: a large update copies
+// it, a small one patches the cache.
+func (s *Syncer) commit(desired State, p *plan) {
+	if n := p.changes(); n > 0 && 4*n > len(desired.IPCache)+len(desired.Policy)+len(desired.Endpoints) {
+		c := desired.clone()
+		s.realized = &c
+		return
+	}
+	r := s.realized
+	for _, i := range p.epDel {
+		delete(r.Endpoints, i)
+	}
+	for _, o := range []epOps{p.loosen, p.tighten} {
+		for i, id := range o.ids {
+			r.Endpoints[id] = o.vals[i]
+		}
+	}
+	for i, k := range p.polPut.keys {
+		r.Policy[k] = p.polPut.vals[i]
+	}
+	for _, k := range p.polDel {
+		delete(r.Policy, k)
+	}
+	for i, pfx := range p.ipcPut.pfxs {
+		r.IPCache[pfx] = p.ipcPut.vals[i]
+	}
+	for _, pfx := range p.ipcDel.pfxs {
+		delete(r.IPCache, pfx)
+	}
+}
+
+// writer performs the steps of a plan, one batch call per step when the
+// Maps support it and one write per entry otherwise, counting writes.
+type writer struct {
+	m  Maps
+	b  BatchMaps // nil: one write per entry
+	st *Stats
+}
+
+func (w *writer) epDel(ids []uint32) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if w.b != nil {
+		n, err := w.b.EndpointDeleteMany(ids)
+		w.st.EndpointDeleted += n
+		if err != nil {
+			return fmt.Errorf("delete endpoints: %w", err)
+		}
+		return nil
+	}
+	for _, i := range ids {
+		if err := w.m.EndpointDelete(i); err != nil {
+			return fmt.Errorf("delete endpoint %d: %w", i, err)
+		}
+		w.st.EndpointDeleted++
+	}
+	return nil
+}
+
+func (w *writer) epPut(o epOps) error {
+	if len(o.ids) == 0 {
+		return nil
+	}
+	if w.b != nil {
+		n, err := w.b.EndpointPutMany(o.ids, o.vals)
+		w.st.EndpointPut += n
+		if err != nil {
+			return fmt.Errorf("put endpoints: %w", err)
+		}
+		return nil
+	}
+	for j, i := range o.ids {
+		if err := w.m.EndpointPut(i, o.vals[j]); err != nil {
 			return fmt.Errorf("put endpoint %d: %w", i, err)
 		}
-		r.Endpoints[i] = desired.Endpoints[i]
-		st.EndpointPut++
+		w.st.EndpointPut++
+	}
+	return nil
+}
+
+func (w *writer) polPut(o polOps) error {
+	if len(o.keys) == 0 {
 		return nil
 	}
-	putPol := func(k datapath.PolicyKey, v datapath.PolicyVal) error {
-		if err := s.maps.PolicyPut(k, v); err != nil {
+	if w.b != nil {
+		n, err := w.b.PolicyPutMany(o.keys, o.vals)
+		w.st.PolicyPut += n
+		if err != nil {
+			return fmt.Errorf("put policy entries: %w", err)
+		}
+		return nil
+	}
+	for i, k := range o.keys {
+		if err := w.m.PolicyPut(k, o.vals[i]); err != nil {
 			return fmt.Errorf("put policy entry: %w", err)
 		}
-		r.Policy[k] = v
-		st.PolicyPut++
+		w.st.PolicyPut++
+	}
+	return nil
+}
+
+func (w *writer) polDel(keys []datapath.PolicyKey) error {
+	if len(keys) == 0 {
 		return nil
 	}
-	delPol := func(k datapath.PolicyKey) error {
-		if err := s.maps.PolicyDelete(k); err != nil {
+	if w.b != nil {
+		n, err := w.b.PolicyDeleteMany(keys)
+		w.st.PolicyDeleted += n
+		if err != nil {
+			return fmt.Errorf("delete policy entries: %w", err)
+		}
+		return nil
+	}
+	for _, k := range keys {
+		if err := w.m.PolicyDelete(k); err != nil {
 			return fmt.Errorf("delete policy entry: %w", err)
 		}
-		delete(r.Policy, k)
-		st.PolicyDeleted++
+		w.st.PolicyDeleted++
+	}
+	return nil
+}
+
+func (w *writer) ipcPut(o ipcOps) error {
+	if len(o.keys) == 0 {
 		return nil
 	}
-	putIPC := func(pfx netip.Prefix, v datapath.IPCacheVal) error {
-		if err := s.maps.IPCachePut(pfx, v); err != nil {
+	if w.b != nil {
+		n, err := w.b.IPCachePutMany(o.keys, o.vals)
+		w.st.IPCachePut += n
+		if err != nil {
+			return fmt.Errorf("put ipcache: %w", err)
+		}
+		return nil
+	}
+	for i, pfx := range o.pfxs {
+		if err := w.m.IPCachePut(pfx, o.vals[i]); err != nil {
 			return fmt.Errorf("put ipcache %s: %w", pfx, err)
 		}
-		r.IPCache[pfx] = v
-		st.IPCachePut++
+		w.st.IPCachePut++
+	}
+	return nil
+}
+
+func (w *writer) ipcDel(o ipcOps) error {
+	if len(o.keys) == 0 {
 		return nil
 	}
-
-	// 0. Endpoints that go away or only lose isolation: what they pass
-	// afterwards is allowed, so doing it first opens nothing.
-	for _, i := range slices.Sorted(slices.Values(p.epDel)) {
-		if err := s.maps.EndpointDelete(i); err != nil {
-			return fail(fmt.Errorf("delete endpoint %d: %w", i, err))
+	if w.b != nil {
+		n, err := w.b.IPCacheDeleteMany(o.keys)
+		w.st.IPCacheDeleted += n
+		if err != nil {
+			return fmt.Errorf("delete ipcache: %w", err)
 		}
-		delete(r.Endpoints, i)
-		st.EndpointDeleted++
+		return nil
 	}
-	for _, i := range p.loosen {
-		if err := putEP(i); err != nil {
-			return fail(err)
+	for _, pfx := range o.pfxs {
+		if err := w.m.IPCacheDelete(pfx); err != nil {
+			return fmt.Errorf("delete ipcache %s: %w", pfx, err)
 		}
+		w.st.IPCacheDeleted++
 	}
-	// 1. Park moving prefixes on frozen copies of their old allows.
-	for _, k := range sortedPolicyKeys(keysOf(p.freezePol)) {
-		if err := putPol(k, p.freezePol[k]); err != nil {
-			return fail(err)
-		}
-	}
-	for _, pfx := range slices.SortedFunc(maps.Keys(p.freezeIPC), identity.ComparePrefix) {
-		if err := putIPC(pfx, p.freezeIPC[pfx]); err != nil {
-			return fail(err)
-		}
-	}
-	// 2, 3. Allows: add, then remove. An address that stays on its identity
-	// sees its allows grow then shrink to the final set.
-	for _, k := range sortedPolicyKeys(keysOf(p.polPut)) {
-		if err := putPol(k, p.polPut[k]); err != nil {
-			return fail(err)
-		}
-	}
-	for _, k := range sortedPolicyKeys(p.polDel) {
-		if err := delPol(k); err != nil {
-			return fail(err)
-		}
-	}
-	// 4. Addresses move to their final identities in one write each.
-	for _, pfx := range slices.SortedFunc(maps.Keys(p.ipcPut), identity.ComparePrefix) {
-		if err := putIPC(pfx, p.ipcPut[pfx]); err != nil {
-			return fail(err)
-		}
-	}
-	slices.SortFunc(p.ipcDel, identity.ComparePrefix)
-	for _, pfx := range p.ipcDel {
-		if err := s.maps.IPCacheDelete(pfx); err != nil {
-			return fail(fmt.Errorf("delete ipcache %s: %w", pfx, err))
-		}
-		delete(r.IPCache, pfx)
-		st.IPCacheDeleted++
-	}
-	// 5. New endpoints and isolation gained, now that their allows exist.
-	for _, i := range p.tighten {
-		if err := putEP(i); err != nil {
-			return fail(err)
-		}
-	}
-	// 6. Drop the frozen copies; nothing resolves to them any more.
-	for _, k := range sortedPolicyKeys(keysOf(p.freezePol)) {
-		if err := delPol(k); err != nil {
-			return fail(err)
-		}
-	}
-	st.Frozen = len(p.freezeIPC)
-	return st, nil
+	return nil
 }
 
 // Realized returns a copy of what the Syncer believes the maps hold.
@@ -497,15 +779,8 @@ func (s *Syncer) Realized() (State, bool) {
 	return s.realized.clone(), true
 }
 
-func keysOf[K comparable, V any](m map[K]V) []K { return slices.Collect(maps.Keys(m)) }
-
-func sortedPolicyKeys(ks []datapath.PolicyKey) []datapath.PolicyKey {
-	slices.SortFunc(ks, func(a, b datapath.PolicyKey) int {
-		return cmp.Or(cmp.Compare(a.EpId, b.EpId), cmp.Compare(a.Dir, b.Dir), cmp.Compare(a.PeerId, b.PeerId),
-			cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Prefixlen, b.Prefixlen))
-	})
-	return ks
-}
-
-// The datapath is the Maps of record.
-var _ Maps = (*datapath.Datapath)(nil)
+// The datapath is the Maps of record, and writes in batches.
+var (
+	_ Maps      = (*datapath.Datapath)(nil)
+	_ BatchMaps = (*datapath.Datapath)(nil)
+)

@@ -25,9 +25,74 @@ type fakeMaps struct {
 	writes int
 	check  func(State)
 	failAt int // fail the n-th write (1-based) when > 0
+	// batch: maps() also offers BatchMaps, whose calls are recorded.
+	batch   bool
+	batches []string
 }
 
-func newFake() *fakeMaps { return &fakeMaps{st: newState()} }
+// fakeBatch makes newFake's fakes batching (see bothWays).
+var fakeBatch bool
+
+func newFake() *fakeMaps { return &fakeMaps{st: newState(), batch: fakeBatch} }
+
+// maps is what a Syncer under test writes to: f itself, or with batch f
+// behind BatchMaps.
+func (f *fakeMaps) maps() Maps {
+	if f.batch {
+		return batchFake{f}
+	}
+	return f
+}
+
+// bothWays runs a test with fakes that write one entry per call and
+// again with batching fakes.
+func bothWays(t *testing.T, test func(t *testing.T)) {
+	for _, batch := range []bool{false, true} {
+		t.Run(map[bool]string{false: "single", true: "batch"}[batch], func(t *testing.T) {
+			fakeBatch = batch
+			defer func() { fakeBatch = false }()
+			test(t)
+		})
+	}
+}
+
+// batchFake is fakeMaps with BatchMaps: a batch writes its entries in
+// slice order, each one a write the checks see, as the kernel's
+// BPF_MAP_UPDATE_BATCH does; a failure stops it and reports how many
+// entries were written.
+type batchFake struct{ *fakeMaps }
+
+func many[K any](f *fakeMaps, name string, keys []K, write func(int) error) (int, error) {
+	if len(keys) == 0 {
+		return 0, errors.New(name + ": empty batch")
+	}
+	f.batches = append(f.batches, fmt.Sprintf("%s %d", name, len(keys)))
+	for i := range keys {
+		if err := write(i); err != nil {
+			return i, err
+		}
+	}
+	return len(keys), nil
+}
+
+func (b batchFake) IPCachePutMany(ks []datapath.IPCacheKey, vs []datapath.IPCacheVal) (int, error) {
+	return many(b.fakeMaps, "ipcache put", ks, func(i int) error { return b.IPCachePut(ks[i].Prefix(), vs[i]) })
+}
+func (b batchFake) IPCacheDeleteMany(ks []datapath.IPCacheKey) (int, error) {
+	return many(b.fakeMaps, "ipcache delete", ks, func(i int) error { return b.IPCacheDelete(ks[i].Prefix()) })
+}
+func (b batchFake) EndpointPutMany(ids []uint32, eps []datapath.Endpoint) (int, error) {
+	return many(b.fakeMaps, "endpoint put", ids, func(i int) error { return b.EndpointPut(ids[i], eps[i]) })
+}
+func (b batchFake) EndpointDeleteMany(ids []uint32) (int, error) {
+	return many(b.fakeMaps, "endpoint delete", ids, func(i int) error { return b.EndpointDelete(ids[i]) })
+}
+func (b batchFake) PolicyPutMany(ks []datapath.PolicyKey, vs []datapath.PolicyVal) (int, error) {
+	return many(b.fakeMaps, "policy put", ks, func(i int) error { return b.PolicyPut(ks[i], vs[i]) })
+}
+func (b batchFake) PolicyDeleteMany(ks []datapath.PolicyKey) (int, error) {
+	return many(b.fakeMaps, "policy delete", ks, func(i int) error { return b.PolicyDelete(ks[i]) })
+}
 
 func (f *fakeMaps) write() error {
 	f.writes++
@@ -334,7 +399,9 @@ func (w *world) probes() []probe {
 // TestApplyOpensNoWindow: across every intermediate state of an update,
 // a packet allowed before and after stays allowed, and one denied before
 // and after stays denied.
-func TestApplyOpensNoWindow(t *testing.T) {
+func TestApplyOpensNoWindow(t *testing.T) { bothWays(t, testApplyOpensNoWindow) }
+
+func testApplyOpensNoWindow(t *testing.T) {
 	frozen := 0
 	defer func() {
 		if !t.Failed() && frozen == 0 {
@@ -344,7 +411,7 @@ func TestApplyOpensNoWindow(t *testing.T) {
 	for seed := range uint64(60) {
 		w := newWorld(seed)
 		f := newFake()
-		s := New(f)
+		s := New(f.maps())
 		before := w.desired(t)
 		if _, err := s.Reconcile(before); err != nil {
 			t.Fatal(err)
@@ -400,10 +467,12 @@ func equalState(a, b State) bool {
 	return true
 }
 
-func TestApplyIsMinimal(t *testing.T) {
+func TestApplyIsMinimal(t *testing.T) { bothWays(t, testApplyIsMinimal) }
+
+func testApplyIsMinimal(t *testing.T) {
 	w := newWorld(7)
 	f := newFake()
-	s := New(f)
+	s := New(f.maps())
 	d := w.desired(t)
 	st, err := s.Reconcile(d)
 	if err != nil {
@@ -417,16 +486,18 @@ func TestApplyIsMinimal(t *testing.T) {
 		t.Errorf("an unchanged state wrote %d (%v)", st.Writes(), err)
 	}
 	// A restarted agent (new Syncer) adopts the maps without writing.
-	st, err = New(f).Reconcile(w.desired(t))
+	st, err = New(f.maps()).Reconcile(w.desired(t))
 	if err != nil || st.Writes() != 0 {
 		t.Errorf("adopting an up-to-date map wrote %d (%v)", st.Writes(), err)
 	}
 }
 
-func TestReconcileRepairsDrift(t *testing.T) {
+func TestReconcileRepairsDrift(t *testing.T) { bothWays(t, testReconcileRepairsDrift) }
+
+func testReconcileRepairsDrift(t *testing.T) {
 	w := newWorld(3)
 	f := newFake()
-	s := New(f)
+	s := New(f.maps())
 	d := w.desired(t)
 	if _, err := s.Reconcile(d); err != nil {
 		t.Fatal(err)
@@ -452,10 +523,12 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	}
 }
 
-func TestMapFullRefusedWhole(t *testing.T) {
+func TestMapFullRefusedWhole(t *testing.T) { bothWays(t, testMapFullRefusedWhole) }
+
+func testMapFullRefusedWhole(t *testing.T) {
 	w := newWorld(5)
 	f := newFake()
-	s := New(f)
+	s := New(f.maps())
 	d := w.desired(t)
 	f.capa = datapath.MapSizes{Policy: uint32(len(d.Policy) - 1)}
 	_, err := s.Reconcile(d)
@@ -471,10 +544,12 @@ func TestMapFullRefusedWhole(t *testing.T) {
 	}
 }
 
-func TestFailedWriteReconcilesNext(t *testing.T) {
+func TestFailedWriteReconcilesNext(t *testing.T) { bothWays(t, testFailedWriteReconcilesNext) }
+
+func testFailedWriteReconcilesNext(t *testing.T) {
 	w := newWorld(9)
 	f := newFake()
-	s := New(f)
+	s := New(f.maps())
 	d := w.desired(t)
 	f.failAt = 3
 	if _, err := s.Reconcile(d); err == nil {
@@ -521,7 +596,7 @@ func adoptedWorld(t *testing.T, seed uint64) (*world, *fakeMaps, State) {
 		w.mutate()
 	}
 	f := newFake()
-	if _, err := New(f).Reconcile(w.desired(t)); err != nil {
+	if _, err := New(f.maps()).Reconcile(w.desired(t)); err != nil {
 		t.Fatal(err)
 	}
 	return w, f, f.st.clone()
@@ -530,7 +605,9 @@ func adoptedWorld(t *testing.T, seed uint64) (*world, *fakeMaps, State) {
 // TestRestartRenumbering: a restarted agent numbers identities afresh,
 // above every number in the adopted maps. Reconciling rewrites entries but
 // every packet keeps its verdict at every step.
-func TestRestartRenumbering(t *testing.T) {
+func TestRestartRenumbering(t *testing.T) { bothWays(t, testRestartRenumbering) }
+
+func testRestartRenumbering(t *testing.T) {
 	for seed := range uint64(30) {
 		w, f, before := adoptedWorld(t, seed)
 		w.c = policy.New(policy.Options{FirstIdentity: identity.ID(maxIdentity(before)) + 1})
@@ -548,7 +625,7 @@ func TestRestartRenumbering(t *testing.T) {
 				}
 			}
 		}
-		st, err := New(f).Reconcile(after)
+		st, err := New(f.maps()).Reconcile(after)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -578,7 +655,9 @@ func hintsOf(s State) map[netip.Prefix]identity.ID {
 // while no agent ran (relabels, moved addresses, policies) without a
 // window: a packet allowed before and after stays allowed at every step,
 // one denied before and after stays denied.
-func TestRestartKeepsNumbers(t *testing.T) {
+func TestRestartKeepsNumbers(t *testing.T) { bothWays(t, testRestartKeepsNumbers) }
+
+func testRestartKeepsNumbers(t *testing.T) {
 	rewritten, total := 0, 0
 	defer func() { t.Logf("policy keys rewritten after a restart with no change: %d of %d", rewritten, total) }()
 	for seed := range uint64(60) {
@@ -591,7 +670,7 @@ func TestRestartKeepsNumbers(t *testing.T) {
 		// Nothing changed while no agent ran.
 		restart()
 		same := w.desired(t)
-		st, err := New(f).Reconcile(same)
+		st, err := New(f.maps()).Reconcile(same)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -632,12 +711,53 @@ func TestRestartKeepsNumbers(t *testing.T) {
 				}
 			}
 		}
-		if _, err := New(f).Reconcile(after); err != nil {
+		if _, err := New(f.maps()).Reconcile(after); err != nil {
 			t.Fatal(err)
 		}
 		f.check = nil
 		if !equalState(f.st, after) {
 			t.Fatalf("seed %d: maps differ from desired", seed)
 		}
+	}
+}
+
+// TestBatchesKeepTheOrder: with BatchMaps, every batch is one step of the
+// package doc's order and the steps come in that order (a step may be
+// absent, never merged with another or moved), and batches are used.
+func TestBatchesKeepTheOrder(t *testing.T) {
+	steps := []string{"endpoint delete", "endpoint put", "policy put", "ipcache put", "policy put", "policy delete",
+		"ipcache put", "ipcache delete", "endpoint put", "policy delete"}
+	frozen, calls := 0, 0
+	for seed := range uint64(40) {
+		w := newWorld(seed)
+		f := newFake()
+		f.batch = true
+		s := New(f.maps())
+		for step := range 6 {
+			if step > 0 {
+				w.mutate()
+			}
+			f.batches = nil
+			st, err := s.Apply(w.desired(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			frozen += st.Frozen
+			calls += len(f.batches)
+			next := 0
+			for _, b := range f.batches {
+				kind := strings.TrimRight(b, " 0123456789")
+				for next < len(steps) && steps[next] != kind {
+					next++
+				}
+				if next == len(steps) {
+					t.Fatalf("seed %d step %d: batches %q are not in the order of the steps", seed, step, f.batches)
+				}
+				next++
+			}
+		}
+	}
+	if frozen == 0 || calls == 0 {
+		t.Errorf("%d batch calls, %d frozen prefixes: the test misses a path", calls, frozen)
 	}
 }
