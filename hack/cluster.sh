@@ -25,6 +25,9 @@ trap 'echo "cluster: failed at ${BASH_SOURCE[0]}:$LINENO: $BASH_COMMAND" >&2' ER
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${ZT_CLUSTER_DIR:-$repo/_out/cluster}
+# The physical path: mounts are listed under it in /proc/self/mountinfo,
+# so a folder reached through a symlink must not hide them from down.
+mkdir -p "$dir" && dir=$(cd "$dir" && pwd -P)
 bin=${ZT_BIN:-$repo/_out/bin}
 images=${ZT_IMAGES:-$repo/_out/images}
 tmpl=$repo/hack/cluster

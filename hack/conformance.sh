@@ -11,7 +11,7 @@
 #
 # Environment: KUBECONFIG (required for run), ZT_CONF_OUT (default _out/conformance),
 # ZT_CONF_FOCUS / ZT_CONF_SKIP (ginkgo regexps, default: Netpol, minus SCTP),
-# ZT_CONF_TIMEOUT (ginkgo timeout, default 3h), ZT_CONF_PROCS (parallel ginkgo processes, default 1), ZT_CONF_DOC (default docs/conformance.md; empty: don't write),
+# ZT_CONF_TIMEOUT (ginkgo timeout, default 3h), ZT_CONF_STRICT=1 (exit non-zero when a test fails), ZT_CONF_PROCS (parallel ginkgo processes, default 1), ZT_CONF_DOC (default docs/conformance.md; empty: don't write),
 # CONTAINERD_ADDRESS (ctr socket; default: hack/cluster.sh's, when its cluster is up, else containerd's).
 #
 # With the one-machine cluster of hack/cluster.sh:
@@ -153,6 +153,10 @@ run_tests() {
 	# What zt ran: the agent pods' image and its ID as the runtime reports it.
 	agent_image=$("$kubectl" -n zt-system get pods -o jsonpath='{range .items[*].status.containerStatuses[*]}{.image} {.imageID}{"\n"}{end}' 2>/dev/null | sort -u | tr '\n' ' ')
 	report_doc "$report/junit_01.xml"
+	if [[ ${ZT_CONF_STRICT:-} == 1 && $rc != 0 ]]; then
+		echo "conformance: FAILED: e2e.test exited $rc (ZT_CONF_STRICT=1); see $out/conformance.md and $out/e2e.log" >&2
+		return "$rc"
+	fi
 	return 0
 }
 
