@@ -251,7 +251,9 @@ func (a *Agent) flowsRefresh(changes k8swatch.Changes) {
 			pods.Delete(pk.Namespace, pk.Name)
 			continue
 		}
-		pods.Set(flows.PodInfo{Namespace: p.Namespace, Name: p.Name, Labels: maps.Clone(p.Labels)}, p.IPs)
+		// The labels are the informer cache's, shared and never modified
+		// (an update replaces them): no copy per pod.
+		pods.Set(flows.PodInfo{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}, p.IPs)
 	}
 	t := &flows.Tables{Endpoints: map[uint32]flows.EndpointInfo{}, Rules: map[uint32]string{}, Identities: map[uint32]string{}}
 	for pk, b := range a.bound {

@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"sync/atomic"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/ztnet/zt/pkg/k8swatch"
 )
 
@@ -38,7 +36,7 @@ type realizedState struct {
 }
 
 // consume records that the compiler read obj (nil: the object is gone).
-func (r *realizedState) consume(kind k8swatch.Kind, key string, obj metav1.Object) {
+func (r *realizedState) consume(kind k8swatch.Kind, key string, obj k8swatch.Versioned) {
 	if obj == nil {
 		r.consumed[kind].Delete(key)
 		return

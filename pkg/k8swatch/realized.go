@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Fingerprint is an order-independent digest of a set of API objects:
@@ -127,8 +128,14 @@ type Tracker struct {
 	fp     Fingerprint
 }
 
+// Versioned is an object version: a metav1.Object, or a cached *Pod.
+type Versioned interface {
+	GetUID() types.UID
+	GetResourceVersion() string
+}
+
 // Set records obj as key's current object.
-func (t *Tracker) Set(key string, obj metav1.Object) {
+func (t *Tracker) Set(key string, obj Versioned) {
 	if t.hashes == nil {
 		t.hashes = map[string]uint64{}
 	}

@@ -88,8 +88,14 @@ func TestTrimPodKeepsVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := out.(*corev1.Pod)
+	p := out.(*Pod)
 	if p.UID != "u1" || p.ResourceVersion != "42" {
 		t.Errorf("UID %q resourceVersion %q", p.UID, p.ResourceVersion)
+	}
+	// A Tracker fed the cached pod agrees with a client's listing.
+	var tr Tracker
+	tr.Set(p.Key(), p)
+	if tr.Fingerprint() != FingerprintOf([]*corev1.Pod{pod("p", "u1", "42")}) {
+		t.Error("the cached pod's fingerprint differs from the API object's")
 	}
 }

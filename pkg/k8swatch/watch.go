@@ -1,5 +1,6 @@
 // Package k8swatch watches the Kubernetes objects zt compiles: all Pods
-// (trimmed to what policy reads), Namespaces and NetworkPolicies; and the
+// (kept as a compact Pod: what policy reads), Namespaces and
+// NetworkPolicies; and the
 // cluster's ServiceCIDRs (the Service IP ranges, whose egress the datapath
 // decides after the NAT).
 //
@@ -25,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	listersnetworkingv1 "k8s.io/client-go/listers/networking/v1"
@@ -61,7 +63,7 @@ func (c Changes) Empty() bool {
 type Watcher struct {
 	factory    informers.SharedInformerFactory
 	Namespaces listerscorev1.NamespaceLister
-	Pods       listerscorev1.PodLister
+	Pods       PodLister
 	Policies   listersnetworkingv1.NetworkPolicyLister
 	synced     []cache.InformerSynced
 
@@ -87,9 +89,12 @@ func New(client kubernetes.Interface, resync time.Duration) (*Watcher, error) {
 	for i := range w.pending {
 		w.pending[i] = map[string]struct{}{}
 	}
-	pods := f.Core().V1().Pods().Informer()
-	// Keep only what the compiler reads: all pods of the cluster are held
-	// in memory on every node.
+	// No namespace index (nothing lists pods by namespace), and only what
+	// the compiler reads: all pods of the cluster are held in memory on
+	// every node.
+	pods := f.InformerFor(&corev1.Pod{}, func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return coreinformers.NewPodInformer(c, metav1.NamespaceAll, resync, cache.Indexers{})
+	})
 	if err := pods.SetTransform(TrimPod); err != nil {
 		return nil, fmt.Errorf("set pod transform: %w", err)
 	}
@@ -127,7 +132,7 @@ func New(client kubernetes.Interface, resync time.Duration) (*Watcher, error) {
 	w.svcSynced = svc.HasSynced
 	w.ServiceCIDRs = f.Networking().V1().ServiceCIDRs().Lister()
 	w.Namespaces = f.Core().V1().Namespaces().Lister()
-	w.Pods = f.Core().V1().Pods().Lister()
+	w.Pods = PodLister{store: pods.GetStore()}
 	w.Policies = f.Networking().V1().NetworkPolicies().Lister()
 	return w, nil
 }
@@ -212,7 +217,13 @@ func (w *Watcher) Drain() (Changes, time.Time) {
 		for key := range w.pending[k] {
 			out = append(out, key)
 		}
-		clear(w.pending[k])
+		if len(out) > 1024 {
+			// clear keeps a map's memory: the burst of a full list
+			// would stay allocated for good.
+			w.pending[k] = map[string]struct{}{}
+		} else {
+			clear(w.pending[k])
+		}
 		return out
 	}
 	c := Changes{Namespaces: take(KindNamespace), Pods: take(KindPod), Policies: take(KindNetworkPolicy)}
@@ -221,42 +232,6 @@ func (w *Watcher) Drain() (Changes, time.Time) {
 
 // Shutdown stops the informer goroutines and waits for them.
 func (w *Watcher) Shutdown() { w.factory.Shutdown() }
-
-// TrimPod drops everything of a Pod the compiler and the agent do not
-// read: managed fields, annotations, owner references, volumes,
-// conditions, container statuses, and all of a container but its ports.
-func TrimPod(obj any) (any, error) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil // a DeletedFinalStateUnknown tombstone
-	}
-	out := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Labels: pod.Labels,
-			ResourceVersion: pod.ResourceVersion, DeletionTimestamp: pod.DeletionTimestamp,
-		},
-		Spec: corev1.PodSpec{NodeName: pod.Spec.NodeName, HostNetwork: pod.Spec.HostNetwork},
-		Status: corev1.PodStatus{
-			Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs,
-		},
-	}
-	trim := func(cs []corev1.Container, restartableOnly bool) []corev1.Container {
-		var keep []corev1.Container
-		for _, c := range cs {
-			if restartableOnly && (c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
-				continue
-			}
-			if len(c.Ports) == 0 {
-				continue
-			}
-			keep = append(keep, corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy})
-		}
-		return keep
-	}
-	out.Spec.Containers = trim(pod.Spec.Containers, false)
-	out.Spec.InitContainers = trim(pod.Spec.InitContainers, true)
-	return out, nil
-}
 
 func trimMeta(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {
@@ -267,7 +242,8 @@ func trimMeta(obj any) (any, error) {
 }
 
 // Terminated reports whether a pod no longer holds its addresses: its
-// phase is final, so its IPs may already belong to another pod.
+// phase is final, so its IPs may already belong to another pod (see
+// Pod.Terminated for the cached form).
 func Terminated(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }

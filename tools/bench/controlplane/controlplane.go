@@ -84,6 +84,19 @@ type PropagationRow struct {
 	CatchUpSeconds float64 `json:"catch_up_s"`
 }
 
+// GrowRow is one step of adding bulk pods.
+type GrowRow struct {
+	// Pods in the API after the step; Created of them in this step.
+	Pods    int `json:"pods"`
+	Created int `json:"created"`
+	// Seconds to create them; PodsPerSecond = Created / Seconds.
+	Seconds       float64 `json:"seconds"`
+	PodsPerSecond float64 `json:"pods_per_second"`
+	// SettleSeconds: from the first create until the agent's ipcache
+	// held every pod.
+	SettleSeconds float64 `json:"settle_s"`
+}
+
 // MemoryRow is the agent's memory with a number of pods in the API.
 type MemoryRow struct {
 	Pods   int   `json:"pods"`
@@ -141,10 +154,14 @@ type Report struct {
 	Seconds float64   `json:"seconds"`
 	CPUs    int       `json:"cpus"`
 	// AgentSyncInterval is the agent's --min-sync-interval (its default).
-	AgentSyncInterval string           `json:"agent_sync_interval"`
-	Flips             int              `json:"flips"`
-	Propagation       []PropagationRow `json:"propagation"`
-	Memory            []MemoryRow      `json:"memory"`
+	AgentSyncInterval string `json:"agent_sync_interval"`
+	// BulkVia says how the API-only pods were created: BulkViaEtcd or
+	// BulkViaAPI; Grow has each step's rate.
+	BulkVia     string           `json:"bulk_via"`
+	Grow        []GrowRow        `json:"grow"`
+	Flips       int              `json:"flips"`
+	Propagation []PropagationRow `json:"propagation"`
+	Memory      []MemoryRow      `json:"memory"`
 	// MarginalBytesPerPod is the growth of VmRSS per pod between the
 	// smallest and the largest MemoryRow.
 	MarginalBytesPerPod float64      `json:"marginal_bytes_per_pod"`
@@ -229,8 +246,12 @@ func run(ctx context.Context, cfg Config, p plan) (rep *Report, err error) {
 	if err := kubeenv.CheckBinaries(k8sBin); err != nil {
 		return nil, err
 	}
+	via, err := bulkVia()
+	if err != nil {
+		return nil, err
+	}
 	rep = &Report{Quick: cfg.Quick, Mode: p.mode, Started: time.Now(), CPUs: runtime.NumCPU(),
-		AgentSyncInterval: agentSyncInterval, Flips: p.flips}
+		AgentSyncInterval: agentSyncInterval, Flips: p.flips, BulkVia: via}
 	logf("building zt-agent, ztlab and the compile child")
 	bins, err := buildBinaries(ctx)
 	if err != nil {
@@ -265,7 +286,7 @@ func run(ctx context.Context, cfg Config, p plan) (rep *Report, err error) {
 
 func measureCluster(ctx context.Context, bins binaries, k8sBin string, p plan, rep *Report, logf func(string, ...any)) (err error) {
 	logf("starting a lab (etcd, kube-apiserver, zt-agent, 3 pods)")
-	bl, err := startLab(ctx, bins, k8sBin, logf)
+	bl, err := startLab(ctx, bins, k8sBin, rep.BulkVia, logf)
 	if err != nil {
 		return err
 	}
@@ -300,6 +321,7 @@ func measureCluster(ctx context.Context, bins binaries, k8sBin string, p plan, r
 		stop := bl.holeWatch(ctx)
 		defer func() { rep.HoleProbes += stop() }()
 		start := time.Now()
+		before := bl.created
 		if err := bl.grow(ctx, pods-localPods); err != nil {
 			return row, err
 		}
@@ -308,13 +330,18 @@ func measureCluster(ctx context.Context, bins binaries, k8sBin string, p plan, r
 			return row, err
 		}
 		row.SettleSeconds = time.Since(start).Seconds()
+		g := GrowRow{Pods: pods, Created: bl.created - before, Seconds: row.GrowSeconds, SettleSeconds: row.SettleSeconds}
+		if g.Seconds > 0 {
+			g.PodsPerSecond = float64(g.Created) / g.Seconds
+		}
+		rep.Grow = append(rep.Grow, g)
 		cu, err := bl.catchUp(ctx, 5*time.Minute)
 		if err != nil {
 			return row, err
 		}
 		row.CatchUpSeconds = cu.Seconds()
-		logf("%d pods in the API: created in %.1f s, in the agent's ipcache after %.1f s, caught up in %.1f s",
-			pods, row.GrowSeconds, row.SettleSeconds, row.CatchUpSeconds)
+		logf("%d pods in the API: %d created (%s) in %.1f s (%.0f pods/s), in the agent's ipcache after %.1f s, caught up in %.1f s",
+			pods, g.Created, rep.BulkVia, row.GrowSeconds, g.PodsPerSecond, row.SettleSeconds, row.CatchUpSeconds)
 		return row, nil
 	}
 	for i, pods := range p.propPods {

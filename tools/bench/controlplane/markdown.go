@@ -50,6 +50,23 @@ func (r *Report) Markdown(w io.Writer) error {
 
 	fmt.Fprintf(&b, "\nWhile the pods were added (outside the flips), %d probes from client to the isolated server: %d passed.\n",
 		r.HoleProbes, r.Holes)
+	fmt.Fprintf(&b, "\n### Bulk pods\n\n")
+	switch r.BulkVia {
+	case BulkViaEtcd:
+		fmt.Fprintf(&b, "The API-only pods were written straight into the lab's etcd, status (Running, one address) included, "+
+			"in the API server's storage encoding (protobuf, key /registry/pods/NS/NAME), %d per etcd transaction: "+
+			"the API server's watch cache read them from etcd and sent them to the agent as ADDED events, one per pod. "+
+			"Admission and the API server's write path were skipped; the three lab pods, the namespaces and every "+
+			"NetworkPolicy went through the API server (`%s=api` creates the bulk pods through it too: Create, then UpdateStatus).\n\n",
+			etcdTxnOps, envBulkVia)
+	default:
+		fmt.Fprintf(&b, "The API-only pods were created through the API server: Create, then UpdateStatus with the address "+
+			"(two writes and two watch events per pod).\n\n")
+	}
+	fmt.Fprintf(&b, "| pods | created | took | pods/s | in the agent's ipcache after |\n|---:|---:|---:|---:|---:|\n")
+	for _, g := range r.Grow {
+		fmt.Fprintf(&b, "| %d | %d | %.1f s | %.0f | %.1f s |\n", g.Pods, g.Created, g.Seconds, g.PodsPerSecond, g.SettleSeconds)
+	}
 	fmt.Fprintf(&b, "\n### Agent memory\n\nThe zt-agent process of the lab, after the flips at each size "+
 		"(/proc/PID/status).\n\n| pods | VmRSS | VmHWM | VmRSS / pod |\n|---:|---:|---:|---:|\n")
 	for _, m := range r.Memory {

@@ -120,13 +120,14 @@ type benchLab struct {
 	metrics string   // the agent's /metrics URL
 	agent   int      // the agent's pid
 	hc      *http.Client
-	created int // bulk pods created so far
-	extra   int // ipcache entries that are not pods
+	etcd    *etcdWriter // nil: bulk pods are created through the API
+	created int         // bulk pods created so far
+	extra   int         // ipcache entries that are not pods
 	holes   atomic.Int64
 	logf    func(string, ...any)
 }
 
-func startLab(ctx context.Context, bins binaries, k8sBin string, logf func(string, ...any)) (*benchLab, error) {
+func startLab(ctx context.Context, bins binaries, k8sBin, via string, logf func(string, ...any)) (*benchLab, error) {
 	b, err := bundle.Decode(strings.NewReader(labBundle))
 	if err != nil {
 		return nil, fmt.Errorf("decode the lab bundle: %w", err)
@@ -148,9 +149,26 @@ func startLab(ctx context.Context, bins binaries, k8sBin string, logf func(strin
 	}
 	bl := &benchLab{l: l, hc: &http.Client{Timeout: 5 * time.Second}, logf: logf}
 	st := l.State()
+	etcdPid := 0
 	for _, p := range st.Procs {
-		if p.Role == "agent" {
+		switch p.Role {
+		case "agent":
 			bl.agent = p.Pid
+		case "etcd":
+			etcdPid = p.Pid
+		}
+	}
+	if via == BulkViaEtcd {
+		err := errNoEtcd
+		if etcdPid != 0 {
+			var url string
+			if url, err = etcdClientURL(etcdPid); err == nil {
+				bl.etcd = newEtcdWriter(url)
+			}
+		}
+		if err != nil {
+			bl.close()
+			return nil, err
 		}
 	}
 	if len(st.Nodes) != 1 || bl.agent == 0 {
@@ -257,8 +275,19 @@ func (bl *benchLab) gauge(name string, label ...string) (float64, error) {
 	return v, nil
 }
 
-// grow creates bulk pods up to total bulk pods, on bulkWorkers workers.
+// grow creates bulk pods up to total bulk pods: into etcd, or through
+// the API server on bulkWorkers workers (see BulkViaEtcd, BulkViaAPI).
 func (bl *benchLab) grow(ctx context.Context, total int) error {
+	if total <= bl.created {
+		return nil
+	}
+	if bl.etcd != nil {
+		if err := bl.etcd.grow(ctx, bl.created, total); err != nil {
+			return err
+		}
+		bl.created = total
+		return nil
+	}
 	var next atomic.Int64
 	next.Store(int64(bl.created))
 	var wg sync.WaitGroup
@@ -290,8 +319,9 @@ func (bl *benchLab) grow(ctx context.Context, total int) error {
 	return nil
 }
 
-func (bl *benchLab) createBulkPod(ctx context.Context, i int) error {
-	p := &corev1.Pod{
+// bulkPod is bulk pod i without status.
+func bulkPod(i int) *corev1.Pod {
+	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: fmt.Sprintf("bulk-%d", i%bulkNamespaces), Name: fmt.Sprintf("p-%d", i),
 			Labels: map[string]string{"tier": "bulk", "group": fmt.Sprintf("g%d", i%bulkGroups)},
@@ -301,6 +331,12 @@ func (bl *benchLab) createBulkPod(ctx context.Context, i int) error {
 			Containers: []corev1.Container{{Name: "c", Image: "zt/probe"}},
 		},
 	}
+}
+
+// createBulkPod creates bulk pod i through the API server: Create, then
+// UpdateStatus with its address (status is ignored on create).
+func (bl *benchLab) createBulkPod(ctx context.Context, i int) error {
+	p := bulkPod(i)
 	pods := bl.cs.CoreV1().Pods(p.Namespace)
 	var got *corev1.Pod
 	err := retryAPI(ctx, func() (err error) {
