@@ -43,7 +43,7 @@
  *   zt_policy_val  { 0:4 rule_id, 4:1 action (zt_action), 5:3 pad }
  *   zt_ct_key      { 0:4 ep_id, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
  *                    8:2 sport (BE), 10:2 dport (BE), 12:16 saddr, 28:16 daddr }
- *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 pad }
+ *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 flags (zt_ct_flags) }
  *   zt_counter     { 0:8 packets, 8:8 bytes }
  *   zt_flow_event  { 0:8 ts_ns, 8:4 ep_id, 12:4 ifindex, 16:4 peer_id,
  *                    20:4 rule_id, 24:1 family, 25:1 proto, 26:1 dir,
@@ -59,6 +59,16 @@
  * same endpoint looks up the reversed tuple with the opposite direction.
  * For ICMP echo the ports carry the echo id: request = (id, 0),
  * reply = (0, id), so only the reply of a seen request matches in reverse.
+ *
+ * Revoked flows. A forward packet that policy now drops does not delete
+ * its entry: the entry is marked ZT_CT_REVOKED and cuts the flow both
+ * ways. Its replies are dropped too (POLICY_DENIED, the entry's rule), so
+ * the other side cannot re-open the flow from its end: otherwise a server
+ * whose egress is not isolated would, with its next ACK or UDP answer,
+ * create an entry of the opposite direction and the client's packets
+ * would pass as its replies. A packet the policy allows again, or a new
+ * flow of the other direction (its own live entry), clears it. Revoked
+ * entries are never replies for ICMP errors or the socket hooks.
  *
  * Service egress. NetworkPolicy egress applies to the pod a Service
  * address is translated to, and kube-proxy translates it (DNAT in the
@@ -235,10 +245,14 @@ struct zt_ct_key {
 };
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key size");
 
+enum zt_ct_flags : __u32 {
+	ZT_CT_REVOKED = 1 << 0, /* policy dropped the flow: cut both ways */
+};
+
 struct zt_ct_val {
 	__u64 last_seen_ns;
 	__u32 rule_id;
-	__u32 pad;
+	enum zt_ct_flags flags;
 };
 _Static_assert(sizeof(struct zt_ct_val) == 16, "zt_ct_val size");
 

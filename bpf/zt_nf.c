@@ -195,7 +195,7 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 
 	if (v.verdict == ZT_VERDICT_DROP) {
 		/* continuous verification: a revoked allow cuts the live flow */
-		zt_ct_delete(v.ep_id, ZT_DIR_EGRESS, &orig);
+		zt_ct_revoke(v.ep_id, ZT_DIR_EGRESS, &orig);
 		return zt_nf_finish(cfg, &f, &v, 1);
 	}
 

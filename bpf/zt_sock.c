@@ -72,7 +72,7 @@ static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, const str
 			continue;
 		zt_addr_copy(k.daddr, ep->ips[i].addr);
 		v = bpf_map_lookup_elem(&conntrack, &k);
-		if (v && zt_ct_live(cfg, v, now))
+		if (v && !(v->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, v, now))
 			return 1;
 	}
 	return 0;

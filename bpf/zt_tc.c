@@ -103,9 +103,16 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 
 	now = bpf_ktime_get_ns();
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
-	 * error about one */
-	if (zt_ct_is_reply(cfg, v.ep_id, dir, &f, now) ||
-	    zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
+	 * error about one; the reply of a flow policy cut since is cut too */
+	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
+	if (rc == ZT_CT_REVOKED) {
+		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
+		v.reason = ZT_REASON_POLICY_DENIED;
+		v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
+		return zt_finish(cfg, &f, &v, 1);
+	}
+	if (rc == ZT_CT_REPLY || zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
+		v.rule_id = 0;
 		v.reason = ZT_REASON_REPLY;
 		return zt_finish(cfg, &f, &v, 0);
 	}
@@ -144,8 +151,9 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	if (v.verdict == ZT_VERDICT_DROP) {
-		/* continuous verification: a revoked allow cuts the live flow */
-		zt_ct_delete(v.ep_id, dir, &f);
+		/* continuous verification: a revoked allow cuts the live flow,
+		 * both ways */
+		zt_ct_revoke(v.ep_id, dir, &f);
 		return zt_finish(cfg, &f, &v, 1);
 	}
 

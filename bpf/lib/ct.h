@@ -43,28 +43,43 @@ static __always_inline int zt_ct_live(const struct zt_config *cfg, const struct 
 	return !timeout || now - v->last_seen_ns <= timeout;
 }
 
-/* Is this packet the reply of a flow allowed earlier at this endpoint? */
+#define ZT_CT_NONE    0
+#define ZT_CT_REPLY   1 /* reply of a live flow allowed at this endpoint */
+#define ZT_CT_REVOKED 2 /* reply of a flow policy has since cut */
+
+/* Is this packet the reply of a flow allowed earlier at this endpoint
+ * (ZT_CT_REPLY), or of one that policy cut since (ZT_CT_REVOKED)? */
 static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
-					  const struct zt_flow *f, __u64 now)
+					  const struct zt_flow *f, __u64 now, __u32 *rule_id)
 {
 	struct zt_ct_key k;
-	struct zt_ct_val *v;
+	struct zt_ct_val *v, *fwd;
 
 	/* A TCP SYN without ACK opens a connection: it is never a reply, even
 	 * when the reversed tuple is known (a reused source port towards a
 	 * port the pod sent from would otherwise slip past ingress policy). */
 	if (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)
-		return 0;
+		return ZT_CT_NONE;
 	zt_ct_key_rev(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!v)
-		return 0;
+		return ZT_CT_NONE;
 	if (!zt_ct_live(cfg, v, now)) {
 		bpf_map_delete_elem(&conntrack, &k);
-		return 0;
+		return ZT_CT_NONE;
+	}
+	if (v->flags & ZT_CT_REVOKED) {
+		/* Unless this direction opened a flow of its own since (a live,
+		 * not revoked forward entry): then it is a forward packet. */
+		zt_ct_key_fwd(&k, ep_id, dir, f);
+		fwd = bpf_map_lookup_elem(&conntrack, &k);
+		if (fwd && !(fwd->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, fwd, now))
+			return ZT_CT_NONE;
+		*rule_id = v->rule_id;
+		return ZT_CT_REVOKED;
 	}
 	v->last_seen_ns = now;
-	return 1;
+	return ZT_CT_REPLY;
 }
 
 /* Is this an ICMP error about a flow allowed earlier at this endpoint (a
@@ -85,7 +100,7 @@ static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 e
 		return 0;
 	zt_ct_key_fwd(&k, ep_id, dir ^ 1, &in);
 	v = bpf_map_lookup_elem(&conntrack, &k);
-	return v && zt_ct_live(cfg, v, now);
+	return v && !(v->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, v, now);
 }
 
 /* Create or refresh the forward entry; returns 1 if it was created. */
@@ -97,7 +112,7 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 
 	zt_ct_key_fwd(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
-	if (v && zt_ct_live(cfg, v, now)) {
+	if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
 		v->last_seen_ns = now;
 		v->rule_id = rule_id;
 		return 0;
@@ -108,12 +123,17 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 	return 1;
 }
 
-static __always_inline void zt_ct_delete(__u32 ep_id, __u8 dir, const struct zt_flow *f)
+/* Policy drops this forward packet: mark its flow revoked (see zt_abi.h,
+ * "Revoked flows"), so neither direction passes as a reply any more. */
+static __always_inline void zt_ct_revoke(__u32 ep_id, __u8 dir, const struct zt_flow *f)
 {
 	struct zt_ct_key k;
+	struct zt_ct_val *v;
 
 	zt_ct_key_fwd(&k, ep_id, dir, f);
-	bpf_map_delete_elem(&conntrack, &k);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (v)
+		v->flags |= ZT_CT_REVOKED;
 }
 
 #endif

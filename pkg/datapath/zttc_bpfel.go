@@ -48,6 +48,12 @@ type ztTcZtCounter struct {
 	Bytes   uint64
 }
 
+type ztTcZtCtFlags uint32
+
+const (
+	ztTcZtCtFlagsZT_CT_REVOKED ztTcZtCtFlags = 1
+)
+
 type ztTcZtCtKey struct {
 	_      structs.HostLayout
 	EpId   uint32
@@ -65,7 +71,7 @@ type ztTcZtCtVal struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
 	RuleId     uint32
-	Pad        uint32
+	Flags      ztTcZtCtFlags
 }
 
 type ztTcZtDir uint8

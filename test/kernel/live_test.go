@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -210,4 +211,98 @@ func monotonic() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
+}
+
+// TestRevokeCutsBothWays: after an allow is revoked, the server's side of
+// the flow cannot re-open it. The server's egress is not isolated; if its
+// next segment (here a write of its own, as a delayed ACK or a UDP answer
+// would be) created a conntrack entry of its direction, the client's
+// retransmissions would pass as replies of it. They must not: the revoked
+// flow is cut both ways, and the server's segment is dropped too.
+func TestRevokeCutsBothWays(t *testing.T) {
+	n := newNode(t)
+	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
+	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
+	n.waitReady(t)
+	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
+	cl.setPolicy(netpol("prod", "srv-isolate", labels("app", "srv"), ingressOnly, nil, nil))
+	allow := netpol("prod", "srv-allow", labels("app", "srv"), ingressOnly,
+		[]networkingIngress{ingressRule(peers(podSel(labels("role", "cli"))), port("tcp", 7000))}, nil)
+
+	for _, v6 := range []bool{false, true} {
+		name := "v4"
+		if v6 {
+			name = "v6"
+		}
+		t.Run(name, func(t *testing.T) {
+			parent := cl.t
+			cl.t = t
+			defer func() { cl.t = parent }()
+			cl.setPolicy(allow)
+			cl.apply()
+
+			var ln net.Listener
+			mustNS(t, srv.ns, func() (err error) {
+				ln, err = net.Listen("tcp", ":7000")
+				return err
+			})
+			defer ln.Close()
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					accepted <- c
+				}
+			}()
+			c, err := cli.dial("tcp", netip.AddrPortFrom(srv.ip(v6), 7000), 2*time.Second)
+			if err != nil {
+				t.Fatalf("dial while allowed: %v", err)
+			}
+			defer c.Close()
+			var sc net.Conn
+			select {
+			case sc = <-accepted:
+			case <-time.After(2 * time.Second):
+				t.Fatal("server accepted nothing")
+			}
+			defer sc.Close()
+			readN := func(conn net.Conn, d time.Duration) (string, error) {
+				_ = conn.SetReadDeadline(time.Now().Add(d))
+				buf := make([]byte, 64)
+				k, err := conn.Read(buf)
+				return string(buf[:k]), err
+			}
+			if _, err := c.Write([]byte("a")); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readN(sc, time.Second); got != "a" {
+				t.Fatalf("server read %q, %v while allowed", got, err)
+			}
+			if _, err := sc.Write([]byte("b")); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readN(c, time.Second); got != "b" {
+				t.Fatalf("client read %q, %v while allowed", got, err)
+			}
+
+			cl.c.DeletePolicy(policy.PolicyKey{Namespace: "prod", Name: "srv-allow"})
+			cl.apply()
+			// The client's next segment is dropped: the flow is revoked.
+			if _, err := c.Write([]byte("c")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			// The server writes on its own: were its segment to open an
+			// entry of its direction, "c" (retransmitted by the client
+			// within the next second) would pass as a reply.
+			if _, err := sc.Write([]byte("d")); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := readN(sc, 1500*time.Millisecond); err == nil || got != "" {
+				t.Errorf("server read %q after the revoke (err %v): the flow was re-opened from the server's side", got, err)
+			}
+			if got, err := readN(c, 200*time.Millisecond); err == nil || got != "" {
+				t.Errorf("client read %q after the revoke (err %v): the revoked flow passes the other way", got, err)
+			}
+		})
+	}
 }
