@@ -284,6 +284,11 @@ struct zt_flow_event {
 };
 _Static_assert(sizeof(struct zt_flow_event) == 72, "zt_flow_event size");
 
+/* Conntrack entries refresh last_seen_ns at most this often; an idle entry
+ * expires between ct_timeout_ns and ct_timeout_ns + ZT_CT_REFRESH_NS after
+ * its last packet. */
+#define ZT_CT_REFRESH_NS 1000000000ULL
+
 /* Token bucket: ev_rate events per second per CPU, up to ev_burst at once.
  * ev_rate == 0 emits no events (all counted as EV_RATELIMITED).
  * svc_mark: the skb mark bit(s) flagging Service egress whose verdict

@@ -55,7 +55,7 @@ static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, const str
 	if (!lport)
 		return 0; /* not bound yet: a new flow */
 	cfg = zt_config_get();
-	now = bpf_ktime_get_ns();
+	now = zt_ct_now();
 	k.ep_id = ep->ep_id;
 	k.family = f->family;
 	k.proto = f->proto;

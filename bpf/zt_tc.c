@@ -101,7 +101,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		return zt_finish(cfg, &f, &v, 1);
 	}
 
-	now = bpf_ktime_get_ns();
+	now = zt_ct_now();
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
 	 * error about one; the reply of a flow policy cut since is cut too */
 	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
@@ -132,21 +132,27 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_UNSPEC;
 	}
 
-	/* (3) forward packet: verify against current policy, every packet */
-	v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
+	/* (3) forward packet: verify against current policy, every packet.
+	 * The peer's identity (an ipcache LPM lookup) is needed only by an
+	 * isolated direction, or by an event. */
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
-	} else if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
-		   (ep->flags & ZT_EP_ALLOW_HOST)) {
-		v.reason = ZT_REASON_HOST;
 	} else {
-		action = zt_policy_lookup(v.ep_id, dir, v.peer_id, f.proto, f.pol_port, &v.rule_id);
-		if (action == ZT_ACTION_ALLOW) {
-			v.reason = ZT_REASON_ALLOWED;
+		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
+		if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
+		    (ep->flags & ZT_EP_ALLOW_HOST)) {
+			v.reason = ZT_REASON_HOST;
 		} else {
-			v.reason = action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE
-							    : ZT_REASON_POLICY_DENIED;
-			v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
+			action = zt_policy_lookup(v.ep_id, dir, v.peer_id, f.proto, f.pol_port,
+						  &v.rule_id);
+			if (action == ZT_ACTION_ALLOW) {
+				v.reason = ZT_REASON_ALLOWED;
+			} else {
+				v.reason = action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE
+								    : ZT_REASON_POLICY_DENIED;
+				v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT
+								      : ZT_VERDICT_DROP;
+			}
 		}
 	}
 
@@ -167,6 +173,8 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		int new_conn = f.proto == ZT_IPPROTO_TCP
 				       ? ((f.tcp_flags & 0x12) == 0x02) /* SYN without ACK */
 				       : created;
+		if (new_conn && v.reason == ZT_REASON_NOT_ISOLATED)
+			v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		return zt_finish(cfg, &f, &v, new_conn);
 	}
 	return zt_finish(cfg, &f, &v, 0);

@@ -36,11 +36,38 @@ static __always_inline void zt_ct_key_rev(struct zt_ct_key *k, __u32 ep_id, __u8
 	zt_addr_copy(k->daddr, f->saddr);
 }
 
+/* last_seen_ns is refreshed at most once per ZT_CT_REFRESH_NS (see
+ * zt_abi.h), so that a busy flow does not write its entry (a cache line
+ * shared by the CPUs of both directions) on every packet. The slack keeps
+ * an active flow from expiring early: an idle entry expires between
+ * ct_timeout_ns and ct_timeout_ns + ZT_CT_REFRESH_NS after its last packet. */
 static __always_inline int zt_ct_live(const struct zt_config *cfg, const struct zt_ct_val *v,
 				      __u64 now)
 {
 	__u64 timeout = cfg ? cfg->ct_timeout_ns : 0;
-	return !timeout || now - v->last_seen_ns <= timeout;
+	__u64 idle;
+
+	/* Written by a clock a tick ahead (zt_nf_service): not idle. */
+	if (now < v->last_seen_ns)
+		return 1;
+	idle = now - v->last_seen_ns;
+
+	/* idle <= timeout + ZT_CT_REFRESH_NS, without overflow */
+	return !timeout || idle <= timeout || idle - timeout <= ZT_CT_REFRESH_NS;
+}
+
+/* The conntrack clock: CLOCK_MONOTONIC at tick granularity, which reads no
+ * clocksource (bpf_ktime_get_ns does, and is several times dearer); far
+ * finer than ZT_CT_REFRESH_NS. */
+static __always_inline __u64 zt_ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+static __always_inline void zt_ct_touch(struct zt_ct_val *v, __u64 now)
+{
+	if (now > v->last_seen_ns && now - v->last_seen_ns >= ZT_CT_REFRESH_NS)
+		v->last_seen_ns = now;
 }
 
 #define ZT_CT_NONE    0
@@ -78,7 +105,7 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 		*rule_id = v->rule_id;
 		return ZT_CT_REVOKED;
 	}
-	v->last_seen_ns = now;
+	zt_ct_touch(v, now);
 	return ZT_CT_REPLY;
 }
 
@@ -113,8 +140,9 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 	zt_ct_key_fwd(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
-		v->last_seen_ns = now;
-		v->rule_id = rule_id;
+		zt_ct_touch(v, now);
+		if (v->rule_id != rule_id)
+			v->rule_id = rule_id;
 		return 0;
 	}
 	nv.last_seen_ns = now;

@@ -519,3 +519,25 @@ func TestICMPErrorsRelated(t *testing.T) {
 		})
 	}
 }
+
+// TestConntrackTimeout: with a ct timeout, an entry serves replies while
+// its idle time is within timeout + ZT_CT_REFRESH_NS (last_seen is
+// refreshed at most once per second) and expires after that.
+func TestConntrackTimeout(t *testing.T) {
+	f := newFixture(t, false)
+	cfg := DefaultConfig
+	cfg.CtTimeoutNs = 1 // expired as soon as the refresh slack has passed
+	if err := f.d.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	f.setEndpoint(EndpointIngressIsolated | EndpointEgressIsolated)
+	f.allow(PortRule{Dir: DirEgress, Peer: peerID, Proto: protoTCP, Port: 80}, 6)
+	fwd := f.out(f.peer, protoTCP, 40000, 80)
+	reply := pkt{src: f.peer, dst: f.pod, proto: protoTCP, sport: 80, dport: 40000, tcpFlags: tcpSYN | tcpACK}
+	f.expect("forward", DirEgress, fwd.bytes(), VerdictAllow, ReasonAllowed)
+	f.expect("reply within the slack", DirIngress, reply.bytes(), VerdictAllow, ReasonReply)
+	time.Sleep(1200 * time.Millisecond)
+	f.expect("reply after expiry", DirIngress, reply.bytes(), VerdictDrop, ReasonPolicyDenied)
+	f.expect("forward again", DirEgress, fwd.bytes(), VerdictAllow, ReasonAllowed)
+	f.expect("reply of the new entry", DirIngress, reply.bytes(), VerdictAllow, ReasonReply)
+}
