@@ -12,8 +12,9 @@ import (
 
 // TestTiny runs a tiny configuration end to end (root, the pinned
 // Kubernetes binaries and the Go toolchain; it never skips). With
-// ZT_BENCH_CONTROLPLANE=quick or =full it runs that mode instead and
-// prints the Markdown and JSON.
+// ZT_BENCH_CONTROLPLANE=quick or =full it runs that mode instead, with
+// =cluster the full mode without the compile children, and prints the
+// Markdown and JSON.
 func TestTiny(t *testing.T) {
 	p := plan{
 		mode:     "tiny",
@@ -28,8 +29,14 @@ func TestTiny(t *testing.T) {
 		cfg.Quick = mode == "quick"
 		p = planFor(cfg.Quick)
 		timeout = 30 * time.Minute
+	case "cluster":
+		// The full mode's lab half only: propagation and memory up to
+		// 100,000 pods, no compile children.
+		p = planFor(false)
+		p.mode, p.compile = "cluster", nil
+		timeout = 30 * time.Minute
 	default:
-		t.Fatalf("ZT_BENCH_CONTROLPLANE=%q: want quick or full", mode)
+		t.Fatalf("ZT_BENCH_CONTROLPLANE=%q: want quick, full or cluster", mode)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -138,4 +145,23 @@ type testLog struct{ t *testing.T }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// The memory growth per pod is taken between sizes with the same policies.
+func TestMarginal(t *testing.T) {
+	r := &Report{Memory: []MemoryRow{
+		{Pods: 100, Policies: 1, RSSKiB: 50000},
+		{Pods: 1000, Policies: 1, RSSKiB: 51000},
+		{Pods: 10000, Policies: 1000, RSSKiB: 300000},
+		{Pods: 100000, Policies: 1000, RSSKiB: 300000 + 90000*3},
+	}}
+	marginal(r)
+	if r.MarginalFrom != 10000 || r.MarginalTo != 100000 || r.MarginalBytesPerPod != 3*1024 {
+		t.Errorf("got %.0f bytes/pod from %d to %d pods, want 3072 from 10000 to 100000", r.MarginalBytesPerPod, r.MarginalFrom, r.MarginalTo)
+	}
+	r = &Report{Memory: []MemoryRow{{Pods: 100, Policies: 1, RSSKiB: 50000}, {Pods: 1000, Policies: 1, RSSKiB: 50900}}}
+	marginal(r)
+	if r.MarginalFrom != 100 || r.MarginalTo != 1000 || r.MarginalBytesPerPod != 1024 {
+		t.Errorf("got %+v", r)
+	}
 }

@@ -54,11 +54,11 @@ func (r *Report) Markdown(w io.Writer) error {
 	switch r.BulkVia {
 	case BulkViaEtcd:
 		fmt.Fprintf(&b, "The API-only pods were written straight into the lab's etcd, status (Running, one address) included, "+
-			"in the API server's storage encoding (protobuf, key /registry/pods/NS/NAME), %d per etcd transaction: "+
+			"in the API server's storage encoding (protobuf, key /registry/pods/NS/NAME), one etcd revision per pod, %d puts at once: "+
 			"the API server's watch cache read them from etcd and sent them to the agent as ADDED events, one per pod. "+
 			"Admission and the API server's write path were skipped; the three lab pods, the namespaces and every "+
 			"NetworkPolicy went through the API server (`%s=api` creates the bulk pods through it too: Create, then UpdateStatus).\n\n",
-			etcdTxnOps, envBulkVia)
+			etcdWorkers, envBulkVia)
 	default:
 		fmt.Fprintf(&b, "The API-only pods were created through the API server: Create, then UpdateStatus with the address "+
 			"(two writes and two watch events per pod).\n\n")
@@ -68,13 +68,13 @@ func (r *Report) Markdown(w io.Writer) error {
 		fmt.Fprintf(&b, "| %d | %d | %.1f s | %.0f | %.1f s |\n", g.Pods, g.Created, g.Seconds, g.PodsPerSecond, g.SettleSeconds)
 	}
 	fmt.Fprintf(&b, "\n### Agent memory\n\nThe zt-agent process of the lab, after the flips at each size "+
-		"(/proc/PID/status).\n\n| pods | VmRSS | VmHWM | VmRSS / pod |\n|---:|---:|---:|---:|\n")
+		"(/proc/PID/status).\n\n| pods | policies | VmRSS | VmHWM | VmRSS / pod |\n|---:|---:|---:|---:|---:|\n")
 	for _, m := range r.Memory {
-		fmt.Fprintf(&b, "| %d | %.1f MiB | %.1f MiB | %.1f KiB |\n", m.Pods, float64(m.RSSKiB)/1024, float64(m.HWMKiB)/1024, m.BytesPerPod/1024)
+		fmt.Fprintf(&b, "| %d | %d | %.1f MiB | %.1f MiB | %.1f KiB |\n", m.Pods, m.Policies, float64(m.RSSKiB)/1024, float64(m.HWMKiB)/1024, m.BytesPerPod/1024)
 	}
-	if len(r.Memory) >= 2 {
-		fmt.Fprintf(&b, "\nGrowth between %d and %d pods: %.2f KiB per pod.\n",
-			r.Memory[0].Pods, r.Memory[len(r.Memory)-1].Pods, r.MarginalBytesPerPod/1024)
+	if r.MarginalTo > 0 {
+		fmt.Fprintf(&b, "\nGrowth between %d and %d pods (the smallest size with as many policies as the largest, so the compiled "+
+			"policies are not counted as pods): %.2f KiB per pod.\n", r.MarginalFrom, r.MarginalTo, r.MarginalBytesPerPod/1024)
 	}
 
 	fmt.Fprintf(&b, "\n### Compiler (pkg/policy) on one core\n\n"+
