@@ -96,9 +96,9 @@
 #define ZT_MAX_IPS 4
 
 /* Default map sizes; userspace may override max_entries before loading. */
-#define ZT_IPCACHE_MAX   65536
+#define ZT_IPCACHE_MAX   524288 /* LPM, no prealloc: memory only per entry */
 #define ZT_ENDPOINTS_MAX 4096
-#define ZT_POLICY_MAX    65536
+#define ZT_POLICY_MAX    262144 /* LPM, no prealloc */
 #define ZT_CT_MAX        262144
 #define ZT_NETNS_MAX     4096
 #define ZT_SVCNETS_MAX   64

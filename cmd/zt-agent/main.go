@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/ztnet/zt/pkg/agent"
+	"github.com/ztnet/zt/pkg/datapath"
 )
 
 func main() {
@@ -80,6 +81,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		cfg.ServiceMark = uint32(m)
 		return nil
 	})
+	fs.Func("map-sizes", "kernel map capacities, comma-separated NAME=N of ipcache, endpoints, policy, conntrack, netns, events (ring buffer bytes); a change of an existing map migrates it", func(v string) error {
+		return parseMapSizes(v, &cfg.MapSizes)
+	})
 	netnsDirs := fs.String("netns-dirs", strings.Join(cfg.NetnsDirs, ","), "comma-separated folders holding pod network namespaces")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -112,6 +116,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return 1
 	}
 	return 0
+}
+
+// parseMapSizes parses NAME=N[,NAME=N...] into s.
+func parseMapSizes(v string, s *datapath.MapSizes) error {
+	fields := map[string]*uint32{
+		"ipcache": &s.IPCache, "endpoints": &s.Endpoints, "policy": &s.Policy,
+		"conntrack": &s.Conntrack, "netns": &s.Netns, "events": &s.EventsBytes,
+	}
+	for _, kv := range strings.Split(v, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		name, num, ok := strings.Cut(kv, "=")
+		f, known := fields[name]
+		if !ok || !known {
+			return fmt.Errorf("%q: want NAME=N with NAME one of ipcache, endpoints, policy, conntrack, netns, events", kv)
+		}
+		n, err := strconv.ParseUint(num, 0, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q: want a positive number", kv)
+		}
+		*f = uint32(n)
+	}
+	return nil
 }
 
 // envOverrides applies ZT_<FLAG> variables to flags not set on the command

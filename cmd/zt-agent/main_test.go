@@ -5,6 +5,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/ztnet/zt/pkg/datapath"
 )
 
 func TestConfigErrors(t *testing.T) {
@@ -23,6 +25,11 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"--node-name=n"}, map[string]string{"ZT_RECONCILE_INTERVAL": "soon"}, `ZT_RECONCILE_INTERVAL="soon"`, 2},
 		{[]string{"--node-name=n", "--default-deny-exemptions=/x", "--kubeconfig=/nonexistent"}, nil, "--default-deny-exemptions needs --cluster-default-deny", 1},
 		{[]string{"--bogus"}, nil, "flag provided but not defined", 2},
+		{[]string{"--map-sizes=ipcache"}, nil, `"ipcache": want NAME=N`, 2},
+		{[]string{"--map-sizes=bogus=5"}, nil, `"bogus=5": want NAME=N`, 2},
+		{[]string{"--map-sizes=policy=0"}, nil, `"policy=0": want a positive number`, 2},
+		{[]string{"--service-mark=x"}, nil, `invalid value "x" for flag -service-mark`, 2},
+		{[]string{"--service-cidrs=10.0.0.0/33"}, nil, `invalid value "10.0.0.0/33" for flag -service-cidrs`, 2},
 	} {
 		env = tc.env
 		var out bytes.Buffer
@@ -41,5 +48,16 @@ func TestEnvOverride(t *testing.T) {
 	code := run(context.Background(), []string{"--min-sync-interval=50ms", "--kubeconfig=/nonexistent"}, func(k string) string { return env[k] }, &out)
 	if code != 1 || strings.Contains(out.String(), "node-name is required") || strings.Contains(out.String(), "min-sync-interval") || !strings.Contains(out.String(), "kubeconfig") {
 		t.Errorf("exit %d, output %q", code, out.String())
+	}
+}
+
+func TestParseMapSizes(t *testing.T) {
+	var s datapath.MapSizes
+	if err := parseMapSizes("ipcache=1048576, policy=0x40000,conntrack=524288,events=2097152", &s); err != nil {
+		t.Fatal(err)
+	}
+	want := datapath.MapSizes{IPCache: 1 << 20, Policy: 1 << 18, Conntrack: 1 << 19, EventsBytes: 1 << 21}
+	if s != want {
+		t.Errorf("parsed %+v, want %+v", s, want)
 	}
 }
