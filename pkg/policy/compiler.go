@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -61,28 +62,117 @@ type podState struct {
 type policyState struct {
 	cp       *compiledPolicy
 	selected set[PodKey]
+	// local is the subset of selected that compile to endpoints (on this
+	// node): only they are marked when a peer set changes.
+	local set[PodKey]
+	// visited is the forCandidates call that last visited it.
+	visited uint64
 	// marked is the Sync generation in which its selected pods were last
 	// all marked dirty (a pod selected later is marked on its own).
 	marked uint64
-	// peerIDs[dir][rule] holds the identities the rule's peers match.
-	peerIDs [2][]set[identity.ID]
-	// sorted[dir][rule] caches peerIDs[dir][rule] sorted; nil when stale.
-	// Every endpoint the policy selects reads it on rebuild, so it is
-	// sorted once per change instead of once per endpoint.
-	sorted [2][][]identity.ID
+	// peers[dir][rule] holds the identities the rule's peers match.
+	peers [2][]peerSet
 }
 
 // peerList returns the sorted peer identities of rule i of direction d.
-func (ps *policyState) peerList(d, i int) []identity.ID {
-	if l := ps.sorted[d][i]; l != nil {
-		return l
+func (ps *policyState) peerList(d, i int) []identity.ID { return ps.peers[d][i].list() }
+
+// peerSet is a set of identities with a sorted list of them kept up to
+// date lazily: every endpoint a policy selects reads the list on rebuild,
+// so it is sorted once, and after that each change is merged in (one pass
+// per Sync that reads it) instead of sorting the whole list again.
+type peerSet struct {
+	ids set[identity.ID]
+	// sorted is ids in order as of the last list(), when ok; add and del
+	// are the insertions and removals since.
+	sorted   []identity.ID
+	ok       bool
+	add, del []identity.ID
+}
+
+func newPeerSet() peerSet { return peerSet{ids: set[identity.ID]{}} }
+
+func (s *peerSet) has(id identity.ID) bool { return s.ids.has(id) }
+func (s *peerSet) len() int                { return len(s.ids) }
+
+// insert adds id and reports whether it was new.
+func (s *peerSet) insert(id identity.ID) bool {
+	n := len(s.ids)
+	s.ids.add(id) // one lookup: the length says whether it was new
+	if len(s.ids) == n {
+		return false
 	}
-	l := sortedKeys(ps.peerIDs[d][i], compareID)
-	if l == nil {
-		l = []identity.ID{}
+	if s.ok {
+		s.add = append(s.add, id)
+		s.spill()
 	}
-	ps.sorted[d][i] = l
-	return l
+	return true
+}
+
+// remove deletes id and reports whether it was there.
+func (s *peerSet) remove(id identity.ID) bool {
+	n := len(s.ids)
+	s.ids.del(id)
+	if len(s.ids) == n {
+		return false
+	}
+	if s.ok {
+		s.del = append(s.del, id)
+		s.spill()
+	}
+	return true
+}
+
+// spill forgets the sorted list when more has changed than merging pays
+// for (a relabel of every identity): the next list() sorts afresh.
+func (s *peerSet) spill() {
+	if n := len(s.add) + len(s.del); n > 64 && n > len(s.sorted)/4 {
+		s.ok, s.sorted, s.add, s.del = false, nil, nil, nil
+	}
+}
+
+// list returns the identities, sorted. The slice is never modified
+// afterwards (a change makes a new one), so callers may keep it.
+func (s *peerSet) list() []identity.ID {
+	if !s.ok {
+		s.sorted = sortedKeys(s.ids, compareID)
+		if s.sorted == nil {
+			s.sorted = []identity.ID{}
+		}
+		s.ok, s.add, s.del = true, nil, nil
+		return s.sorted
+	}
+	if len(s.add) == 0 && len(s.del) == 0 {
+		return s.sorted
+	}
+	add := s.add
+	slices.SortFunc(add, compareID)
+	slices.SortFunc(s.del, compareID)
+	out := make([]identity.ID, 0, len(s.ids))
+	// Merge the old list and the insertions; keep what is in the set
+	// (an identity removed and added again, or added and removed, is
+	// decided by membership, which is the truth).
+	i, j := 0, 0
+	push := func(id identity.ID) {
+		if n := len(out); n > 0 && out[n-1] == id {
+			return
+		}
+		if _, gone := slices.BinarySearchFunc(s.del, id, compareID); gone && !s.ids.has(id) {
+			return
+		}
+		out = append(out, id)
+	}
+	for i < len(s.sorted) || j < len(add) {
+		if j == len(add) || (i < len(s.sorted) && s.sorted[i] <= add[j]) {
+			push(s.sorted[i])
+			i++
+		} else {
+			push(add[j])
+			j++
+		}
+	}
+	s.sorted, s.add, s.del = out, nil, nil
+	return out
 }
 
 func compareID(a, b identity.ID) int { return cmpU(uint64(a), uint64(b)) }
@@ -104,13 +194,14 @@ type Compiler struct {
 	// user holds the user's policies as given, so synthetic ones can be
 	// told apart and policies can be re-derived when options change.
 	user map[PolicyKey]*networkingv1.NetworkPolicy
+	// synthetic holds the cluster-default-deny policies last compiled.
+	synthetic map[PolicyKey]*networkingv1.NetworkPolicy
 
 	// indexes
-	nsIdents    map[string]set[identity.ID]   // pod identities per namespace
-	namedIdents map[namedRef]set[identity.ID] // identities resolving a referenced name
-	namedLists  map[namedRef][]identity.ID    // namedIdents sorted, cached
-	cidrIdents  set[identity.ID]              // identities carrying some CIDR
-	ipOwners    map[netip.Addr][]PodKey       // pods claiming an address, sorted
+	nsIdents    map[string]set[identity.ID] // pod identities per namespace
+	namedIdents map[namedRef]*peerSet       // identities resolving a referenced name
+	cidrIdents  set[identity.ID]            // identities carrying some CIDR
+	ipOwners    map[netip.Addr][]PodKey     // pods claiming an address, sorted
 	hostIPs     set[netip.Addr]
 
 	// referenced CIDRs and egress named ports, counted per policy
@@ -123,8 +214,19 @@ type Compiler struct {
 	nextRule RuleID
 
 	endpoints map[PodKey]*Endpoint
-	dirty     set[PodKey]
-	changes   Changes
+	// dirty endpoints are rebuilt by Sync; peerDirty ones (of which only
+	// the peer sets of the policies selecting them changed) are patched:
+	// only their rules naming an identity in changedIDs (created or
+	// released since the last Sync) are recomputed.
+	dirty      set[PodKey]
+	peerDirty  set[PodKey]
+	changedIDs set[identity.ID]
+	changes    Changes
+
+	nsPolicies map[string]set[PolicyKey] // policies per namespace
+	peerIndex  map[ixKey]set[*policyState]
+	peerScan   set[*policyState]
+	visitGen   uint64
 
 	// generation counts Syncs (starting at 1, so a new policy's zero
 	// marked generation is never current).
@@ -159,9 +261,9 @@ func New(opts Options) *Compiler {
 		policies:    map[PolicyKey]*policyState{},
 		problems:    map[PolicyKey]Problem{},
 		user:        map[PolicyKey]*networkingv1.NetworkPolicy{},
+		synthetic:   map[PolicyKey]*networkingv1.NetworkPolicy{},
 		nsIdents:    map[string]set[identity.ID]{},
-		namedIdents: map[namedRef]set[identity.ID]{},
-		namedLists:  map[namedRef][]identity.ID{},
+		namedIdents: map[namedRef]*peerSet{},
 		cidrIdents:  set[identity.ID]{},
 		ipOwners:    map[netip.Addr][]PodKey{},
 		hostIPs:     set[netip.Addr]{},
@@ -173,6 +275,11 @@ func New(opts Options) *Compiler {
 		nextRule:    1,
 		endpoints:   map[PodKey]*Endpoint{},
 		dirty:       set[PodKey]{},
+		peerDirty:   set[PodKey]{},
+		changedIDs:  set[identity.ID]{},
+		nsPolicies:  map[string]set[PolicyKey]{},
+		peerIndex:   map[ixKey]set[*policyState]{},
+		peerScan:    set[*policyState]{},
 	}
 	c.ids.Reserve(opts.FirstIdentity)
 	c.deferIDs = len(opts.IdentityHints) > 0
@@ -316,16 +423,15 @@ func (c *Compiler) rematchHost() {
 	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
 		ps := c.policies[pk]
 		for d := range 2 {
-			for i := range ps.peerIDs[d] {
-				if ps.peerIDs[d][i].has(identity.Host) {
-					ps.peerIDs[d][i].del(identity.Host)
-					ps.sorted[d][i] = nil
+			for i := range ps.peers[d] {
+				if ps.peers[d][i].remove(identity.Host) {
 					c.markSelected(ps)
 				}
 			}
 		}
 		c.matchIdentity(ps, host)
 	}
+	c.changedIDs.add(identity.Host)
 }
 
 // SetPod adds or updates a pod.
@@ -350,7 +456,16 @@ func (c *Compiler) SetPod(p Pod) {
 	}
 	old := st.pod
 	st.pod = p
-	st.local = !p.HostNetwork && (c.opts.NodeName == "" || p.NodeName == c.opts.NodeName)
+	if local := !p.HostNetwork && (c.opts.NodeName == "" || p.NodeName == c.opts.NodeName); local != st.local {
+		st.local = local
+		for pk := range st.selectedBy {
+			if local {
+				c.policies[pk].local.add(key)
+			} else {
+				c.policies[pk].local.del(key)
+			}
+		}
+	}
 	if !slices.Equal(old.IPs, p.IPs) {
 		for _, ip := range old.IPs {
 			c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(k PodKey) bool { return k == key })
@@ -385,6 +500,7 @@ func (c *Compiler) DeletePod(key PodKey) {
 	}
 	for pk := range st.selectedBy {
 		c.policies[pk].selected.del(key)
+		c.policies[pk].local.del(key)
 	}
 	for _, id := range st.ids {
 		c.releaseIdentity(id)
@@ -475,13 +591,14 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	}
 	delete(c.problems, key)
 	cp.synthetic = synthetic
-	ps := &policyState{cp: cp, selected: set[PodKey]{}}
+	ps := &policyState{cp: cp, selected: set[PodKey]{}, local: set[PodKey]{}}
 	c.policies[key] = ps
+	addTo(c.nsPolicies, key.Namespace, key)
+	c.indexPolicy(ps, true)
 	for d := range 2 {
-		ps.peerIDs[d] = make([]set[identity.ID], len(cp.rules[d]))
-		ps.sorted[d] = make([][]identity.ID, len(cp.rules[d]))
+		ps.peers[d] = make([]peerSet, len(cp.rules[d]))
 		for i := range cp.rules[d] {
-			ps.peerIDs[d][i] = set[identity.ID]{}
+			ps.peers[d][i] = newPeerSet()
 		}
 	}
 	// Peer sets: every live identity, tested once.
@@ -493,8 +610,7 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 		for pk := range ns.pods {
 			st := c.pods[pk]
 			if cp.podSel.Matches(labels.Set(st.pod.Labels)) {
-				ps.selected.add(pk)
-				st.selectedBy.add(key)
+				c.selectPod(ps, key, st)
 				c.markPod(pk)
 			}
 		}
@@ -508,6 +624,8 @@ func (c *Compiler) removePolicy(key PolicyKey) *compiledPolicy {
 		return nil
 	}
 	delete(c.policies, key)
+	delFrom(c.nsPolicies, key.Namespace, key)
+	c.indexPolicy(ps, false)
 	for pk := range ps.selected {
 		c.pods[pk].selectedBy.del(key)
 		c.markPod(pk)
@@ -762,14 +880,19 @@ func (c *Compiler) acquireIdentity(l identity.Labels, at netip.Prefix) *identity
 	if l.Kind == identity.KindPod {
 		addTo(c.nsIdents, l.Namespace, ident.ID)
 		for _, np := range l.NamedPorts {
-			addTo(c.namedIdents, namedRef{np.Name, np.Protocol}, ident.ID)
-			delete(c.namedLists, namedRef{np.Name, np.Protocol})
+			ref := namedRef{np.Name, np.Protocol}
+			ns := c.namedIdents[ref]
+			if ns == nil {
+				s := newPeerSet()
+				ns = &s
+				c.namedIdents[ref] = ns
+			}
+			ns.insert(ident.ID)
 		}
 	}
+	c.changedIDs.add(ident.ID)
 	// Order does not matter: matching only adds to sets and marks work.
-	for _, ps := range c.policies {
-		c.matchIdentity(ps, ident)
-	}
+	c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident) })
 	return ident
 }
 
@@ -783,17 +906,18 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 	if l.Kind == identity.KindPod {
 		delFrom(c.nsIdents, l.Namespace, id)
 		for _, np := range l.NamedPorts {
-			delFrom(c.namedIdents, namedRef{np.Name, np.Protocol}, id)
-			delete(c.namedLists, namedRef{np.Name, np.Protocol})
+			if ns := c.namedIdents[namedRef{np.Name, np.Protocol}]; ns != nil {
+				ns.remove(id)
+			}
 		}
 	}
-	for _, ps := range c.policies {
+	c.changedIDs.add(id)
+	// The policies holding it are among those its labels find.
+	c.forCandidates(ident, func(ps *policyState) {
 		touched := false
 		for d := range 2 {
 			for i, r := range ps.cp.rules[d] {
-				if ps.peerIDs[d][i].has(id) {
-					ps.peerIDs[d][i].del(id)
-					ps.sorted[d][i] = nil
+				if ps.peers[d][i].remove(id) {
 					touched = true
 				} else if r.allPeers && len(l.NamedPorts) > 0 {
 					touched = true
@@ -803,7 +927,7 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 		if touched {
 			c.markSelected(ps)
 		}
-	}
+	})
 }
 
 // matchIdentity adds ident to the peer sets of ps it matches and marks the
@@ -824,8 +948,7 @@ func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity) {
 				continue
 			}
 			if c.ruleMatches(ps.cp, &r, ident) {
-				ps.peerIDs[d][i].add(ident.ID)
-				ps.sorted[d][i] = nil
+				ps.peers[d][i].insert(ident.ID)
 				touched = true
 			}
 		}
@@ -939,22 +1062,36 @@ func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 // reselect recomputes which policies of the pod's namespace select it.
 func (c *Compiler) reselect(st *podState) {
 	key := st.pod.Key()
-	for pk, ps := range c.policies {
-		if pk.Namespace != key.Namespace {
-			continue
-		}
+	for pk := range c.nsPolicies[key.Namespace] {
+		ps := c.policies[pk]
 		sel := ps.cp.podSel.Matches(labels.Set(st.pod.Labels))
 		if sel == ps.selected.has(key) {
 			continue
 		}
 		if sel {
-			ps.selected.add(key)
-			st.selectedBy.add(pk)
+			c.selectPod(ps, pk, st)
 		} else {
-			ps.selected.del(key)
-			st.selectedBy.del(pk)
+			c.unselectPod(ps, pk, st)
 		}
 	}
+}
+
+// selectPod records that policy pk (ps) selects pod st.
+func (c *Compiler) selectPod(ps *policyState, pk PolicyKey, st *podState) {
+	key := st.pod.Key()
+	ps.selected.add(key)
+	if st.local {
+		ps.local.add(key)
+	}
+	st.selectedBy.add(pk)
+}
+
+// unselectPod records that policy pk (ps) no longer selects pod st.
+func (c *Compiler) unselectPod(ps *policyState, pk PolicyKey, st *podState) {
+	key := st.pod.Key()
+	ps.selected.del(key)
+	ps.local.del(key)
+	st.selectedBy.del(pk)
 }
 
 func (c *Compiler) markPod(k PodKey) { c.dirty.add(k) }
@@ -966,8 +1103,10 @@ func (c *Compiler) markSelected(ps *policyState) {
 		return
 	}
 	ps.marked = c.generation
-	for pk := range ps.selected {
-		c.dirty.add(pk)
+	// Only their peers changed: the endpoints are patched (see Sync).
+	// Pods off this node have no endpoint to patch.
+	for pk := range ps.local {
+		c.peerDirty.add(pk)
 	}
 }
 
@@ -986,7 +1125,23 @@ func (c *Compiler) Sync() Changes {
 	// ports, for ingress named ports) have the same rules: compute them
 	// once per Sync and share them (endpoints are immutable).
 	memo := map[string]*[2]DirectionPolicy{}
-	for _, pk := range sortedKeys(c.dirty, comparePodKey) {
+	// Endpoints whose policies' peer sets alone changed are patched: their
+	// rules of the identities created or released since the last Sync are
+	// recomputed, the others kept. A change of many identities (a relabel
+	// of every pod) rebuilds them instead.
+	var changed []identity.ID
+	patch := len(c.changedIDs) <= patchMaxChanged
+	if patch {
+		changed = sortedKeys(c.changedIDs, compareID)
+	}
+	todo := slices.AppendSeq(make([]PodKey, 0, len(c.dirty)+len(c.peerDirty)), maps.Keys(c.dirty))
+	for pk := range c.peerDirty {
+		if !c.dirty.has(pk) {
+			todo = append(todo, pk)
+		}
+	}
+	slices.SortFunc(todo, comparePodKey)
+	for _, pk := range todo {
 		st := c.pods[pk]
 		if st == nil || !st.local {
 			if _, ok := c.endpoints[pk]; ok {
@@ -995,21 +1150,38 @@ func (c *Compiler) Sync() Changes {
 			}
 			continue
 		}
-		ep := c.buildEndpoint(st, memo)
-		if old := c.endpoints[pk]; old != nil && endpointEqual(old, ep) {
+		old := c.endpoints[pk]
+		var base *Endpoint
+		if patch && old != nil && !c.dirty.has(pk) {
+			base = old
+		}
+		ep := c.buildEndpoint(st, memo, base, changed)
+		if old != nil && endpointEqual(old, ep) {
 			continue
 		}
 		c.endpoints[pk] = ep
 		c.changes.Endpoints = append(c.changes.Endpoints, pk)
 	}
-	clear(c.dirty)
+	// A cleared map keeps its size, and ranging over it costs that: the
+	// sets that a Build or a relabel filled are made anew.
+	c.dirty = clearSet(c.dirty)
+	c.peerDirty = clearSet(c.peerDirty)
+	c.changedIDs = clearSet(c.changedIDs)
 	c.generation++
 	ch := c.changes
 	c.changes = Changes{}
 	return ch
 }
 
-func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPolicy) *Endpoint {
+// patchMaxChanged is the most identities created or released in one Sync
+// for which endpoints are patched rather than rebuilt.
+var patchMaxChanged = 256
+
+// buildEndpoint compiles the endpoint of pod st. With base (its endpoint
+// as of the last Sync, when nothing but the peer sets of its policies has
+// changed since), only base's rules of the identities in changed (sorted)
+// are recomputed.
+func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPolicy, base *Endpoint, changed []identity.ID) *Endpoint {
 	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids)}
 	selectedBy := sortedKeys(st.selectedBy, comparePolicyKey)
 	var key strings.Builder
@@ -1021,7 +1193,12 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 	}
 	key.WriteByte(1)
 	for _, cp := range st.pod.Ports {
-		fmt.Fprintf(&key, "%s/%d/%d,", cp.Name, cp.Protocol, cp.Port)
+		key.WriteString(cp.Name)
+		key.WriteByte('/')
+		key.WriteString(strconv.Itoa(int(cp.Protocol)))
+		key.WriteByte('/')
+		key.WriteString(strconv.Itoa(int(cp.Port)))
+		key.WriteByte(',')
 	}
 	if dp := memo[key.String()]; dp != nil {
 		ep.Ingress, ep.Egress = dp[Ingress], dp[Egress]
@@ -1037,6 +1214,10 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 			dp := ep.Dir(Direction(d))
 			dp.Isolated = true
 			dp.IsolatedBy = append(dp.IsolatedBy, pk)
+			if base != nil {
+				dp.Rules = c.appendChangedRules(dp.Rules, &st.pod, ps, d, changed)
+				continue
+			}
 			for i := range ps.cp.rules[d] {
 				var peers []identity.ID
 				if !ps.cp.rules[d][i].allPeers {
@@ -1052,8 +1233,117 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 		dp.Rules = slices.CompactFunc(dp.Rules, func(a, b Rule) bool {
 			return a.Peer == b.Peer && a.Protocol == b.Protocol && a.Port == b.Port && a.EndPort == b.EndPort
 		})
+		if base != nil {
+			dp.Rules = patchRules(base.Dir(Direction(d)).Rules, dp.Rules, changed)
+		}
 	}
 	return ep
+}
+
+// appendChangedRules appends the allows of the rules of direction d of ps
+// for endpoint pod whose peer is one of the identities in changed (sorted):
+// what appendRules gives for those peers alone.
+func (c *Compiler) appendChangedRules(out []Rule, pod *Pod, ps *policyState, d int, changed []identity.ID) []Rule {
+	var peers []identity.ID
+	for i := range ps.cp.rules[d] {
+		r := &ps.cp.rules[d][i]
+		if r.allPeers {
+			// Any peer: one Any allow, which no identity changes, and
+			// for egress named ports one allow per identity resolving it.
+			if Direction(d) != Egress {
+				continue
+			}
+			for _, port := range r.ports {
+				if port.name == "" {
+					continue
+				}
+				ns := c.namedIdents[namedRef{port.name, port.proto}]
+				if ns == nil {
+					continue
+				}
+				for _, p := range changed {
+					if !ns.has(p) {
+						continue
+					}
+					if ident, ok := c.ids.Get(p); ok {
+						if n, ok := ident.Labels.NamedPort(port.name, port.proto); ok {
+							out = append(out, Rule{Peer: p, Protocol: port.proto, Port: n, EndPort: n, ID: r.id})
+						}
+					}
+				}
+			}
+			continue
+		}
+		peers = peers[:0]
+		for _, p := range changed {
+			if ps.peers[d][i].has(p) {
+				peers = append(peers, p)
+			}
+		}
+		if len(peers) > 0 {
+			out = c.appendRules(out, pod, Direction(d), r, peers)
+		}
+	}
+	return out
+}
+
+// patchRules returns old (sorted, compacted rules) with the rules of the
+// peers in changed (sorted) replaced by fresh (sorted, compacted, and
+// naming only peers in changed). It returns old itself when nothing
+// differs.
+func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
+	// Rules are sorted by peer first: each changed peer's rules are one
+	// run of old.
+	type run struct{ lo, hi int }
+	var cut []run
+	removed := 0
+	for _, p := range changed {
+		lo, _ := slices.BinarySearchFunc(old, p, func(r Rule, p identity.ID) int { return cmpU(uint64(r.Peer), uint64(p)) })
+		hi := lo
+		for hi < len(old) && old[hi].Peer == p {
+			hi++
+		}
+		if hi > lo {
+			cut = append(cut, run{lo, hi})
+			removed += hi - lo
+		}
+	}
+	if removed == 0 && len(fresh) == 0 {
+		return old
+	}
+	out := make([]Rule, 0, len(old)-removed+len(fresh))
+	// Kept rules, run by run, merged with fresh ones; fresh peers differ
+	// from every kept rule's peer, so no two compare equal.
+	next := 0
+	emit := func(kept []Rule) {
+		for len(kept) > 0 {
+			// fresh rules before kept[0]
+			j := next
+			for j < len(fresh) && compareRule(fresh[j], kept[0]) < 0 {
+				j++
+			}
+			out = append(out, fresh[next:j]...)
+			next = j
+			// kept rules before fresh[next]
+			k := len(kept)
+			if next < len(fresh) {
+				k, _ = slices.BinarySearchFunc(kept, fresh[next], compareRule)
+			}
+			out = append(out, kept[:k]...)
+			kept = kept[k:]
+		}
+	}
+	at := 0
+	for _, r := range cut {
+		emit(old[at:r.lo])
+		at = r.hi
+	}
+	emit(old[at:])
+	out = append(out, fresh[next:]...)
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // appendRules appends the allows of rule r for endpoint pod; peers are the
@@ -1090,10 +1380,9 @@ func (c *Compiler) appendRules(out []Rule, pod *Pod, dir Direction, r *compiledR
 			ref := namedRef{port.name, port.proto}
 			list := peerList
 			if r.allPeers {
-				var ok bool
-				if list, ok = c.namedLists[ref]; !ok {
-					list = sortedKeys(c.namedIdents[ref], compareID)
-					c.namedLists[ref] = list
+				list = nil
+				if ns := c.namedIdents[ref]; ns != nil {
+					list = ns.list()
 				}
 			}
 			for _, p := range list {
@@ -1198,6 +1487,15 @@ type set[K comparable] map[K]struct{}
 func (s set[K]) add(k K)      { s[k] = struct{}{} }
 func (s set[K]) del(k K)      { delete(s, k) }
 func (s set[K]) has(k K) bool { _, ok := s[k]; return ok }
+
+// clearSet empties s, making a new set when s grew large.
+func clearSet[K comparable](s set[K]) set[K] {
+	if len(s) > 256 {
+		return set[K]{}
+	}
+	clear(s)
+	return s
+}
 
 func addTo[K, V comparable](m map[K]set[V], k K, v V) {
 	s := m[k]

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -148,16 +149,24 @@ func (c *Compiler) syncDefaultDeny(ns string) {
 			want[PolicyKey{Namespace: ns, Name: np.Name}] = np
 		}
 	}
-	for key, ps := range c.policies {
-		if key.Namespace == ns && ps.cp.synthetic {
+	for _, key := range sortedKeys(c.nsPolicies[ns], comparePolicyKey) {
+		if ps := c.policies[key]; ps.cp.synthetic {
 			if _, ok := want[key]; !ok {
 				if old := c.removePolicy(key); old != nil {
 					c.freeRuleIDs(old, nil)
 				}
+				delete(c.synthetic, key)
 			}
 		}
 	}
 	for _, key := range sortedKeys(want, comparePolicyKey) {
+		// Unchanged (the namespace's labels changed in a way that leaves
+		// them be): keep it, and the endpoints it selects.
+		if ps := c.policies[key]; ps != nil && ps.cp.synthetic && c.synthetic[key] != nil &&
+			equality.Semantic.DeepEqual(c.synthetic[key].Spec, want[key].Spec) {
+			continue
+		}
+		c.synthetic[key] = want[key]
 		_ = c.setPolicy(key, want[key], true) // validated up front
 	}
 }

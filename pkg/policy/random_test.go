@@ -310,8 +310,8 @@ func checkInvariants(t *testing.T, c *Compiler) {
 	// Peer sets hold live identities only.
 	for pk, ps := range c.policies {
 		for d := range 2 {
-			for i, s := range ps.peerIDs[d] {
-				for id := range s {
+			for i := range ps.peers[d] {
+				for id := range ps.peers[d][i].ids {
 					if _, ok := c.Identity(id); !ok {
 						t.Errorf("policy %s %s[%d]: peer set holds released identity %d", pk, Direction(d), i, id)
 					}
@@ -319,6 +319,7 @@ func checkInvariants(t *testing.T, c *Compiler) {
 			}
 		}
 	}
+	checkIncrementalState(t, c)
 	// The ipcache points at live identities.
 	for p, id := range c.IPCache().Entries() {
 		if _, ok := c.Identity(id); !ok {

@@ -1,0 +1,102 @@
+package policy
+
+import (
+	"maps"
+	"slices"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/ztnet/zt/pkg/identity"
+)
+
+// checkIncrementalState checks that what the compiler maintains
+// incrementally equals what it would compute from scratch out of its
+// current objects: peer sets and their sorted lists, selections, and every
+// endpoint, exactly (rule numbers included), against a rebuild of every
+// endpoint without patching or sharing. Call it after Sync.
+func checkIncrementalState(t *testing.T, c *Compiler) {
+	t.Helper()
+	live := c.ids.All()
+	for pk, ps := range c.policies {
+		for d := range 2 {
+			for i := range ps.peers[d] {
+				r := &ps.cp.rules[d][i]
+				want := set[identity.ID]{}
+				if !r.allPeers {
+					for _, ident := range live {
+						if c.ruleMatches(ps.cp, r, ident) {
+							want.add(ident.ID)
+						}
+					}
+				}
+				s := &ps.peers[d][i]
+				if !maps.Equal(s.ids, want) {
+					t.Errorf("policy %s %s[%d]: peer set %v, from scratch %v", pk, Direction(d), i, sortedKeys(s.ids, compareID), sortedKeys(want, compareID))
+				}
+				if got := s.list(); !slices.Equal(got, sortedKeys(want, compareID)) {
+					t.Errorf("policy %s %s[%d]: sorted peers %v, want %v", pk, Direction(d), i, got, sortedKeys(want, compareID))
+				}
+			}
+		}
+		sel, local := set[PodKey]{}, set[PodKey]{}
+		for k, st := range c.pods {
+			if k.Namespace == pk.Namespace && ps.cp.podSel.Matches(labels.Set(st.pod.Labels)) {
+				sel.add(k)
+				if st.local {
+					local.add(k)
+				}
+				if !st.selectedBy.has(pk) {
+					t.Errorf("pod %s: selectedBy lacks %s", k, pk)
+				}
+			}
+		}
+		if !maps.Equal(ps.selected, sel) || !maps.Equal(ps.local, local) {
+			t.Errorf("policy %s: selected %v local %v, from scratch %v %v", pk, ps.selected, ps.local, sel, local)
+		}
+		if !c.nsPolicies[pk.Namespace].has(pk) {
+			t.Errorf("policy %s missing from its namespace's index", pk)
+		}
+	}
+	n := 0
+	for _, s := range c.nsPolicies {
+		n += len(s)
+	}
+	if n != len(c.policies) {
+		t.Errorf("namespace index holds %d policies, compiler %d", n, len(c.policies))
+	}
+	for ref, s := range c.namedIdents {
+		want := set[identity.ID]{}
+		for _, ident := range live {
+			if ident.Labels.Kind != identity.KindPod {
+				continue
+			}
+			if _, ok := ident.Labels.NamedPort(ref.name, ref.proto); ok {
+				want.add(ident.ID)
+			}
+		}
+		if !maps.Equal(s.ids, want) || !slices.Equal(s.list(), sortedKeys(want, compareID)) {
+			t.Errorf("named port %v: identities %v, from scratch %v", ref, s.list(), sortedKeys(want, compareID))
+		}
+	}
+	// Endpoints: exactly what a rebuild of each gives.
+	for k, st := range c.pods {
+		ep, ok := c.endpoints[k]
+		if ok != st.local {
+			t.Errorf("pod %s: local=%v but endpoint=%v", k, st.local, ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		want := c.buildEndpoint(st, map[string]*[2]DirectionPolicy{}, nil, nil)
+		if !endpointEqual(ep, want) {
+			t.Errorf("endpoint %s differs from a rebuild:\n  have %+v\n  want %+v", k, ep, want)
+		}
+	}
+	for k := range c.endpoints {
+		if _, ok := c.pods[k]; !ok {
+			t.Errorf("endpoint %s of a deleted pod", k)
+		}
+	}
+}
