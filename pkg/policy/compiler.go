@@ -234,6 +234,8 @@ type Compiler struct {
 
 	// batch defers relabelling while Build loads a snapshot.
 	batch, needRelabel bool
+	// deferMatch: Build matches identities to policies once all are set.
+	deferMatch bool
 	// deferIDs: with IdentityHints, no identity is acquired before the
 	// first Sync, when every reference is known: a pod would otherwise
 	// take its adopted number for a label set that the policies arriving
@@ -329,8 +331,23 @@ func Build(s Snapshot, opts Options) *Compiler {
 	for name := range c.namespaces {
 		c.syncDefaultDeny(name)
 	}
+	// Each identity is tested against the policies the peer index finds
+	// for it, once all are there, rather than each policy against every
+	// identity of the namespaces it may select: the same peer sets, for
+	// the cost of the matches.
+	c.deferMatch = true
 	for _, np := range pols {
 		_ = c.SetPolicy(np) // recorded in Problems
+	}
+	c.deferMatch = false
+	for _, ident := range c.ids.All() {
+		if ident.ID == identity.Host {
+			for _, ps := range c.policies {
+				c.matchIdentity(ps, ident) // an ipBlock holding a node address
+			}
+			continue
+		}
+		c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident) })
 	}
 	c.batch = false
 	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) {
@@ -601,10 +618,13 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 			ps.peers[d][i] = newPeerSet()
 		}
 	}
-	// Peer sets: every live identity, tested once.
-	for _, id := range c.candidateIdentities(cp) {
-		ident, _ := c.ids.Get(id)
-		c.matchIdentity(ps, ident)
+	// Peer sets: every live identity, tested once (Build tests each
+	// identity against the policies its labels find, at the end).
+	if !c.deferMatch {
+		for _, id := range c.candidateIdentities(cp) {
+			ident, _ := c.ids.Get(id)
+			c.matchIdentity(ps, ident)
+		}
 	}
 	if ns := c.namespaces[key.Namespace]; ns != nil {
 		for pk := range ns.pods {
