@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"go.uber.org/zap"
@@ -44,11 +45,33 @@ func (a *Agent) syncServiceRanges() {
 		a.metrics.errors.WithLabelValues("service_cidrs").Inc()
 		a.log.Error("Service IP ranges", zap.Error(err))
 	}
-	if !changed && a.svcRanges != nil {
+	var want []netip.Prefix
+	switch {
+	case changed:
+		want = slices.Concat(ranges, a.cfg.ServiceCIDRs)
+	case a.svcRanges != nil || len(a.cfg.ServiceCIDRs) == 0:
+		return
+	default:
+		// Not listed yet (or the role may not list them): add the
+		// flag's ranges to what the map holds, an earlier agent's
+		// included; nothing is removed before the list.
+		cur, err := a.dp.ServiceCIDRs()
+		if err != nil {
+			a.log.Error("read Service IP ranges", zap.Error(err))
+			return
+		}
+		want = slices.Concat(cur, a.cfg.ServiceCIDRs)
+		slices.SortFunc(want, k8swatch.ComparePrefix)
+		want = slices.Compact(want)
+		if slices.Equal(want, cur) {
+			return
+		}
+		if err := a.dp.SetServiceCIDRs(want); err != nil {
+			a.metrics.errors.WithLabelValues("service_cidrs").Inc()
+			a.log.Error("write Service IP ranges", zap.Error(err))
+		}
 		return
 	}
-	// Before the ServiceCIDRs are listed (ranges nil), the flag's alone.
-	want := slices.Concat(ranges, a.cfg.ServiceCIDRs)
 	slices.SortFunc(want, k8swatch.ComparePrefix)
 	want = slices.Compact(want)
 	if a.svcRanges != nil && slices.Equal(want, *a.svcRanges) {

@@ -26,8 +26,9 @@ import (
 const DefaultServiceMark uint32 = 0x00200000
 
 // NetfilterPriority is where zt_nf_service sits in the forward and
-// local-in hooks: after the destination NAT (-100) and the filter tables
-// (0), so a packet kube-proxy rejects never reaches it.
+// local-in hooks (or one above, see AttachNetfilter): after the
+// destination NAT (-100) and the filter tables (0), so a packet kube-proxy
+// rejects never reaches it.
 const NetfilterPriority = 10
 
 type nfHook struct {
@@ -52,32 +53,43 @@ var ErrNetfilterUnavailable = errors.New("netfilter BPF links unavailable")
 // local-in hooks of the calling thread's network namespace and pins the
 // links. Attaching again replaces the pinned links with ones running the
 // currently loaded program: the new link is attached before the old one
-// is detached, so no packet passes undecided.
+// is detached, so no packet passes undecided. The kernel refuses two BPF
+// links at one priority of a hook (EBUSY), so a replacement takes the
+// other of NetfilterPriority and NetfilterPriority+1.
 func (d *Datapath) AttachNetfilter() error {
 	for _, h := range nfHooks {
+		path := d.linkPath(h.name)
+		old, err := link.LoadPinnedLink(path, nil)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("load pinned link %s: %w", path, err)
+		}
+		prio := int32(NetfilterPriority)
+		if old != nil {
+			if info, ierr := old.Info(); ierr == nil && info.Netfilter() != nil && info.Netfilter().Priority == prio {
+				prio++
+			}
+		}
 		l, err := link.AttachNetfilter(link.NetfilterOptions{
 			Program:        d.nf.ZtNfService,
 			ProtocolFamily: h.pf,
 			Hook:           h.hook,
-			Priority:       NetfilterPriority,
+			Priority:       prio,
 		})
 		if err != nil {
+			if old != nil {
+				old.Close()
+			}
 			if errors.Is(err, ebpf.ErrNotSupported) {
 				err = fmt.Errorf("%w: %w", ErrNetfilterUnavailable, err)
 			}
-			return fmt.Errorf("attach %s: %w", h.name, err)
+			return fmt.Errorf("attach %s at priority %d: %w", h.name, prio, err)
 		}
-		path := d.linkPath(h.name)
-		old, oerr := link.LoadPinnedLink(path, nil)
-		if oerr == nil {
+		if old != nil {
 			if err := old.Unpin(); err != nil {
 				old.Close()
 				l.Close()
 				return fmt.Errorf("unpin %s: %w", path, err)
 			}
-		} else if !errors.Is(oerr, os.ErrNotExist) {
-			l.Close()
-			return fmt.Errorf("load pinned link %s: %w", path, oerr)
 		}
 		if err := l.Pin(path); err != nil {
 			l.Close()
@@ -179,7 +191,12 @@ func (d *Datapath) ServiceCIDRs() ([]netip.Prefix, error) {
 	for _, k := range keys {
 		out = append(out, k.Prefix())
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
 	return out, nil
 }
 

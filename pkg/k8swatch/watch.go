@@ -162,7 +162,20 @@ func (w *Watcher) handler(kind Kind) cache.ResourceEventHandler {
 }
 
 // Start starts the informers; they stop with ctx.
-func (w *Watcher) Start(ctx context.Context) { w.factory.Start(ctx.Done()) }
+func (w *Watcher) Start(ctx context.Context) {
+	w.factory.Start(ctx.Done())
+	// The ServiceCIDRs' first list may end after the handlers' signals
+	// were consumed by a sync that found them not yet listed: signal again.
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), w.svcSynced) {
+			w.svcChanged.Store(true)
+			select {
+			case w.signal <- struct{}{}:
+			default:
+			}
+		}
+	}()
+}
 
 // WaitForSync waits until every informer has listed once.
 func (w *Watcher) WaitForSync(ctx context.Context) bool {

@@ -221,6 +221,19 @@ func TestServiceEgress(t *testing.T) {
 	}
 	checkNFDrop(t, cl, cli)
 
+	// An agent restart attaches the program again: the kernel refuses a
+	// second BPF link at one priority of a hook (EBUSY), so the new link
+	// takes the other priority before the old one goes; twice over, with
+	// the verdicts unchanged (the leftovers check sees every link go).
+	for i := 0; i < 2; i++ {
+		mustNS(t, n.ns, cl.dp.AttachNetfilter)
+		recordLinks(cl.root)
+		if !cl.dp.NetfilterAttached() {
+			t.Fatalf("re-attach %d: netfilter links not pinned", i+1)
+		}
+	}
+	svcExpect(t, cl, all(cli, map[string]bool{"pod": true})...)
+
 	// Also an ipBlock over the whole Service range: the untranslated
 	// address (the node answers it) now passes; the one translated to the
 	// node's own address still does not.
