@@ -18,8 +18,9 @@ type e2eTraffic struct {
 	mu       sync.Mutex
 	tries    int
 	wrong    []string // allowed that failed, denied that passed
-	duringOp int      // tries while an operation ran
+	duringOp int      // tries that overlapped an operation
 	inOp     bool
+	opEdges  int // how often an operation began or ended
 }
 
 const e2eMaxTries = 400 // bounds each loop (about 2 s a try at most)
@@ -34,11 +35,18 @@ func (e *e2e) traffic(c e2eConn) *e2eTraffic {
 				return
 			default:
 			}
+			tr.mu.Lock()
+			inOp, edges := tr.inOp, tr.opEdges
+			tr.mu.Unlock()
 			start := time.Now()
 			bad := e.check([]e2eConn{c})
 			tr.mu.Lock()
 			tr.tries++
-			if tr.inOp {
+			// A try overlapped the operation when it ran at its start or
+			// at its end, or when the operation began or ended meanwhile
+			// (a denied try waits out its timeout: counting only the tries
+			// that end inside a short roll left it uncovered).
+			if inOp || tr.inOp || tr.opEdges != edges {
 				tr.duringOp++
 			}
 			for _, b := range bad {
@@ -52,6 +60,9 @@ func (e *e2e) traffic(c e2eConn) *e2eTraffic {
 
 func (tr *e2eTraffic) setOp(on bool) {
 	tr.mu.Lock()
+	if tr.inOp != on {
+		tr.opEdges++
+	}
 	tr.inOp = on
 	tr.mu.Unlock()
 }
