@@ -131,7 +131,6 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 	struct nf_conn *ct;
 	struct zt_ct_key pk;
 	__u32 *ifindex;
-	__u8 action;
 	int created;
 
 	cfg = zt_config_get();
@@ -182,15 +181,7 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 	if (!(ep->flags & ZT_EP_EGRESS_ISOLATED)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
 	} else {
-		action = zt_policy_lookup(v.ep_id, ZT_DIR_EGRESS, v.peer_id, f.proto, f.pol_port,
-					  &v.rule_id);
-		if (action == ZT_ACTION_ALLOW) {
-			v.reason = ZT_REASON_ALLOWED;
-		} else {
-			v.reason = action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE
-							    : ZT_REASON_POLICY_DENIED;
-			v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
-		}
+		zt_policy_verdict(ep, f.proto, f.pol_port, &v);
 	}
 
 	if (v.verdict == ZT_VERDICT_DROP) {

@@ -85,7 +85,6 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 	struct zt_endpoint *ep;
 	struct zt_config *cfg;
 	__u64 cookie;
-	__u8 action;
 
 	cookie = bpf_get_netns_cookie(ctx);
 	ns = bpf_map_lookup_elem(&netns, &cookie);
@@ -115,13 +114,13 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 	v.ep_id = ep->ep_id;
 	v.ifindex = ns->ifindex;
 	v.peer_id = zt_identity(f->family, f->daddr);
-	action = zt_policy_lookup(v.ep_id, ZT_DIR_EGRESS, v.peer_id, f->proto, f->dport, &v.rule_id);
-	if (action == ZT_ACTION_ALLOW || (ep->flags & ZT_EP_AUDIT))
-		return ZT_SOCK_ALLOW; /* tc counts and reports it */
+	zt_policy_verdict(ep, f->proto, f->dport, &v);
+	if (v.verdict != ZT_VERDICT_DROP)
+		return ZT_SOCK_ALLOW; /* allowed, or audited: tc counts and reports it */
 	if (zt_sock_is_reply(ctx, ep, f))
 		return ZT_SOCK_ALLOW; /* tc passes it as a reply */
 
-	v.verdict = ZT_VERDICT_DROP;
+	/* tc drops it: refused here, under the socket hook's own reason */
 	v.reason = ZT_REASON_SOCK_DENIED;
 	zt_count(v.dir, v.verdict, v.reason, 0);
 	zt_emit(cfg, f, &v);

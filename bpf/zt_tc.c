@@ -51,7 +51,6 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	struct zt_endpoint *ep;
 	__u32 isolated_flag;
 	__u64 now;
-	__u8 action;
 	int rc, created;
 
 	ep = zt_endpoint_get(skb->ifindex);
@@ -107,8 +106,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
 	if (rc == ZT_CT_REVOKED) {
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
-		v.reason = ZT_REASON_POLICY_DENIED;
-		v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
+		zt_deny(ep, &v, ZT_REASON_POLICY_DENIED);
 		return zt_finish(cfg, &f, &v, 1);
 	}
 	if (rc == ZT_CT_REPLY || zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
@@ -143,16 +141,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		    (ep->flags & ZT_EP_ALLOW_HOST)) {
 			v.reason = ZT_REASON_HOST;
 		} else {
-			action = zt_policy_lookup(v.ep_id, dir, v.peer_id, f.proto, f.pol_port,
-						  &v.rule_id);
-			if (action == ZT_ACTION_ALLOW) {
-				v.reason = ZT_REASON_ALLOWED;
-			} else {
-				v.reason = action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE
-								    : ZT_REASON_POLICY_DENIED;
-				v.verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT
-								      : ZT_VERDICT_DROP;
-			}
+			zt_policy_verdict(ep, f.proto, f.pol_port, &v);
 		}
 	}
 

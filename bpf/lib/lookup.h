@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
-/* Identity and policy lookups, shared by the tc and socket programs. */
+/* Identity and policy lookups, and the policy verdict built on them, shared
+ * by the tc, netfilter and socket programs. */
 #ifndef ZT_LIB_LOOKUP_H
 #define ZT_LIB_LOOKUP_H
 
 #include "common.h"
 #include "maps.h"
+#include "account.h"
 
 /* Identity of an address: longest prefix in ipcache, ZT_ID_WORLD on a miss. */
 static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
@@ -50,6 +52,33 @@ static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_i
 		return ZT_ACTION_NONE;
 	*rule_id = v->rule_id;
 	return v->action;
+}
+
+/* A denial at endpoint ep: dropped, or passed as AUDIT when the endpoint
+ * audits. */
+static __always_inline void zt_deny(const struct zt_endpoint *ep, struct zt_verdict_info *v,
+				    __u8 reason)
+{
+	v->reason = reason;
+	v->verdict = (ep->flags & ZT_EP_AUDIT) ? ZT_VERDICT_AUDIT : ZT_VERDICT_DROP;
+}
+
+/* The verdict of a packet (proto, port) in direction v->dir of endpoint ep,
+ * which isolates that direction, from the peer v->peer_id: ALLOWED on an
+ * allow entry, else DENY_RULE (a deny entry) or POLICY_DENIED (no entry),
+ * through zt_deny. Sets v->rule_id on a policy hit; v->verdict is expected
+ * ZT_VERDICT_ALLOW on entry and is left so on an allow. The one place the tc,
+ * netfilter and socket programs take this decision, so they cannot drift
+ * apart. */
+static __always_inline void zt_policy_verdict(const struct zt_endpoint *ep, __u8 proto,
+					      __be16 port, struct zt_verdict_info *v)
+{
+	__u8 action = zt_policy_lookup(v->ep_id, v->dir, v->peer_id, proto, port, &v->rule_id);
+
+	if (action == ZT_ACTION_ALLOW)
+		v->reason = ZT_REASON_ALLOWED;
+	else
+		zt_deny(ep, v, action == ZT_ACTION_DENY ? ZT_REASON_DENY_RULE : ZT_REASON_POLICY_DENIED);
 }
 
 /* Is addr in one of the cluster's Service ranges? */
