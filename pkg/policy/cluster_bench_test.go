@@ -1,8 +1,7 @@
-package policy
+package policy_test
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"runtime"
@@ -11,147 +10,11 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-
 	"golang.org/x/sys/unix"
+
+	"github.com/ztnet/zt/internal/benchworld"
+	"github.com/ztnet/zt/pkg/policy"
 )
-
-// clusterWorld is the world of tools/bench/controlplane's compilebench
-// (internal/compilebench/world.go, copied here because internal packages of
-// that tool cannot be imported): one namespace per 100 pods, 10 apps per
-// namespace in two versions, 100 pods per node, policies with pod,
-// namespace and combined selectors, ipBlocks with exceptions, named and
-// numbered ports, port ranges and egress rules. Keep the two in step.
-const (
-	cwApps        = 50
-	cwAppsPerNS   = 10
-	cwPodsPerNS   = 100
-	cwPodsPerNode = 100
-	cwMinNS       = 10
-)
-
-var cwTiers = []string{"web", "api", "db"}
-
-func cwApp(i int) string    { return fmt.Sprintf("app-%d", i) }
-func cwNSApp(ns, k int) int { return (ns*7 + k) % cwApps }
-
-func clusterWorld(npods, npolicies int) Snapshot {
-	r := rand.New(rand.NewPCG(7, uint64(npods)<<20|uint64(npolicies)))
-	namespaces := max(cwMinNS, npods/cwPodsPerNS)
-	var s Snapshot
-	for i := range namespaces {
-		s.Namespaces = append(s.Namespaces, Namespace{
-			Name: fmt.Sprintf("ns-%03d", i),
-			Labels: map[string]string{
-				NamespaceNameLabel: fmt.Sprintf("ns-%03d", i),
-				"team":             fmt.Sprintf("t%d", i%10),
-				"env":              []string{"prod", "staging", "dev"}[i%3],
-			},
-		})
-	}
-	for i := range npods {
-		app := cwNSApp(i%namespaces, r.IntN(cwAppsPerNS))
-		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		p := Pod{
-			Namespace: fmt.Sprintf("ns-%03d", i%namespaces),
-			Name:      fmt.Sprintf("%s-%d", cwApp(app), i),
-			Labels:    map[string]string{"app": cwApp(app), "tier": cwTiers[app%3], "version": []string{"v1", "v2"}[r.IntN(2)]},
-			IPs:       []netip.Addr{ip},
-			Ports: []ContainerPort{
-				{Name: "http", Port: uint16(8000 + app), Protocol: ProtoTCP},
-				{Name: "metrics", Port: 9090, Protocol: ProtoTCP},
-			},
-			NodeName: fmt.Sprintf("node-%d", i/cwPodsPerNode),
-		}
-		if i%10 == 0 {
-			p.IPs = append(p.IPs, netip.AddrFrom16([16]byte{0xfd, 0x7a, 12: byte(i >> 24), 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)}))
-		}
-		s.Pods = append(s.Pods, p)
-	}
-	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
-	for i := range npolicies {
-		ns := r.IntN(namespaces)
-		np := &networkingv1.NetworkPolicy{
-			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%03d", ns), Name: fmt.Sprintf("np-%d", i)},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": cwApp(cwNSApp(ns, r.IntN(cwAppsPerNS)))}},
-			},
-		}
-		var in networkingv1.NetworkPolicyIngressRule
-		switch r.IntN(10) {
-		case 0, 1, 2:
-			in.From = []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": cwApp(cwNSApp(ns, r.IntN(cwAppsPerNS)))}}}}
-		case 3, 4:
-			in.From = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", r.IntN(10))}}}}
-		case 5, 6:
-			in.From = []networkingv1.NetworkPolicyPeer{{
-				NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-					Key: "env", Operator: metav1.LabelSelectorOpIn, Values: []string{"prod", "staging"}}}},
-				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": cwTiers[r.IntN(3)]}},
-			}}
-		case 7:
-			b := r.IntN(4)
-			in.From = []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{
-				CIDR: fmt.Sprintf("10.%d.0.0/16", b), Except: []string{fmt.Sprintf("10.%d.%d.0/24", b, r.IntN(256))},
-			}}}
-		case 8:
-			in.From = []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("192.168.%d.0/24", r.IntN(256))}}}
-		case 9:
-			in.From = []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}
-		}
-		switch r.IntN(3) {
-		case 0:
-			http := intstr.FromString("http")
-			in.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &http}}
-		case 1:
-			port := intstr.FromInt32(int32(8000 + r.IntN(cwApps)))
-			in.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}
-		case 2:
-			port, end := intstr.FromInt32(9000), int32(9000+r.IntN(200))
-			in.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &port, EndPort: &end}}
-		}
-		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in}
-		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
-		if r.IntN(5) == 0 {
-			metrics := intstr.FromString("metrics")
-			np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{
-				To: []networkingv1.NetworkPolicyPeer{{
-					NamespaceSelector: &metav1.LabelSelector{},
-					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"tier": cwTiers[r.IntN(3)]}},
-				}},
-				Ports: []networkingv1.NetworkPolicyPort{{Port: &metrics}},
-			}}
-			np.Spec.PolicyTypes = append(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-		}
-		s.Policies = append(s.Policies, np)
-	}
-	s.HostIPs = []netip.Addr{netip.MustParseAddr("10.255.255.254")}
-	return s
-}
-
-// cwRelabel flips a pod between two label sets each selected by other
-// policies, as compilebench does.
-func cwRelabel(p Pod, i int) Pod {
-	p.Labels = map[string]string{"app": cwApp((i%2)*4 + 3), "tier": cwTiers[i%3], "version": "v1"}
-	return p
-}
-
-// cwPolicy is the policy compilebench adds and deletes: it selects the
-// local pod's tier and admits one app.
-func cwPolicy(p Pod, i int) *networkingv1.NetworkPolicy {
-	return &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: "bench-update"},
-		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": p.Labels["tier"]}},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
-				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": cwApp(i % cwApps)}},
-			}}}},
-		},
-	}
-}
 
 func pctl(xs []time.Duration, p float64) time.Duration {
 	xs = slices.Clone(xs)
@@ -160,7 +23,8 @@ func pctl(xs []time.Duration, p float64) time.Duration {
 	return xs[min(len(xs)-1, max(0, i))]
 }
 
-// BenchmarkClusterIncremental builds compilebench's world in one node's
+// BenchmarkClusterIncremental builds the benchworld cluster (the one
+// tools/bench/controlplane's compilebench compiles) in one node's
 // view and times, in the same run, the full Build (the baseline) and each
 // kind of incremental update followed by Sync: a pod relabel, a pod added
 // then deleted, a policy added then deleted and a namespace relabelled. It
@@ -184,9 +48,9 @@ func BenchmarkClusterIncremental(b *testing.B) {
 		updates = v
 	}
 	for _, size := range sizes {
-		s := clusterWorld(size[0], size[1])
+		s := benchworld.Generate(size[0], size[1])
 		p := s.Pods[0]
-		opts := Options{NodeName: p.NodeName}
+		opts := policy.Options{NodeName: p.NodeName}
 		b.Run(fmt.Sprintf("pods=%d,policies=%d", size[0], size[1]), func(b *testing.B) {
 			// Wall time is what compilebench reports; CPU time (of the
 			// process, GC included) is shown too, because this machine is
@@ -203,7 +67,7 @@ func BenchmarkClusterIncremental(b *testing.B) {
 			}
 			for b.Loop() {
 				c0, t0 := cpuTime(), time.Now()
-				c := Build(s, opts)
+				c := policy.Build(s, opts)
 				full += time.Since(t0)
 				fullCPU += cpuTime() - c0
 				n++
@@ -213,7 +77,7 @@ func BenchmarkClusterIncremental(b *testing.B) {
 				runtime.GC()
 				for i := range updates {
 					measure(0, func() {
-						c.SetPod(cwRelabel(p, i))
+						c.SetPod(benchworld.Relabel(p, i))
 						c.Sync()
 					})
 				}
@@ -233,11 +97,11 @@ func BenchmarkClusterIncremental(b *testing.B) {
 				for i := range updates {
 					measure(2, func() {
 						if i%2 == 0 {
-							if err := c.SetPolicy(cwPolicy(p, i)); err != nil {
+							if err := c.SetPolicy(benchworld.UpdatePolicy(p, i)); err != nil {
 								b.Fatal(err)
 							}
 						} else {
-							c.DeletePolicy(PolicyKey{Namespace: p.Namespace, Name: "bench-update"})
+							c.DeletePolicy(policy.PolicyKey{Namespace: p.Namespace, Name: benchworld.UpdatePolicyName})
 						}
 						c.Sync()
 					})
@@ -294,13 +158,13 @@ func splitNonEmpty(s string, sep byte) []string {
 
 // BenchmarkClusterRelabel is the relabel alone, for profiling.
 func BenchmarkClusterRelabel(b *testing.B) {
-	s := clusterWorld(10000, 1000)
+	s := benchworld.Generate(10000, 1000)
 	p := s.Pods[0]
-	c := Build(s, Options{NodeName: p.NodeName})
+	c := policy.Build(s, policy.Options{NodeName: p.NodeName})
 	i := 0
 	b.ReportAllocs()
 	for b.Loop() {
-		c.SetPod(cwRelabel(p, i))
+		c.SetPod(benchworld.Relabel(p, i))
 		c.Sync()
 		i++
 	}
@@ -309,9 +173,9 @@ func BenchmarkClusterRelabel(b *testing.B) {
 // BenchmarkClusterNamespaceRelabel is a namespace relabel alone, for
 // profiling.
 func BenchmarkClusterNamespaceRelabel(b *testing.B) {
-	s := clusterWorld(10000, 1000)
+	s := benchworld.Generate(10000, 1000)
 	p := s.Pods[0]
-	c := Build(s, Options{NodeName: p.NodeName})
+	c := policy.Build(s, policy.Options{NodeName: p.NodeName})
 	i := 0
 	b.ReportAllocs()
 	for b.Loop() {

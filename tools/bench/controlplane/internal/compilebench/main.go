@@ -15,9 +15,7 @@ import (
 	"runtime/debug"
 	"time"
 
-	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
+	"github.com/ztnet/zt/internal/benchworld"
 	"github.com/ztnet/zt/pkg/policy"
 	"github.com/ztnet/zt/tools/bench/controlplane/internal/compileresult"
 )
@@ -43,7 +41,7 @@ func liveHeap() uint64 {
 }
 
 func run(pods, policies int, view string, updates int) error {
-	w := Generate(pods, policies)
+	w := benchworld.Generate(pods, policies)
 	var opts policy.Options
 	switch view {
 	case "cluster":
@@ -69,28 +67,18 @@ func run(pods, policies int, view string, updates int) error {
 	// policies: its identity and every rule naming it change.
 	p := w.Pods[0]
 	for i := range updates {
-		q := p
-		q.Labels = map[string]string{"app": appName((i%2)*4 + 3), "tier": tiers[i%3], "version": "v1"}
+		q := benchworld.Relabel(p, i)
 		t := time.Now()
 		c.SetPod(q)
 		c.Sync()
 		r.RelabelNs = append(r.RelabelNs, time.Since(t).Nanoseconds())
 	}
-	// A policy selecting the local pod's app is added, then deleted.
+	// A policy selecting the local pod's tier is added, then deleted.
 	for i := range updates {
-		key := policy.PolicyKey{Namespace: p.Namespace, Name: "bench-update"}
+		key := policy.PolicyKey{Namespace: p.Namespace, Name: benchworld.UpdatePolicyName}
 		t := time.Now()
 		if i%2 == 0 {
-			np := &networkingv1.NetworkPolicy{
-				ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name},
-				Spec: networkingv1.NetworkPolicySpec{
-					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": p.Labels["tier"]}},
-					Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
-						PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": appName(i % apps)}},
-					}}}},
-				},
-			}
-			if err := c.SetPolicy(np); err != nil {
+			if err := c.SetPolicy(benchworld.UpdatePolicy(p, i)); err != nil {
 				return fmt.Errorf("set policy: %w", err)
 			}
 		} else {

@@ -1,4 +1,9 @@
-package main
+// Package benchworld generates the deterministic cluster that the policy
+// compiler's benchmarks compile: tools/bench/controlplane's compilebench
+// child and pkg/policy's cluster benchmarks and incremental tests, so that
+// they all measure and check the same worlds. It also makes the updates
+// they time: a pod relabel and a policy added and deleted.
+package benchworld
 
 import (
 	"fmt"
@@ -13,8 +18,10 @@ import (
 	"github.com/ztnet/zt/pkg/policy"
 )
 
+// Apps is the number of app label values in the cluster.
+const Apps = 50
+
 const (
-	apps         = 50  // app label values in the cluster
 	appsPerNS    = 10  // deployments per namespace
 	podsPerNS    = 100 // so there are pods/100 namespaces (at least 10)
 	podsPerNode  = 100
@@ -23,10 +30,11 @@ const (
 
 var tiers = []string{"web", "api", "db"}
 
-func appName(i int) string { return fmt.Sprintf("app-%d", i) }
+// App is the value of the app label of the i-th app.
+func App(i int) string { return fmt.Sprintf("app-%d", i) }
 
 // nsApp is the k-th app (deployment) of namespace ns.
-func nsApp(ns, k int) int { return (ns*7 + k) % apps }
+func nsApp(ns, k int) int { return (ns*7 + k) % Apps }
 
 // Generate is a deterministic cluster: one namespace (team, env) per 100
 // pods, each running 10 apps (deployments) in two versions, so about one
@@ -54,8 +62,8 @@ func Generate(npods, npolicies int) policy.Snapshot {
 		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 		p := policy.Pod{
 			Namespace: fmt.Sprintf("ns-%03d", i%namespaces),
-			Name:      fmt.Sprintf("%s-%d", appName(app), i),
-			Labels:    map[string]string{"app": appName(app), "tier": tiers[app%3], "version": []string{"v1", "v2"}[r.IntN(2)]},
+			Name:      fmt.Sprintf("%s-%d", App(app), i),
+			Labels:    map[string]string{"app": App(app), "tier": tiers[app%3], "version": []string{"v1", "v2"}[r.IntN(2)]},
 			IPs:       []netip.Addr{ip},
 			Ports: []policy.ContainerPort{
 				{Name: "http", Port: uint16(8000 + app), Protocol: policy.ProtoTCP},
@@ -74,13 +82,13 @@ func Generate(npods, npolicies int) policy.Snapshot {
 		np := &networkingv1.NetworkPolicy{
 			ObjectMeta: metav1.ObjectMeta{Namespace: fmt.Sprintf("ns-%03d", ns), Name: fmt.Sprintf("np-%d", i)},
 			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": appName(nsApp(ns, r.IntN(appsPerNS)))}},
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": App(nsApp(ns, r.IntN(appsPerNS)))}},
 			},
 		}
 		var in networkingv1.NetworkPolicyIngressRule
 		switch r.IntN(10) {
 		case 0, 1, 2:
-			in.From = []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": appName(nsApp(ns, r.IntN(appsPerNS)))}}}}
+			in.From = []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": App(nsApp(ns, r.IntN(appsPerNS)))}}}}
 		case 3, 4:
 			in.From = []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", r.IntN(10))}}}}
 		case 5, 6:
@@ -104,7 +112,7 @@ func Generate(npods, npolicies int) policy.Snapshot {
 			http := intstr.FromString("http")
 			in.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &http}}
 		case 1:
-			port := intstr.FromInt32(int32(8000 + r.IntN(apps)))
+			port := intstr.FromInt32(int32(8000 + r.IntN(Apps)))
 			in.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}
 		case 2:
 			port, end := intstr.FromInt32(9000), int32(9000+r.IntN(200))
@@ -127,4 +135,29 @@ func Generate(npods, npolicies int) policy.Snapshot {
 	}
 	s.HostIPs = []netip.Addr{netip.MustParseAddr("10.255.255.254")}
 	return s
+}
+
+// Relabel is p with the i-th of the label sets a relabelled pod flips
+// between: two apps, each selected by other policies, so that its identity
+// and every rule naming it change. The labels are a new map.
+func Relabel(p policy.Pod, i int) policy.Pod {
+	p.Labels = map[string]string{"app": App((i%2)*4 + 3), "tier": tiers[i%3], "version": "v1"}
+	return p
+}
+
+// UpdatePolicyName is the name of the policy UpdatePolicy makes.
+const UpdatePolicyName = "bench-update"
+
+// UpdatePolicy is the policy the benchmarks add and delete, in p's
+// namespace: it selects p's tier and admits app i%Apps.
+func UpdatePolicy(p policy.Pod, i int) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: UpdatePolicyName},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"tier": p.Labels["tier"]}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+				PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": App(i % Apps)}},
+			}}}},
+		},
+	}
 }
