@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/ztnet/zt/pkg/datapath"
 	"github.com/ztnet/zt/pkg/policy"
@@ -17,85 +18,117 @@ import (
 // stream cuts it at the next packet (continuous verification), measured
 // from the moment Apply returns to the last byte the server reads.
 func TestRevokeCutsLiveStream(t *testing.T) {
-	n := newNode(t)
-	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
-	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
+	w := newRevokeWorld(t, 9000)
+	cl, srv, cli := w.cl, w.srv, w.cli
 	sink := newTCPSink(t, srv, 9000, 100)
-	n.waitReady(t)
-	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
-	cl.setPolicy(netpol("prod", "srv-isolate", labels("app", "srv"), ingressOnly, nil, nil))
 	ev := collectEvents(t, cl.dp)
-	allow := netpol("prod", "srv-allow", labels("app", "srv"), ingressOnly,
-		[]networkingIngress{ingressRule(peers(podSel(labels("role", "cli"))), port("tcp", 9000))}, nil)
 
 	const interval = time.Millisecond
+	w.eachFamily(t, func(t *testing.T, name string, v6 bool) {
+		st := startTCPStream(t, cli, netip.AddrPortFrom(srv.ip(v6), 9000), 100, interval, 5000)
+		defer st.halt()
+		time.Sleep(300 * time.Millisecond)
+		before := sink.bytes.Load()
+		if since := time.Since(time.Unix(0, sink.lastRead.Load())); before == 0 || since > 200*time.Millisecond {
+			t.Fatalf("stream not flowing before the revoke: %d bytes, last %v ago", before, since)
+		}
+		drops := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied)
+
+		cl.c.DeletePolicy(policy.PolicyKey{Namespace: "prod", Name: "srv-allow"})
+		cl.c.Sync()
+		desired := cl.desired()
+		monoStart := monotonic()
+		start := time.Now()
+		stats, err := cl.syncer.Apply(desired)
+		applied := time.Now()
+		monoApplied := monotonic()
+		if err != nil {
+			t.Fatal(err)
+		}
+		atApply := sink.bytes.Load()
+		time.Sleep(500 * time.Millisecond)
+		last := time.Unix(0, sink.lastRead.Load())
+		after := sink.bytes.Load()
+		lastSent := sink.lastSent.Load()
+		lat := last.Sub(applied)
+		t.Logf("revoke %s: Apply took %v (%+v); last byte read %v after Apply returned; "+
+			"the last delivered record was sent %v after Apply returned; %d bytes before, %d while applying, %d after; packet interval %v",
+			name, applied.Sub(start), stats, lat, time.Duration(int64(lastSent)-int64(monoApplied)),
+			before, atApply-before, after-atApply, interval)
+		// Nothing written after the revoke is delivered: the record
+		// stamps come from the sender, so reader delays do not matter.
+		if lastSent > monoApplied {
+			t.Errorf("a record sent %v after the revoke was applied was delivered",
+				time.Duration(lastSent-monoApplied))
+		}
+		// The kernel's side: the first segment dropped after the revoke
+		// (event timestamps are CLOCK_MONOTONIC).
+		first, ok := ev.wait(time.Second, func(e *datapath.FlowEvent) bool {
+			return e.Verdict == datapath.VerdictDrop && e.DstPort() == 9000 && e.TsNs >= monoStart
+		})
+		if !ok {
+			t.Error("no drop event for the revoked stream")
+		} else {
+			t.Logf("revoke %s: first dropped segment %v after Apply returned (%v after it started), reason %s",
+				name, time.Duration(int64(first.TsNs)-int64(monoApplied)), time.Duration(first.TsNs-monoStart), first.Reason)
+		}
+		if d := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied) - drops; d == 0 {
+			t.Error("no policy-denied drop counted after the revoke")
+		}
+		// And the stream stays cut: a later window sees nothing.
+		mark := sink.bytes.Load()
+		time.Sleep(200 * time.Millisecond)
+		if got := sink.bytes.Load() - mark; got != 0 {
+			t.Errorf("%d bytes delivered long after the revoke", got)
+		}
+	})
+}
+
+// revokeWorld is the world of the revoke tests: a node with a server pod
+// (prod/srv, app=srv) and a client pod (prod/cli, role=cli), the server
+// isolated for ingress by srv-isolate, and srv-allow, which admits the
+// client to one TCP port of the server, not yet set.
+type revokeWorld struct {
+	cl       *cluster
+	srv, cli *pod
+	allow    *networkingv1.NetworkPolicy
+}
+
+// newRevokeWorld builds a revokeWorld on a node of its own (network
+// namespaces, links and bpffs root of this test alone), srv-allow
+// admitting the client to the server's TCP port tcpPort.
+func newRevokeWorld(t *testing.T, tcpPort int) *revokeWorld {
+	t.Helper()
+	n := newNode(t)
+	w := &revokeWorld{
+		srv: n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10}),
+		cli: n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11}),
+	}
+	n.waitReady(t)
+	w.cl = newCluster(t, n, map[string]map[string]string{"prod": nil})
+	w.cl.setPolicy(netpol("prod", "srv-isolate", labels("app", "srv"), ingressOnly, nil, nil))
+	w.allow = netpol("prod", "srv-allow", labels("app", "srv"), ingressOnly,
+		[]networkingIngress{ingressRule(peers(podSel(labels("role", "cli"))), port("tcp", tcpPort))}, nil)
+	return w
+}
+
+// eachFamily runs revoke in a subtest per address family, "v4" then "v6",
+// each starting with srv-allow set and applied; while it runs, the cluster
+// reports to the subtest.
+func (w *revokeWorld) eachFamily(t *testing.T, revoke func(t *testing.T, name string, v6 bool)) {
 	for _, v6 := range []bool{false, true} {
 		name := "v4"
 		if v6 {
 			name = "v6"
 		}
 		t.Run(name, func(t *testing.T) {
+			cl := w.cl
 			parent := cl.t
 			cl.t = t
 			defer func() { cl.t = parent }()
-			cl.setPolicy(allow)
+			cl.setPolicy(w.allow)
 			cl.apply()
-			st := startTCPStream(t, cli, netip.AddrPortFrom(srv.ip(v6), 9000), 100, interval, 5000)
-			defer st.halt()
-			time.Sleep(300 * time.Millisecond)
-			before := sink.bytes.Load()
-			if since := time.Since(time.Unix(0, sink.lastRead.Load())); before == 0 || since > 200*time.Millisecond {
-				t.Fatalf("stream not flowing before the revoke: %d bytes, last %v ago", before, since)
-			}
-			drops := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied)
-
-			cl.c.DeletePolicy(policy.PolicyKey{Namespace: "prod", Name: "srv-allow"})
-			cl.c.Sync()
-			desired := cl.desired()
-			monoStart := monotonic()
-			start := time.Now()
-			stats, err := cl.syncer.Apply(desired)
-			applied := time.Now()
-			monoApplied := monotonic()
-			if err != nil {
-				t.Fatal(err)
-			}
-			atApply := sink.bytes.Load()
-			time.Sleep(500 * time.Millisecond)
-			last := time.Unix(0, sink.lastRead.Load())
-			after := sink.bytes.Load()
-			lastSent := sink.lastSent.Load()
-			lat := last.Sub(applied)
-			t.Logf("revoke %s: Apply took %v (%+v); last byte read %v after Apply returned; "+
-				"the last delivered record was sent %v after Apply returned; %d bytes before, %d while applying, %d after; packet interval %v",
-				name, applied.Sub(start), stats, lat, time.Duration(int64(lastSent)-int64(monoApplied)),
-				before, atApply-before, after-atApply, interval)
-			// Nothing written after the revoke is delivered: the record
-			// stamps come from the sender, so reader delays do not matter.
-			if lastSent > monoApplied {
-				t.Errorf("a record sent %v after the revoke was applied was delivered",
-					time.Duration(lastSent-monoApplied))
-			}
-			// The kernel's side: the first segment dropped after the revoke
-			// (event timestamps are CLOCK_MONOTONIC).
-			first, ok := ev.wait(time.Second, func(e *datapath.FlowEvent) bool {
-				return e.Verdict == datapath.VerdictDrop && e.DstPort() == 9000 && e.TsNs >= monoStart
-			})
-			if !ok {
-				t.Error("no drop event for the revoked stream")
-			} else {
-				t.Logf("revoke %s: first dropped segment %v after Apply returned (%v after it started), reason %s",
-					name, time.Duration(int64(first.TsNs)-int64(monoApplied)), time.Duration(first.TsNs-monoStart), first.Reason)
-			}
-			if d := cl.counter(datapath.DirIngress, datapath.VerdictDrop, datapath.ReasonPolicyDenied) - drops; d == 0 {
-				t.Error("no policy-denied drop counted after the revoke")
-			}
-			// And the stream stays cut: a later window sees nothing.
-			mark := sink.bytes.Load()
-			time.Sleep(200 * time.Millisecond)
-			if got := sink.bytes.Load() - mark; got != 0 {
-				t.Errorf("%d bytes delivered long after the revoke", got)
-			}
+			revoke(t, name, v6)
 		})
 	}
 }
@@ -220,89 +253,71 @@ func monotonic() uint64 {
 // retransmissions would pass as replies of it. They must not: the revoked
 // flow is cut both ways, and the server's segment is dropped too.
 func TestRevokeCutsBothWays(t *testing.T) {
-	n := newNode(t)
-	srv := n.addPod(podSpec{Namespace: "prod", Name: "srv", Labels: labels("app", "srv"), Index: 10})
-	cli := n.addPod(podSpec{Namespace: "prod", Name: "cli", Labels: labels("role", "cli"), Index: 11})
-	n.waitReady(t)
-	cl := newCluster(t, n, map[string]map[string]string{"prod": nil})
-	cl.setPolicy(netpol("prod", "srv-isolate", labels("app", "srv"), ingressOnly, nil, nil))
-	allow := netpol("prod", "srv-allow", labels("app", "srv"), ingressOnly,
-		[]networkingIngress{ingressRule(peers(podSel(labels("role", "cli"))), port("tcp", 7000))}, nil)
+	w := newRevokeWorld(t, 7000)
+	cl, srv, cli := w.cl, w.srv, w.cli
 
-	for _, v6 := range []bool{false, true} {
-		name := "v4"
-		if v6 {
-			name = "v6"
-		}
-		t.Run(name, func(t *testing.T) {
-			parent := cl.t
-			cl.t = t
-			defer func() { cl.t = parent }()
-			cl.setPolicy(allow)
-			cl.apply()
-
-			var ln net.Listener
-			mustNS(t, srv.ns, func() (err error) {
-				ln, err = net.Listen("tcp", ":7000")
-				return err
-			})
-			defer ln.Close()
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				if c, err := ln.Accept(); err == nil {
-					accepted <- c
-				}
-			}()
-			c, err := cli.dial("tcp", netip.AddrPortFrom(srv.ip(v6), 7000), 2*time.Second)
-			if err != nil {
-				t.Fatalf("dial while allowed: %v", err)
-			}
-			defer c.Close()
-			var sc net.Conn
-			select {
-			case sc = <-accepted:
-			case <-time.After(2 * time.Second):
-				t.Fatal("server accepted nothing")
-			}
-			defer sc.Close()
-			readN := func(conn net.Conn, d time.Duration) (string, error) {
-				_ = conn.SetReadDeadline(time.Now().Add(d))
-				buf := make([]byte, 64)
-				k, err := conn.Read(buf)
-				return string(buf[:k]), err
-			}
-			if _, err := c.Write([]byte("a")); err != nil {
-				t.Fatal(err)
-			}
-			if got, err := readN(sc, time.Second); got != "a" {
-				t.Fatalf("server read %q, %v while allowed", got, err)
-			}
-			if _, err := sc.Write([]byte("b")); err != nil {
-				t.Fatal(err)
-			}
-			if got, err := readN(c, time.Second); got != "b" {
-				t.Fatalf("client read %q, %v while allowed", got, err)
-			}
-
-			cl.c.DeletePolicy(policy.PolicyKey{Namespace: "prod", Name: "srv-allow"})
-			cl.apply()
-			// The client's next segment is dropped: the flow is revoked.
-			if _, err := c.Write([]byte("c")); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-			// The server writes on its own: were its segment to open an
-			// entry of its direction, "c" (retransmitted by the client
-			// within the next second) would pass as a reply.
-			if _, err := sc.Write([]byte("d")); err != nil {
-				t.Fatal(err)
-			}
-			if got, err := readN(sc, 1500*time.Millisecond); err == nil || got != "" {
-				t.Errorf("server read %q after the revoke (err %v): the flow was re-opened from the server's side", got, err)
-			}
-			if got, err := readN(c, 200*time.Millisecond); err == nil || got != "" {
-				t.Errorf("client read %q after the revoke (err %v): the revoked flow passes the other way", got, err)
-			}
+	w.eachFamily(t, func(t *testing.T, _ string, v6 bool) {
+		var ln net.Listener
+		mustNS(t, srv.ns, func() (err error) {
+			ln, err = net.Listen("tcp", ":7000")
+			return err
 		})
-	}
+		defer ln.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				accepted <- c
+			}
+		}()
+		c, err := cli.dial("tcp", netip.AddrPortFrom(srv.ip(v6), 7000), 2*time.Second)
+		if err != nil {
+			t.Fatalf("dial while allowed: %v", err)
+		}
+		defer c.Close()
+		var sc net.Conn
+		select {
+		case sc = <-accepted:
+		case <-time.After(2 * time.Second):
+			t.Fatal("server accepted nothing")
+		}
+		defer sc.Close()
+		readN := func(conn net.Conn, d time.Duration) (string, error) {
+			_ = conn.SetReadDeadline(time.Now().Add(d))
+			buf := make([]byte, 64)
+			k, err := conn.Read(buf)
+			return string(buf[:k]), err
+		}
+		if _, err := c.Write([]byte("a")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readN(sc, time.Second); got != "a" {
+			t.Fatalf("server read %q, %v while allowed", got, err)
+		}
+		if _, err := sc.Write([]byte("b")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readN(c, time.Second); got != "b" {
+			t.Fatalf("client read %q, %v while allowed", got, err)
+		}
+
+		cl.c.DeletePolicy(policy.PolicyKey{Namespace: "prod", Name: "srv-allow"})
+		cl.apply()
+		// The client's next segment is dropped: the flow is revoked.
+		if _, err := c.Write([]byte("c")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		// The server writes on its own: were its segment to open an
+		// entry of its direction, "c" (retransmitted by the client
+		// within the next second) would pass as a reply.
+		if _, err := sc.Write([]byte("d")); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readN(sc, 1500*time.Millisecond); err == nil || got != "" {
+			t.Errorf("server read %q after the revoke (err %v): the flow was re-opened from the server's side", got, err)
+		}
+		if got, err := readN(c, 200*time.Millisecond); err == nil || got != "" {
+			t.Errorf("client read %q after the revoke (err %v): the revoked flow passes the other way", got, err)
+		}
+	})
 }
