@@ -21,6 +21,12 @@
 //  5. put new endpoints and those gaining isolation, now their allows exist;
 //  6. delete the temporary copies.
 //
+// The programs read policy and ipcache entries only for a direction an
+// endpoint isolates. When no endpoint in the maps isolates one until step
+// 5 (a node's first load), no packet depends on steps 1 to 4: nothing is
+// parked, and with BatchMaps the policy and ipcache puts go to the kernel
+// at the same time (Stats.Concurrent).
+//
 // Identity numbers are never reused within one compiler, which is what
 // makes "an identity's allows" meaningful across an update; after a restart
 // the compiler must number identities above those in the adopted maps
@@ -37,6 +43,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/ztnet/zt/pkg/datapath"
 	"github.com/ztnet/zt/pkg/identity"
@@ -71,8 +78,11 @@ type Maps interface {
 // one single write after the other; on error it returns how many leading
 // entries it wrote (deletes: handled; a missing key is no error). mapsync
 // uses one call per step of the order above and never merges steps, so a
-// batch changes nothing the order guarantees. Maps without it (the tests'
-// fakes) get one write per entry, in the same order.
+// batch changes nothing the order guarantees. Calls on different maps must
+// be safe at the same time: when no endpoint is isolated before step 5 (a
+// node's first load), no packet depends on the order of steps 1 to 4, and
+// the policy and ipcache puts run concurrently. Maps without it get one
+// write per entry, in the order above.
 type BatchMaps interface {
 	IPCachePutMany([]datapath.IPCacheKey, []datapath.IPCacheVal) (int, error)
 	IPCacheDeleteMany([]datapath.IPCacheKey) (int, error)
@@ -195,6 +205,9 @@ type Stats struct {
 	// Frozen counts prefixes parked on a temporary identity during the
 	// update (their writes are included above).
 	Frozen int
+	// Concurrent: no endpoint was isolated before step 5, and the policy
+	// and ipcache entries were written at the same time (BatchMaps only).
+	Concurrent bool
 }
 
 // Writes is the total number of map writes.
@@ -380,6 +393,12 @@ type plan struct {
 	ipcDel    ipcOps
 
 	ipcAdded, freezeIPCAdded, polAdded int // keys not in the realized maps
+
+	// enforcing: an endpoint isolates a direction while steps 1 to 4 run.
+	// Only then do the policy and ipcache maps decide any packet (the
+	// programs read them for isolated directions only), so only then do
+	// those steps need their order.
+	enforcing bool
 }
 
 // changes is the number of entries the update leaves different.
@@ -394,9 +413,18 @@ const TempIdentityBase datapath.Identity = 0xFFF00000
 
 func (s *Syncer) plan(desired State) (plan, error) {
 	r := s.realized
-	ipcPut, ipcAdded, ipcDel := diffMaps(r.IPCache, desired.IPCache)
+	// The ipcache and policy halves of the plan are independent until the
+	// freeze: large ones are computed on two CPUs.
+	par := min(len(desired.IPCache), len(desired.Policy)) >= parallelPlan
+	var ipcPut []entry[netip.Prefix, datapath.IPCacheVal]
+	var ipcDel []netip.Prefix
+	var ipcAdded int
+	var polPut []entry[datapath.PolicyKey, datapath.PolicyVal]
+	var polDel []datapath.PolicyKey
+	var polAdded int
+	both(par, func() { ipcPut, ipcAdded, ipcDel = diffMaps(r.IPCache, desired.IPCache) },
+		func() { polPut, polAdded, polDel = diffMaps(r.Policy, desired.Policy) })
 	epPut, _, epDel := diffMaps(r.Endpoints, desired.Endpoints)
-	polPut, polAdded, polDel := diffMaps(r.Policy, desired.Policy)
 	p := plan{epDel: epDel, polDel: sortPolicyKeys(polDel), ipcAdded: ipcAdded, polAdded: polAdded}
 	slices.Sort(p.epDel)
 	slices.SortFunc(epPut, func(a, b entry[uint32, datapath.Endpoint]) int { return cmp.Compare(a.k, b.k) })
@@ -409,14 +437,16 @@ func (s *Syncer) plan(desired State) (plan, error) {
 		}
 	}
 
+	p.enforcing = enforcingDuring(r.Endpoints, p.epDel, p.loosen)
+
 	// A prefix whose identity changes moves in one ipcache write after all
 	// policy writes, from a before-identity whose allows are still as they
 	// were. When those allows change in this update, the prefix is first
-	// parked on a temporary copy of them. Without endpoints nothing is
-	// enforced yet: no window to guard.
+	// parked on a temporary copy of them. Without isolated endpoints
+	// nothing is enforced meanwhile: no window to guard.
 	var freezePol []entry[datapath.PolicyKey, datapath.PolicyVal]
 	var freezeIPC []entry[netip.Prefix, datapath.IPCacheVal]
-	if len(r.Endpoints) > 0 && len(ipcPut)+len(ipcDel) > 0 && len(polPut)+len(polDel) > 0 {
+	if p.enforcing && len(ipcPut)+len(ipcDel) > 0 && len(polPut)+len(polDel) > 0 {
 		freezePol, freezeIPC = s.freeze(desired, ipcPut, ipcDel, polPut, polDel)
 	}
 	for _, e := range freezeIPC {
@@ -425,18 +455,56 @@ func (s *Syncer) plan(desired State) (plan, error) {
 		}
 	}
 	var err error
-	p.polPut = newPolOps(polPut)
-	p.freezePol = newPolOps(freezePol)
-	if p.ipcPut, err = newIPCOps(ipcPut, nil); err != nil {
-		return p, err
+	both(par, func() {
+		p.polPut = newPolOps(polPut)
+		p.freezePol = newPolOps(freezePol)
+	}, func() {
+		if p.ipcPut, err = newIPCOps(ipcPut, nil); err != nil {
+			return
+		}
+		if p.ipcDel, err = newIPCOps(nil, ipcDel); err != nil {
+			return
+		}
+		p.freezeIPC, err = newIPCOps(freezeIPC, nil)
+	})
+	return p, err
+}
+
+// parallelPlan is the size of the smaller of the desired ipcache and
+// policy from which plan computes their halves on two goroutines: below
+// it, starting one costs more than it saves.
+const parallelPlan = 4096
+
+// both runs f and g, at the same time when par is set.
+func both(par bool, f, g func()) {
+	if !par {
+		f()
+		g()
+		return
 	}
-	if p.ipcDel, err = newIPCOps(nil, ipcDel); err != nil {
-		return p, err
+	var wg sync.WaitGroup
+	wg.Go(g)
+	f()
+	wg.Wait()
+}
+
+// enforcingDuring reports whether an endpoint of the realized maps still
+// isolates a direction after step 0 (deleted endpoints gone, loosened ones
+// rewritten); step 5's endpoints are not in the maps yet.
+func enforcingDuring(realized map[uint32]datapath.Endpoint, del []uint32, loosen epOps) bool {
+	for id, ep := range realized {
+		if ep.Flags&isolation == 0 {
+			continue
+		}
+		if _, gone := slices.BinarySearch(del, id); gone {
+			continue
+		}
+		if i, ok := slices.BinarySearch(loosen.ids, id); ok && loosen.vals[i].Flags&isolation == 0 {
+			continue
+		}
+		return true
 	}
-	if p.freezeIPC, err = newIPCOps(freezeIPC, nil); err != nil {
-		return p, err
-	}
-	return p, nil
+	return false
 }
 
 // freeze returns the temporary copies of the allows of identities that
@@ -573,6 +641,16 @@ func (s *Syncer) apply(desired State) (Stats, error) {
 	// merge, so the order of the package doc holds between them.
 	w := writer{m: s.maps, st: &st}
 	w.b, _ = s.maps.(BatchMaps)
+	polPut := func() error { return w.polPut(p.polPut) }
+	ipcPut := func() error { return w.ipcPut(p.ipcPut) }
+	if !p.enforcing && w.b != nil && len(p.polPut.keys) > 0 && len(p.ipcPut.keys) > 0 {
+		// Nothing is isolated until step 5 (a node's first load, say):
+		// no packet depends on the order of steps 1 to 4, and the two
+		// largest go to the kernel at the same time.
+		st.Concurrent = true
+		polPut = func() error { return w.putBoth(p.polPut, p.ipcPut) }
+		ipcPut = func() error { return nil }
+	}
 	for _, step := range []func() error{
 		// 0. Endpoints that go away or only lose isolation: what they
 		// pass afterwards is allowed, so doing it first opens nothing.
@@ -583,10 +661,10 @@ func (s *Syncer) apply(desired State) (Stats, error) {
 		func() error { return w.ipcPut(p.freezeIPC) },
 		// 2, 3. Allows: add, then remove. An address that stays on its
 		// identity sees its allows grow then shrink to the final set.
-		func() error { return w.polPut(p.polPut) },
+		polPut,
 		func() error { return w.polDel(p.polDel) },
 		// 4. Addresses move to their final identities in one write each.
-		func() error { return w.ipcPut(p.ipcPut) },
+		ipcPut,
 		func() error { return w.ipcDel(p.ipcDel) },
 		// 5. New endpoints and isolation gained, now their allows exist.
 		func() error { return w.epPut(p.tighten) },
@@ -706,6 +784,21 @@ func (w *writer) polPut(o polOps) error {
 		w.st.PolicyPut++
 	}
 	return nil
+}
+
+// putBoth writes policy and ipcache entries at the same time, the ipcache
+// ones from a second goroutine (BatchMaps take calls on different maps
+// concurrently).
+func (w *writer) putBoth(pol polOps, ipc ipcOps) error {
+	var ist Stats
+	iw := writer{m: w.m, b: w.b, st: &ist}
+	var ierr error
+	var wg sync.WaitGroup
+	wg.Go(func() { ierr = iw.ipcPut(ipc) })
+	perr := w.polPut(pol)
+	wg.Wait()
+	w.st.IPCachePut += ist.IPCachePut
+	return errors.Join(perr, ierr)
 }
 
 func (w *writer) polDel(keys []datapath.PolicyKey) error {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -20,11 +21,17 @@ import (
 // fakeMaps is an in-memory Maps. After every write it calls check, so a
 // test can assert invariants on every intermediate state.
 type fakeMaps struct {
+	// mu makes each write, and the check after it, one step: Syncer
+	// writes two maps at once when nothing is isolated.
+	mu     sync.Mutex
 	st     State
 	capa   datapath.MapSizes
 	writes int
 	check  func(State)
 	failAt int // fail the n-th write (1-based) when > 0
+	// enforcedWrites counts policy and ipcache writes made while an
+	// endpoint in the maps isolated a direction.
+	enforcedWrites int
 	// batch: maps() also offers BatchMaps, whose calls are recorded.
 	batch   bool
 	batches []string
@@ -66,7 +73,9 @@ func many[K any](f *fakeMaps, name string, keys []K, write func(int) error) (int
 	if len(keys) == 0 {
 		return 0, errors.New(name + ": empty batch")
 	}
+	f.mu.Lock()
 	f.batches = append(f.batches, fmt.Sprintf("%s %d", name, len(keys)))
+	f.mu.Unlock()
 	for i := range keys {
 		if err := write(i); err != nil {
 			return i, err
@@ -112,6 +121,11 @@ func (f *fakeMaps) IPCacheList() (map[netip.Prefix]datapath.IPCacheVal, error) {
 	return clone(f.st.IPCache), nil
 }
 func (f *fakeMaps) IPCachePut(p netip.Prefix, v datapath.IPCacheVal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if isolatesAny(f.st.Endpoints) {
+		f.enforcedWrites++
+	}
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -120,6 +134,11 @@ func (f *fakeMaps) IPCachePut(p netip.Prefix, v datapath.IPCacheVal) error {
 	return nil
 }
 func (f *fakeMaps) IPCacheDelete(p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if isolatesAny(f.st.Endpoints) {
+		f.enforcedWrites++
+	}
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -131,6 +150,8 @@ func (f *fakeMaps) EndpointList() (map[uint32]datapath.Endpoint, error) {
 	return clone(f.st.Endpoints), nil
 }
 func (f *fakeMaps) EndpointPut(i uint32, e datapath.Endpoint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -139,6 +160,8 @@ func (f *fakeMaps) EndpointPut(i uint32, e datapath.Endpoint) error {
 	return nil
 }
 func (f *fakeMaps) EndpointDelete(i uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -150,6 +173,11 @@ func (f *fakeMaps) PolicyList() (map[datapath.PolicyKey]datapath.PolicyVal, erro
 	return clone(f.st.Policy), nil
 }
 func (f *fakeMaps) PolicyPut(k datapath.PolicyKey, v datapath.PolicyVal) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if isolatesAny(f.st.Endpoints) {
+		f.enforcedWrites++
+	}
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -158,6 +186,11 @@ func (f *fakeMaps) PolicyPut(k datapath.PolicyKey, v datapath.PolicyVal) error {
 	return nil
 }
 func (f *fakeMaps) PolicyDelete(k datapath.PolicyKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if isolatesAny(f.st.Endpoints) {
+		f.enforcedWrites++
+	}
 	if err := f.write(); err != nil {
 		return err
 	}
@@ -723,11 +756,15 @@ func testRestartKeepsNumbers(t *testing.T) {
 
 // TestBatchesKeepTheOrder: with BatchMaps, every batch is one step of the
 // package doc's order and the steps come in that order (a step may be
-// absent, never merged with another or moved), and batches are used.
+// absent, never merged with another or moved), and batches are used. An
+// update during which nothing is isolated writes policy and ipcache
+// entries at once (in either order), and parks nothing.
 func TestBatchesKeepTheOrder(t *testing.T) {
 	steps := []string{"endpoint delete", "endpoint put", "policy put", "ipcache put", "policy put", "policy delete",
 		"ipcache put", "ipcache delete", "endpoint put", "policy delete"}
-	frozen, calls := 0, 0
+	concurrentSteps := []string{"endpoint delete", "endpoint put", "policy put", "ipcache put", "policy delete",
+		"ipcache delete", "endpoint put"}
+	frozen, calls, concurrent := 0, 0, 0
 	for seed := range uint64(40) {
 		w := newWorld(seed)
 		f := newFake()
@@ -738,26 +775,53 @@ func TestBatchesKeepTheOrder(t *testing.T) {
 				w.mutate()
 			}
 			f.batches = nil
+			f.enforcedWrites = 0
 			st, err := s.Apply(w.desired(t))
 			if err != nil {
 				t.Fatal(err)
 			}
 			frozen += st.Frozen
 			calls += len(f.batches)
+			want := steps
+			if st.Concurrent {
+				concurrent++
+				if f.enforcedWrites > 0 || st.Frozen > 0 {
+					t.Fatalf("seed %d step %d: concurrent writes, but %d policy or ipcache writes met an isolated endpoint (%d parked)",
+						seed, step, f.enforcedWrites, st.Frozen)
+				}
+				want = concurrentSteps
+				// The two concurrent batches may start in either order.
+				for i := 0; i+1 < len(f.batches); i++ {
+					a, b := f.batches[i], f.batches[i+1]
+					if strings.HasPrefix(a, "ipcache put") && strings.HasPrefix(b, "policy put") {
+						f.batches[i], f.batches[i+1] = b, a
+						break
+					}
+				}
+			}
 			next := 0
 			for _, b := range f.batches {
 				kind := strings.TrimRight(b, " 0123456789")
-				for next < len(steps) && steps[next] != kind {
+				for next < len(want) && want[next] != kind {
 					next++
 				}
-				if next == len(steps) {
+				if next == len(want) {
 					t.Fatalf("seed %d step %d: batches %q are not in the order of the steps", seed, step, f.batches)
 				}
 				next++
 			}
 		}
 	}
-	if frozen == 0 || calls == 0 {
-		t.Errorf("%d batch calls, %d frozen prefixes: the test misses a path", calls, frozen)
+	if frozen == 0 || calls == 0 || concurrent == 0 {
+		t.Errorf("%d batch calls, %d frozen prefixes, %d concurrent updates: the test misses a path", calls, frozen, concurrent)
 	}
+}
+
+func isolatesAny(eps map[uint32]datapath.Endpoint) bool {
+	for _, ep := range eps {
+		if ep.Flags&isolation != 0 {
+			return true
+		}
+	}
+	return false
 }
