@@ -3,7 +3,7 @@
 // runs it as a child process (with GOMAXPROCS=1) so that the child's peak
 // RSS, read from rusage by the parent, is this one compile's alone.
 //
-//	compilebench -pods 10000 -policies 1000 -view node -updates 50
+//	compilebench -pods 10000 -policies 1000 -view node -updates 50 [-cpuprofile FILE]
 package main
 
 import (
@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"time"
 
 	"github.com/ztnet/zt/internal/benchworld"
@@ -25,8 +26,21 @@ func main() {
 	policies := flag.Int("policies", 1000, "NetworkPolicies")
 	view := flag.String("view", "node", "node: one node's endpoints (as an agent compiles); cluster: every pod an endpoint (as ztctl compiles)")
 	updates := flag.Int("updates", 50, "incremental updates of each kind to time")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "compilebench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*pods, *policies, *view, *updates); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "compilebench:", err)
 		os.Exit(1)
 	}
