@@ -45,6 +45,10 @@ func TestEveryConfigurationEnforces(t *testing.T) {
 			if p.ProgNsPerRun <= 0 || p.PolicyEntries != 10 || p.PolicyBytesPerEnt <= 0 || p.RawChangeP99us <= 0 {
 				t.Errorf("zt: missing figures: %+v", p)
 			}
+			// none ran too: the floor of the program cost is measured.
+			if p.EmptyProgNsPerRun <= 0 {
+				t.Errorf("zt: no empty-program figure: %+v", p)
+			}
 		}
 		if p.Config != CfgNone && p.ChangeP50us <= 0 {
 			t.Errorf("%s: rule change not timed", p.Config)

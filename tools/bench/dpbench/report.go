@@ -136,8 +136,14 @@ func (r *Result) Targets() []Target {
 		}
 		// A packet from one pod to another passes two programs: the
 		// sender's host veth (from_pod) and the receiver's (to_pod).
+		// The goal is on zt's figure as measured; the floor of the
+		// measurement is shown beside it so the reader can judge.
+		floor := ""
+		if big.EmptyProgNsPerRun > 0 {
+			floor = fmt.Sprintf("; an empty program: %.0f ns per run here", big.EmptyProgNsPerRun)
+		}
 		add("program cost at 100k entries", "<= 150 ns/packet",
-			fmt.Sprintf("%.0f ns/packet (2 runs of %.0f ns)", 2*big.ProgNsPerRun, big.ProgNsPerRun), big.ProgNsPerRun > 0, 2*big.ProgNsPerRun <= 150)
+			fmt.Sprintf("%.0f ns/packet (2 runs of %.0f ns%s)", 2*big.ProgNsPerRun, big.ProgNsPerRun, floor), big.ProgNsPerRun > 0, 2*big.ProgNsPerRun <= 150)
 		add("full load of 100k entries (mapsync)", "<= 150 ms", fmt.Sprintf("%.1f ms", big.InstallMs), true, big.InstallMs <= 150)
 	} else {
 		for _, n := range []string{"added latency at 100k", "program cost at 100k entries", "full load of 100k entries"} {
@@ -213,18 +219,27 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"(diff of the whole state plus one policy map write). Each configuration's changes stop after %s (at least one is timed), so p99 of few samples is their maximum. Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, "+
 		"zt: `mapsync.Reconcile` into empty maps).\n\n", o.ChangeBudget))
 	b.WriteString("### zt's own costs\n\n")
-	b.WriteString("| N | program ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| N | program ns per run | empty program ns per run (same run) | zt added ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, n := range r.Ns() {
 		p, ok := r.point(n, CfgZT)
 		if !ok {
 			continue
 		}
-		fmt.Fprintf(&b, "| %d | %.0f | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, p.ProgNsPerRun, p.ProgRunsPerTxn,
+		empty, added := "-", "-"
+		if p.EmptyProgNsPerRun > 0 {
+			empty, added = fmt.Sprintf("%.0f", p.EmptyProgNsPerRun), fmt.Sprintf("%.0f", p.ProgNsPerRun-p.EmptyProgNsPerRun)
+		}
+		fmt.Fprintf(&b, "| %d | %.0f | %s | %s | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, p.ProgNsPerRun, empty, added, p.ProgRunsPerTxn,
 			p.PolicyBytesPerEnt, p.IPCacheBytesPerEnt, p.RawChangeP50us, p.RawChangeP99us, p.ChangeP50us, p.ChangeP99us, p.InstallMs)
 	}
 	b.WriteString(fmt.Sprintf("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during one extra TCP_RR run, "+
-		"since the statistics cost time themselves). Map write: one bare policy entry put or delete (pkg/datapath), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", o.RawWrites))
+		"since the statistics cost time themselves). Empty program: the floor of that measurement on this machine, measured in the same run "+
+		"right before zt's: a tc program of two instructions (`r0 = -1` TC_ACT_UNSPEC, `exit`) attached with tcx to ingress and egress of the host "+
+		"veths of the `none` topology (the veths zt attaches to in its own), timed the same way during one TCP_RR. Its time is what every program pays here whatever it does — the "+
+		"two clock reads around each run that the statistics add, the indirect call into the program and its return under the CPU's "+
+		"mitigations (retpolines, SRSO \"Safe RET\" on CPUs that need them), an instruction cache gone cold between packets — so zt added = zt − empty is the work of zt's "+
+		"programs themselves (both `-` when `none` did not run). The 150 ns/packet target below stays on zt's figure as measured. Map write: one bare policy entry put or delete (pkg/datapath), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", o.RawWrites))
 	b.WriteString("### Targets\n\nMedians of the repetitions, with their min–max in parentheses; \"within noise\" when that range contains the goal, " +
 		"so this run cannot tell pass from fail.\n\n| target | want | got | pass |\n|---|---|---|---|\n")
 	for _, t := range r.Targets() {

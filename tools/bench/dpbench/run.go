@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/internal/netnsutil"
@@ -103,6 +105,14 @@ type Point struct {
 	PolicyEntries      int     `json:"policy_entries,omitempty"`
 	PolicyBytesPerEnt  float64 `json:"policy_bytes_per_entry,omitempty"`  // memlock delta / entries
 	IPCacheBytesPerEnt float64 `json:"ipcache_bytes_per_entry,omitempty"` // memlock delta / entries
+	// EmptyProgNsPerRun is the floor of ProgNsPerRun on this machine: the
+	// same figure for a tc program that only returns TC_ACT_UNSPEC,
+	// attached with tcx on the same host veths of the "none" topology and
+	// measured right before zt's programs (only when "none" ran too).
+	// What the statistics themselves, the call into a program and the
+	// CPU's mitigations cost is in it; ProgNsPerRun - EmptyProgNsPerRun
+	// is what zt's programs add.
+	EmptyProgNsPerRun float64 `json:"empty_prog_ns_per_run,omitempty"`
 }
 
 // Result is the datapath half of the report.
@@ -254,11 +264,24 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		}
 		r.logf("N=%d rep %d/%d: TCP_RR/s %s", n, rep+1, r.opts.Reps, summary(all, func(s sample) float64 { return s.rr.rate() }, got))
 	}
+	var none *live
+	for _, l := range all {
+		if l.cfg == CfgNone {
+			none = l
+		}
+	}
 	for _, l := range all {
 		for _, m := range []*Metric{&l.pt.RR, &l.pt.CRR, &l.pt.Bulk} {
 			m.finish()
 		}
 		if ze, ok := l.e.(*ztEnforcer); ok {
+			// The floor first, then zt, back to back: drift of the
+			// machine between them stays small.
+			if none != nil {
+				if l.pt.EmptyProgNsPerRun, err = r.emptyProgCost(n, none.t); err != nil {
+					return nil, fmt.Errorf("empty program cost: %w", err)
+				}
+			}
 			if err := r.progCost(l, ze); err != nil {
 				return nil, fmt.Errorf("zt: program cost: %w", err)
 			}
@@ -510,5 +533,75 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) error {
 	}
 	l.pt.ProgNsPerRun = float64(ns1-ns0) / float64(c1-c0)
 	l.pt.ProgRunsPerTxn = float64(c1-c0) / float64(res.Transactions)
+	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per TCP_RR transaction", l.pt.N, l.pt.ProgNsPerRun, l.pt.ProgRunsPerTxn)
 	return nil
+}
+
+// emptyProgCost measures the floor of progCost on this machine: a tc
+// program that only returns TC_ACT_UNSPEC, attached with tcx where zt
+// attaches its programs (ingress and egress of the host veths of t, a
+// topology without enforcement), timed the same way during one TCP_RR.
+// It returns run_time_ns / run_cnt; the program is detached and closed
+// before it returns.
+func (r *runner) emptyProgCost(n int, t *topo) (_ float64, err error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    "ztb_empty",
+		Type:    ebpf.SchedCLS,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, -1), // TC_ACT_UNSPEC: carry on as without a program
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("load the empty program: %w", err)
+	}
+	defer prog.Close()
+	var links []link.Link
+	defer func() { // detach before the program is closed
+		for _, l := range links {
+			err = errors.Join(err, l.Close())
+		}
+	}()
+	// tcx attaches by ifindex of the calling thread's namespace.
+	err = netnsutil.Do(t.node, func() error {
+		for _, p := range []*pod{t.server, t.client, t.denied} {
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				l, err := link.AttachTCX(link.TCXOptions{Interface: p.hostIfindex, Program: prog, Attach: at})
+				if err != nil {
+					return fmt.Errorf("attach the empty program to %s (%s): %w", p.hostIf, at, err)
+				}
+				links = append(links, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return 0, fmt.Errorf("enable bpf stats: %w", err)
+	}
+	defer stats.Close()
+	s0, err := prog.Stats()
+	if err != nil {
+		return 0, fmt.Errorf("program stats: %w", err)
+	}
+	res, err := r.client(t, "rr")
+	if err != nil {
+		return 0, err
+	}
+	s1, err := prog.Stats()
+	if err != nil {
+		return 0, fmt.Errorf("program stats: %w", err)
+	}
+	if s1.RunCount <= s0.RunCount {
+		return 0, errors.New("the empty program did not run")
+	}
+	runs := s1.RunCount - s0.RunCount
+	ns := float64((s1.Runtime - s0.Runtime).Nanoseconds()) / float64(runs)
+	r.logf("N=%d empty     program %.0f ns per run, %.2f runs per TCP_RR transaction (the floor, on none's topology)",
+		n, ns, float64(runs)/float64(res.Transactions))
+	return ns, nil
 }
