@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/ztnet/zt/internal/benchworld"
 	"github.com/ztnet/zt/pkg/flows"
 	"github.com/ztnet/zt/pkg/k8swatch"
 	"github.com/ztnet/zt/pkg/mapsync"
@@ -66,8 +67,8 @@ func TestMemoryPerPod(t *testing.T) {
 		large = n
 	}
 	small := 1000
-	hs, _ := pipelineHeap(t, small, "")
-	hl, retained := pipelineHeap(t, large, os.Getenv("ZT_MEM_PROFILE"))
+	hs, _ := pipelineHeap(t, small, 0, "")
+	hl, retained := pipelineHeap(t, large, 0, os.Getenv("ZT_MEM_PROFILE"))
 	per := float64(hl-hs) / float64(large-small)
 	t.Logf("live heap: %d pods %.1f MiB, %d pods %.1f MiB: %.0f bytes per pod", small, float64(hs)/(1<<20),
 		large, float64(hl)/(1<<20), per)
@@ -79,9 +80,34 @@ func TestMemoryPerPod(t *testing.T) {
 	}
 }
 
+// TestMemoryPerPodWithPolicies: the same with the control-plane
+// benchmark's 999 bulk policies (benchworld.BulkPolicy) in the pods'
+// namespaces, as the lab's largest sizes have them. Their peers select
+// groups of pods, every pod (egress) and ipBlocks over the pods'
+// addresses, so the compiler's selections grow with the pods.
+// ZT_MEM_PROFILE writes a heap profile of the larger size.
+func TestMemoryPerPodWithPolicies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	const small, large, policies = 1000, 10000, 999
+	hs, _ := pipelineHeap(t, small, policies, "")
+	hl, retained := pipelineHeap(t, large, policies, os.Getenv("ZT_MEM_PROFILE"))
+	per := float64(hl-hs) / float64(large-small)
+	t.Logf("live heap with %d policies: %d pods %.1f MiB, %d pods %.1f MiB: %.0f bytes per pod", policies, small,
+		float64(hs)/(1<<20), large, float64(hl)/(1<<20), per)
+	runtime.KeepAlive(retained)
+	if per > memPerPodWithPolicies {
+		t.Errorf("%.0f bytes of live heap per pod, want at most %d", per, memPerPodWithPolicies)
+	}
+}
+
+const memPerPodWithPolicies = 20000
+
 // pipelineHeap runs the agent's sync steps (but the kernel writes) over n
-// pods held by a fake API and returns the live heap they added.
-func pipelineHeap(t *testing.T, n int, profile string) (uint64, any) {
+// pods and the first policies bulk policies held by a fake API, and
+// returns the live heap they added.
+func pipelineHeap(t *testing.T, n, policies int, profile string) (uint64, any) {
 	t.Helper()
 	var objs []*corev1.Pod
 	for i := range n {
@@ -89,7 +115,14 @@ func pipelineHeap(t *testing.T, n int, profile string) (uint64, any) {
 	}
 	client := fake.NewClientset()
 	for i := range 10 {
-		_ = client.Tracker().Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bulk-%d", i)}})
+		_ = client.Tracker().Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bulk-%d", i),
+			Labels: map[string]string{"team": fmt.Sprintf("t%d", i%3)}}})
+	}
+	for i := range policies {
+		np := benchworld.BulkPolicy(i, fmt.Sprintf("bulk-%d", i%10), map[string]string{"group": fmt.Sprintf("g%d", i%50)}, 50)
+		if err := client.Tracker().Add(np); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, p := range objs {
 		if err := client.Tracker().Add(p); err != nil {

@@ -23,10 +23,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ztnet/zt/internal/benchworld"
 	"github.com/ztnet/zt/internal/kubeenv"
 	"github.com/ztnet/zt/pkg/bundle"
 	"github.com/ztnet/zt/pkg/identity"
@@ -630,10 +630,6 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // selecting the server): pod and namespace selectors, named ports, port
 // ranges, ipBlocks with exceptions and egress.
 func (bl *benchLab) createPolicies(ctx context.Context, n int) error {
-	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
-	named := intstr.FromString("http")
-	num := intstr.FromInt32(9090)
-	end := int32(9100)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var once sync.Once
@@ -650,29 +646,7 @@ func (bl *benchLab) createPolicies(ctx context.Context, n int) error {
 				if i%100 == 0 {
 					ns, sel = benchNS, map[string]string{"app": "server"}
 				}
-				np := &networkingv1.NetworkPolicy{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("np-%d", i), Namespace: ns},
-					Spec: networkingv1.NetworkPolicySpec{
-						PodSelector: metav1.LabelSelector{MatchLabels: sel},
-						PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-						Ingress: []networkingv1.NetworkPolicyIngressRule{{
-							From: []networkingv1.NetworkPolicyPeer{
-								{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"group": fmt.Sprintf("g%d", (i+1)%bulkGroups)}}},
-								{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", i%3)}},
-									PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-										Key: "group", Operator: metav1.LabelSelectorOpIn,
-										Values: []string{fmt.Sprintf("g%d", (i+2)%bulkGroups), fmt.Sprintf("g%d", (i+3)%bulkGroups)}}}}},
-							},
-							Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &named}, {Protocol: &udp, Port: &num, EndPort: &end}},
-						}},
-						Egress: []networkingv1.NetworkPolicyEgressRule{{
-							To: []networkingv1.NetworkPolicyPeer{
-								{IPBlock: &networkingv1.IPBlock{CIDR: fmt.Sprintf("100.64.%d.0/24", i%40), Except: []string{fmt.Sprintf("100.64.%d.128/25", i%40)}}},
-								{NamespaceSelector: &metav1.LabelSelector{}},
-							},
-						}},
-					},
-				}
+				np := benchworld.BulkPolicy(i, ns, sel, bulkGroups)
 				if _, err := bl.cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
 					once.Do(func() { first = fmt.Errorf("create policy %s/%s: %w", ns, np.Name, err) })
 					next.Store(int64(n))
