@@ -70,8 +70,9 @@ type policyState struct {
 	// marked is the Sync generation in which its selected pods were last
 	// all marked dirty (a pod selected later is marked on its own).
 	marked uint64
-	// peers[dir][rule] holds the identities the rule's peers match.
-	peers [2][]peerSet
+	// peers[dir][rule] holds the identities the rule's peers match: a
+	// selection shared with every rule of the same peers.
+	peers [2][]*peerSelection
 }
 
 // peerList returns the sorted peer identities of rule i of direction d.
@@ -227,6 +228,10 @@ type Compiler struct {
 	peerIndex  map[ixKey]set[*policyState]
 	peerScan   set[*policyState]
 	visitGen   uint64
+	// selections are the rules' peer sets, by selectionKey; selGen
+	// numbers identity events (see peerSelection.seen).
+	selections map[string]*peerSelection
+	selGen     uint64
 
 	// generation counts Syncs (starting at 1, so a new policy's zero
 	// marked generation is never current).
@@ -282,6 +287,7 @@ func New(opts Options) *Compiler {
 		nsPolicies:  map[string]set[PolicyKey]{},
 		peerIndex:   map[ixKey]set[*policyState]{},
 		peerScan:    set[*policyState]{},
+		selections:  map[string]*peerSelection{},
 	}
 	c.ids.Reserve(opts.FirstIdentity)
 	c.deferIDs = len(opts.IdentityHints) > 0
@@ -341,13 +347,14 @@ func Build(s Snapshot, opts Options) *Compiler {
 	}
 	c.deferMatch = false
 	for _, ident := range c.ids.All() {
+		gen := c.nextSelGen()
 		if ident.ID == identity.Host {
 			for _, ps := range c.policies {
-				c.matchIdentity(ps, ident) // an ipBlock holding a node address
+				c.matchIdentity(ps, ident, gen) // an ipBlock holding a node address
 			}
 			continue
 		}
-		c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident) })
+		c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident, gen) })
 	}
 	c.batch = false
 	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) {
@@ -437,16 +444,26 @@ func (c *Compiler) SetHostIPs(ips []netip.Addr) {
 // its own node through an ipBlock as it may reach any other node.
 func (c *Compiler) rematchHost() {
 	host, _ := c.ids.Get(identity.Host)
-	for _, pk := range sortedKeys(c.policies, comparePolicyKey) {
+	// Every policy holding the host (in a selection it may share) is
+	// marked, then every one its ipBlocks now match.
+	pks := sortedKeys(c.policies, comparePolicyKey)
+	gen := c.nextSelGen()
+	for _, pk := range pks {
 		ps := c.policies[pk]
 		for d := range 2 {
-			for i := range ps.peers[d] {
-				if ps.peers[d][i].remove(identity.Host) {
+			for _, s := range ps.peers[d] {
+				if s.seen != gen {
+					s.seen, s.hit = gen, s.remove(identity.Host)
+				}
+				if s.hit {
 					c.markSelected(ps)
 				}
 			}
 		}
-		c.matchIdentity(ps, host)
+	}
+	gen = c.nextSelGen()
+	for _, pk := range pks {
+		c.matchIdentity(c.policies[pk], host, gen)
 	}
 	c.changedIDs.add(identity.Host)
 }
@@ -577,11 +594,29 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 		}
 		return id
 	})
+	// The new version's rules take their selections before the old one's
+	// are released: those both use keep their identities.
+	var peers [2][]*peerSelection
+	type newSel struct {
+		s *peerSelection
+		r *compiledRule
+	}
+	var newSels []newSel
 	if err == nil {
 		// Count the new version's references before dropping the old
 		// one's: references both share never fall to zero, so an update
 		// does not relabel pods (and renumber their identities) twice.
 		c.addRefs(cp, +1)
+		for d := range 2 {
+			peers[d] = make([]*peerSelection, len(cp.rules[d]))
+			for i := range cp.rules[d] {
+				s, created := c.acquireSelection(cp, &cp.rules[d][i])
+				peers[d][i] = s
+				if created && !cp.rules[d][i].allPeers {
+					newSels = append(newSels, newSel{s, &cp.rules[d][i]})
+				}
+			}
+		}
 	}
 	old := c.removePolicy(key)
 	// Rule numbers stay stable across updates of a policy (the kernel
@@ -608,22 +643,27 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	}
 	delete(c.problems, key)
 	cp.synthetic = synthetic
-	ps := &policyState{cp: cp, selected: set[PodKey]{}, local: set[PodKey]{}}
+	ps := &policyState{cp: cp, selected: set[PodKey]{}, local: set[PodKey]{}, peers: peers}
 	c.policies[key] = ps
 	addTo(c.nsPolicies, key.Namespace, key)
 	c.indexPolicy(ps, true)
-	for d := range 2 {
-		ps.peers[d] = make([]peerSet, len(cp.rules[d]))
-		for i := range cp.rules[d] {
-			ps.peers[d][i] = newPeerSet()
+	// Selections new to the compiler: every live identity their rules may
+	// match, tested once (Build tests each identity against the policies
+	// its labels find, at the end). Those other rules use already hold
+	// them. The policy is not marked: it selects no pod yet, and those it
+	// selects below are rebuilt.
+	if !c.deferMatch && len(newSels) > 0 {
+		rules := make([]*compiledRule, len(newSels))
+		for i, f := range newSels {
+			rules[i] = f.r
 		}
-	}
-	// Peer sets: every live identity, tested once (Build tests each
-	// identity against the policies its labels find, at the end).
-	if !c.deferMatch {
-		for _, id := range c.candidateIdentities(cp) {
+		for _, id := range c.candidateIdentities(key.Namespace, rules) {
 			ident, _ := c.ids.Get(id)
-			c.matchIdentity(ps, ident)
+			for _, f := range newSels {
+				if c.ruleMatches(cp, f.r, ident) {
+					f.s.insert(id)
+				}
+			}
 		}
 	}
 	if ns := c.namespaces[key.Namespace]; ns != nil {
@@ -646,6 +686,11 @@ func (c *Compiler) removePolicy(key PolicyKey) *compiledPolicy {
 	delete(c.policies, key)
 	delFrom(c.nsPolicies, key.Namespace, key)
 	c.indexPolicy(ps, false)
+	for d := range 2 {
+		for _, s := range ps.peers[d] {
+			c.releaseSelection(s)
+		}
+	}
 	for pk := range ps.selected {
 		c.pods[pk].selectedBy.del(key)
 		c.markPod(pk)
@@ -912,7 +957,8 @@ func (c *Compiler) acquireIdentity(l identity.Labels, at netip.Prefix) *identity
 	}
 	c.changedIDs.add(ident.ID)
 	// Order does not matter: matching only adds to sets and marks work.
-	c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident) })
+	gen := c.nextSelGen()
+	c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident, gen) })
 	return ident
 }
 
@@ -932,12 +978,19 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 		}
 	}
 	c.changedIDs.add(id)
-	// The policies holding it are among those its labels find.
+	// The policies holding it are among those its labels find: each
+	// selection is emptied of it once, and every policy using one that
+	// held it is marked.
+	gen := c.nextSelGen()
 	c.forCandidates(ident, func(ps *policyState) {
 		touched := false
 		for d := range 2 {
 			for i, r := range ps.cp.rules[d] {
-				if ps.peers[d][i].remove(id) {
+				s := ps.peers[d][i]
+				if s.seen != gen {
+					s.seen, s.hit = gen, s.remove(id)
+				}
+				if s.hit {
 					touched = true
 				} else if r.allPeers && len(l.NamedPorts) > 0 {
 					touched = true
@@ -951,11 +1004,13 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 }
 
 // matchIdentity adds ident to the peer sets of ps it matches and marks the
-// endpoints whose rules it changes.
-func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity) {
+// endpoints whose rules it changes. gen is the identity event: a selection
+// another policy already matched in it is not matched again.
+func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity, gen uint64) {
 	touched := false
 	for d := range 2 {
-		for i, r := range ps.cp.rules[d] {
+		for i := range ps.cp.rules[d] {
+			r := &ps.cp.rules[d][i]
 			if r.allPeers {
 				// Any peer: only egress named ports expand per identity.
 				if Direction(d) == Egress && len(ident.Labels.NamedPorts) > 0 {
@@ -967,8 +1022,14 @@ func (c *Compiler) matchIdentity(ps *policyState, ident *identity.Identity) {
 				}
 				continue
 			}
-			if c.ruleMatches(ps.cp, &r, ident) {
-				ps.peers[d][i].insert(ident.ID)
+			s := ps.peers[d][i]
+			if s.seen != gen {
+				s.seen, s.hit = gen, c.ruleMatches(ps.cp, r, ident)
+				if s.hit {
+					s.insert(ident.ID)
+				}
+			}
+			if s.hit {
 				touched = true
 			}
 		}
@@ -1028,26 +1089,25 @@ func (c *Compiler) hostInBlock(p *compiledPeer) bool {
 	return false
 }
 
-// candidateIdentities returns the live identities some peer of cp could
-// match, in no order: pod identities of the namespaces its peers can select,
-// and CIDR-carrying identities for ipBlock peers.
-func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
+// candidateIdentities returns the live identities some peer of rules (of a
+// policy of namespace polNS) could match, in no order: pod identities of the
+// namespaces its peers can select, and CIDR-carrying identities for ipBlock
+// peers.
+func (c *Compiler) candidateIdentities(polNS string, rules []*compiledRule) []identity.ID {
 	out := set[identity.ID]{}
 	allNS, ownNS, ipb := false, false, false
 	var nsSels []labels.Selector
-	for d := range 2 {
-		for _, r := range cp.rules[d] {
-			for _, p := range r.peers {
-				switch {
-				case p.ipBlock:
-					ipb = true
-				case p.nsSel == nil:
-					ownNS = true
-				case p.nsSel.Empty():
-					allNS = true
-				default:
-					nsSels = append(nsSels, p.nsSel)
-				}
+	for _, r := range rules {
+		for _, p := range r.peers {
+			switch {
+			case p.ipBlock:
+				ipb = true
+			case p.nsSel == nil:
+				ownNS = true
+			case p.nsSel.Empty():
+				allNS = true
+			default:
+				nsSels = append(nsSels, p.nsSel)
 			}
 		}
 	}
@@ -1058,7 +1118,7 @@ func (c *Compiler) candidateIdentities(cp *compiledPolicy) []identity.ID {
 		out.add(identity.Host)
 	}
 	for name, ids := range c.nsIdents {
-		take := allNS || (ownNS && name == cp.key.Namespace)
+		take := allNS || (ownNS && name == polNS)
 		if !take && len(nsSels) > 0 {
 			if ns := c.namespaces[name]; ns != nil && ns.labels != nil {
 				for _, s := range nsSels {

@@ -1,5 +1,7 @@
 package policy
 
+import "github.com/ztnet/zt/pkg/identity"
+
 // Hooks for the tests of package policy_test: those that use
 // internal/benchworld, which imports this package, so they cannot be in it.
 
@@ -19,3 +21,18 @@ func PatchMaxChanged() int { return patchMaxChanged }
 
 // SetPatchMaxChanged sets patchMaxChanged.
 func SetPatchMaxChanged(n int) { patchMaxChanged = n }
+
+// Selections returns how many peer selections the compiler keeps.
+func (c *Compiler) Selections() int { return len(c.selections) }
+
+// SelectionUsers returns how many rules use the selection of rule i of
+// direction d of policy pk, and that selection's identities (0, nil when
+// there is no such rule).
+func (c *Compiler) SelectionUsers(pk PolicyKey, d Direction, i int) (int, []identity.ID) {
+	ps := c.policies[pk]
+	if ps == nil || i >= len(ps.peers[d]) {
+		return 0, nil
+	}
+	s := ps.peers[d][i]
+	return s.refs, s.list()
+}

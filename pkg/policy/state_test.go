@@ -18,6 +18,18 @@ import (
 func checkIncrementalState(t *testing.T, c *Compiler) {
 	t.Helper()
 	live := c.ids.All()
+	// Selections: each counts the rules using it, and none is kept unused.
+	uses := map[*peerSelection]int{}
+	defer func() {
+		for key, s := range c.selections {
+			if s.refs != uses[s] || s.refs <= 0 {
+				t.Errorf("selection %q: %d users counted, %d rules use it", key, s.refs, uses[s])
+			}
+		}
+		if len(uses) != len(c.selections) {
+			t.Errorf("%d selections in use, %d kept", len(uses), len(c.selections))
+		}
+	}()
 	for pk, ps := range c.policies {
 		for d := range 2 {
 			for i := range ps.peers[d] {
@@ -30,7 +42,11 @@ func checkIncrementalState(t *testing.T, c *Compiler) {
 						}
 					}
 				}
-				s := &ps.peers[d][i]
+				s := ps.peers[d][i]
+				if key := selectionKey(ps.cp, r); s.key != key || c.selections[key] != s {
+					t.Errorf("policy %s %s[%d]: selection %q, want the compiler's %q", pk, Direction(d), i, s.key, key)
+				}
+				uses[s]++
 				if !maps.Equal(s.ids, want) {
 					t.Errorf("policy %s %s[%d]: peer set %v, from scratch %v", pk, Direction(d), i, sortedKeys(s.ids, compareID), sortedKeys(want, compareID))
 				}
