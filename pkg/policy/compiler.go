@@ -53,17 +53,20 @@ type nsState struct {
 }
 
 type podState struct {
-	pod        Pod
-	ids        []identity.ID // per IP; empty for pods without identities
+	pod Pod
+	ids []identity.ID // per IP; empty for pods without identities
+	// selectedBy: the policies selecting the pod, kept for local pods only
+	// (those that compile to endpoints): a node's agent holds every pod of
+	// the cluster, and only its own need to know their policies.
 	selectedBy set[PolicyKey]
 	local      bool
 }
 
 type policyState struct {
-	cp       *compiledPolicy
-	selected set[PodKey]
-	// local is the subset of selected that compile to endpoints (on this
-	// node): only they are marked when a peer set changes.
+	cp *compiledPolicy
+	// local: the pods it selects that compile to endpoints (on this node):
+	// they are marked when a peer set changes. Pods elsewhere are not
+	// recorded (see podState.selectedBy).
 	local set[PodKey]
 	// visited is the forCandidates call that last visited it.
 	visited uint64
@@ -490,15 +493,15 @@ func (c *Compiler) SetPod(p Pod) {
 	}
 	old := st.pod
 	st.pod = p
+	relocated := false
 	if local := !p.HostNetwork && (c.opts.NodeName == "" || p.NodeName == c.opts.NodeName); local != st.local {
-		st.local = local
+		// A pod leaving this node forgets its policies; one arriving
+		// finds them below.
+		st.local, relocated = local, true
 		for pk := range st.selectedBy {
-			if local {
-				c.policies[pk].local.add(key)
-			} else {
-				c.policies[pk].local.del(key)
-			}
+			c.policies[pk].local.del(key)
 		}
+		clear(st.selectedBy)
 	}
 	if !slices.Equal(old.IPs, p.IPs) {
 		for _, ip := range old.IPs {
@@ -520,7 +523,7 @@ func (c *Compiler) SetPod(p Pod) {
 		c.refreshAddr(ip)
 	}
 	// Which policies select the pod depends on its labels only.
-	if !maps.Equal(old.Labels, p.Labels) || old.Name == "" {
+	if !maps.Equal(old.Labels, p.Labels) || old.Name == "" || relocated {
 		c.reselect(st)
 	}
 	c.markPod(key)
@@ -533,7 +536,6 @@ func (c *Compiler) DeletePod(key PodKey) {
 		return
 	}
 	for pk := range st.selectedBy {
-		c.policies[pk].selected.del(key)
 		c.policies[pk].local.del(key)
 	}
 	for _, id := range st.ids {
@@ -643,7 +645,7 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	}
 	delete(c.problems, key)
 	cp.synthetic = synthetic
-	ps := &policyState{cp: cp, selected: set[PodKey]{}, local: set[PodKey]{}, peers: peers}
+	ps := &policyState{cp: cp, local: set[PodKey]{}, peers: peers}
 	c.policies[key] = ps
 	addTo(c.nsPolicies, key.Namespace, key)
 	c.indexPolicy(ps, true)
@@ -669,7 +671,7 @@ func (c *Compiler) setPolicy(key PolicyKey, np *networkingv1.NetworkPolicy, synt
 	if ns := c.namespaces[key.Namespace]; ns != nil {
 		for pk := range ns.pods {
 			st := c.pods[pk]
-			if cp.podSel.Matches(labels.Set(st.pod.Labels)) {
+			if st.local && cp.podSel.Matches(labels.Set(st.pod.Labels)) {
 				c.selectPod(ps, key, st)
 				c.markPod(pk)
 			}
@@ -691,7 +693,7 @@ func (c *Compiler) removePolicy(key PolicyKey) *compiledPolicy {
 			c.releaseSelection(s)
 		}
 	}
-	for pk := range ps.selected {
+	for pk := range ps.local {
 		c.pods[pk].selectedBy.del(key)
 		c.markPod(pk)
 	}
@@ -1141,11 +1143,14 @@ func (c *Compiler) candidateIdentities(polNS string, rules []*compiledRule) []id
 
 // reselect recomputes which policies of the pod's namespace select it.
 func (c *Compiler) reselect(st *podState) {
+	if !st.local {
+		return
+	}
 	key := st.pod.Key()
 	for pk := range c.nsPolicies[key.Namespace] {
 		ps := c.policies[pk]
 		sel := ps.cp.podSel.Matches(labels.Set(st.pod.Labels))
-		if sel == ps.selected.has(key) {
+		if sel == ps.local.has(key) {
 			continue
 		}
 		if sel {
@@ -1156,21 +1161,15 @@ func (c *Compiler) reselect(st *podState) {
 	}
 }
 
-// selectPod records that policy pk (ps) selects pod st.
+// selectPod records that policy pk (ps) selects local pod st.
 func (c *Compiler) selectPod(ps *policyState, pk PolicyKey, st *podState) {
-	key := st.pod.Key()
-	ps.selected.add(key)
-	if st.local {
-		ps.local.add(key)
-	}
+	ps.local.add(st.pod.Key())
 	st.selectedBy.add(pk)
 }
 
 // unselectPod records that policy pk (ps) no longer selects pod st.
 func (c *Compiler) unselectPod(ps *policyState, pk PolicyKey, st *podState) {
-	key := st.pod.Key()
-	ps.selected.del(key)
-	ps.local.del(key)
+	ps.local.del(st.pod.Key())
 	st.selectedBy.del(pk)
 }
 

@@ -55,23 +55,31 @@ func checkIncrementalState(t *testing.T, c *Compiler) {
 				}
 			}
 		}
-		sel, local := set[PodKey]{}, set[PodKey]{}
+		local := set[PodKey]{}
 		for k, st := range c.pods {
 			if k.Namespace == pk.Namespace && ps.cp.podSel.Matches(labels.Set(st.pod.Labels)) {
-				sel.add(k)
 				if st.local {
 					local.add(k)
-				}
-				if !st.selectedBy.has(pk) {
-					t.Errorf("pod %s: selectedBy lacks %s", k, pk)
+					if !st.selectedBy.has(pk) {
+						t.Errorf("pod %s: selectedBy lacks %s", k, pk)
+					}
+				} else if st.selectedBy.has(pk) {
+					t.Errorf("pod %s is not local, but its selectedBy holds %s", k, pk)
 				}
 			}
 		}
-		if !maps.Equal(ps.selected, sel) || !maps.Equal(ps.local, local) {
-			t.Errorf("policy %s: selected %v local %v, from scratch %v %v", pk, ps.selected, ps.local, sel, local)
+		if !maps.Equal(ps.local, local) {
+			t.Errorf("policy %s: local %v, from scratch %v", pk, ps.local, local)
 		}
 		if !c.nsPolicies[pk.Namespace].has(pk) {
 			t.Errorf("policy %s missing from its namespace's index", pk)
+		}
+	}
+	for k, st := range c.pods {
+		for pk := range st.selectedBy {
+			if ps := c.policies[pk]; ps == nil || !ps.local.has(k) {
+				t.Errorf("pod %s: selectedBy holds %s, which does not select it", k, pk)
+			}
 		}
 	}
 	n := 0
