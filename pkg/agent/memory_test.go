@@ -102,7 +102,7 @@ func TestMemoryPerPodWithPolicies(t *testing.T) {
 	}
 }
 
-const memPerPodWithPolicies = 20000
+const memPerPodWithPolicies = 3000
 
 // pipelineHeap runs the agent's sync steps (but the kernel writes) over n
 // pods and the first policies bulk policies held by a fake API, and
