@@ -18,7 +18,7 @@
  *              data = ep_id(32) peer_id(32) dir(8) proto(8) port(16, BE)
  *              prefixlen 72 = any proto/port, 80 = proto, any port,
  *              80+k = the top k bits of the (big-endian) port.
- *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (16)
+ *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (24)
  *   counters   PERCPU_ARRAY __u32 idx         -> zt_counter (16)
  *              idx = ZT_CTR_IDX(dir, verdict, reason)
  *   events     RINGBUF   zt_flow_event (72) records
@@ -32,6 +32,8 @@
  *              egress to a Service address whose verdict waits for the
  *              NAT (see "Service egress" below); key ep_id 0, dir EGRESS,
  *              the tuple as the pod sent it.
+ *   polgen     ARRAY     __u32 0              -> __u64 policy generation
+ *              (see "Verdict cache" below); written by userspace only.
  *
  * Layouts (offset:size):
  *   zt_ipcache_key { 0:4 prefixlen, 4:1 family, 5:3 pad, 8:16 addr }
@@ -43,7 +45,8 @@
  *   zt_policy_val  { 0:4 rule_id, 4:1 action (zt_action), 5:3 pad }
  *   zt_ct_key      { 0:4 ep_id, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
  *                    8:2 sport (BE), 10:2 dport (BE), 12:16 saddr, 28:16 daddr }
- *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 flags (zt_ct_flags) }
+ *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 flags (zt_ct_flags),
+ *                    16:8 verified_gen }
  *   zt_counter     { 0:8 packets, 8:8 bytes }
  *   zt_flow_event  { 0:8 ts_ns, 8:4 ep_id, 12:4 ifindex, 16:4 peer_id,
  *                    20:4 rule_id, 24:1 family, 25:1 proto, 26:1 dir,
@@ -69,6 +72,24 @@
  * would pass as its replies. A packet the policy allows again, or a new
  * flow of the other direction (its own live entry), clears it. Revoked
  * entries are never replies for ICMP errors or the socket hooks.
+ *
+ * Verdict cache. Every forward packet of an isolated direction is checked
+ * against current policy, but the answer for an established flow only
+ * changes when the maps do. Userspace increments polgen after every write
+ * to ipcache, policy or endpoints (pkg/datapath does it for every write
+ * it makes). A forward packet that the policy allows stamps its conntrack
+ * entry with the generation it was decided at (verified_gen, plus
+ * ZT_CT_VIA_HOST when the allow was the allow-from-host flag); the next
+ * forward packet of that entry, while polgen still holds that number,
+ * takes the same verdict and rule without the ipcache and policy lookups.
+ * Any map write makes every stamp stale, so the first packet after it
+ * is decided from the maps again (and a revoked allow cuts the flow as
+ * before). The generation the slow path stamps is read with an atomic
+ * (fully ordered) operation before its lookups, so they see the maps at
+ * least as new as that generation on any CPU architecture. 0 means "never
+ * verified": a conntrack entry written by an older version (the value
+ * grew by verified_gen; migration zero-extends it) or by the netfilter
+ * program is decided from the maps.
  *
  * Service egress. NetworkPolicy egress applies to the pod a Service
  * address is translated to, and kube-proxy translates it (DNAT in the
@@ -245,16 +266,20 @@ struct zt_ct_key {
 };
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key size");
 
+/* Bit 0 is unused: ZT_CT_REVOKED has always been written as 1 << 1 (a
+ * macro of lib/ct.h once shadowed this enum), so pinned entries keep it. */
 enum zt_ct_flags : __u32 {
-	ZT_CT_REVOKED = 1 << 0, /* policy dropped the flow: cut both ways */
+	ZT_CT_REVOKED  = 1 << 1, /* policy dropped the flow: cut both ways */
+	ZT_CT_VIA_HOST = 1 << 2, /* verified_gen's verdict: allowed from the host */
 };
 
 struct zt_ct_val {
 	__u64 last_seen_ns;
 	__u32 rule_id;
 	enum zt_ct_flags flags;
+	__u64 verified_gen; /* polgen the forward verdict was taken at; 0: none */
 };
-_Static_assert(sizeof(struct zt_ct_val) == 16, "zt_ct_val size");
+_Static_assert(sizeof(struct zt_ct_val) == 24, "zt_ct_val size");
 
 struct zt_counter {
 	__u64 packets;

@@ -104,12 +104,12 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
 	 * error about one; the reply of a flow policy cut since is cut too */
 	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
-	if (rc == ZT_CT_REVOKED) {
+	if (rc == ZT_CT_IS_REVOKED) {
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		zt_deny(ep, &v, ZT_REASON_POLICY_DENIED);
 		return zt_finish(cfg, &f, &v, 1);
 	}
-	if (rc == ZT_CT_REPLY || zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
+	if (rc == ZT_CT_IS_REPLY || zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
 		v.rule_id = 0;
 		v.reason = ZT_REASON_REPLY;
 		return zt_finish(cfg, &f, &v, 0);
@@ -132,10 +132,19 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 
 	/* (3) forward packet: verify against current policy, every packet.
 	 * The peer's identity (an ipcache LPM lookup) is needed only by an
-	 * isolated direction, or by an event. */
+	 * isolated direction, or by an event. An established flow whose
+	 * verdict was taken at the current policy generation takes it again
+	 * without the lookups (zt_abi.h, "Verdict cache"). */
+	struct zt_ct_val *cached = NULL;
+	__u64 gen = 0;
+
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
+	} else if ((cached = zt_ct_verified(cfg, v.ep_id, dir, &f, now, zt_polgen()))) {
+		v.reason = (cached->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
+		v.rule_id = cached->rule_id;
 	} else {
+		gen = zt_polgen_ordered();
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
 		    (ep->flags & ZT_EP_ALLOW_HOST)) {
@@ -154,15 +163,23 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 
 	/* Allowed (or audited): track it so replies pass the other direction's
 	 * isolation. Audited flows are tracked too, so only the first
-	 * offending direction reports. */
-	created = zt_ct_upsert(cfg, v.ep_id, dir, &f, v.rule_id, now);
+	 * offending direction reports; only allows are cached. */
+	if (cached) {
+		zt_ct_touch(cached, now);
+		created = 0;
+	} else {
+		int verified = gen && v.verdict == ZT_VERDICT_ALLOW;
+
+		created = zt_ct_upsert(cfg, v.ep_id, dir, &f, v.rule_id, now, verified ? gen : 0,
+				       verified && v.reason == ZT_REASON_HOST ? ZT_CT_VIA_HOST : 0);
+	}
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_finish(cfg, &f, &v, 1);
 	if (cfg && (cfg->flags & ZT_CFG_EVENTS_ALLOWED)) {
 		int new_conn = f.proto == ZT_IPPROTO_TCP
 				       ? ((f.tcp_flags & 0x12) == 0x02) /* SYN without ACK */
 				       : created;
-		if (new_conn && v.reason == ZT_REASON_NOT_ISOLATED)
+		if (new_conn && (v.reason == ZT_REASON_NOT_ISOLATED || cached))
 			v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		return zt_finish(cfg, &f, &v, new_conn);
 	}

@@ -70,12 +70,14 @@ static __always_inline void zt_ct_touch(struct zt_ct_val *v, __u64 now)
 		v->last_seen_ns = now;
 }
 
-#define ZT_CT_NONE    0
-#define ZT_CT_REPLY   1 /* reply of a live flow allowed at this endpoint */
-#define ZT_CT_REVOKED 2 /* reply of a flow policy has since cut */
+/* What zt_ct_is_reply found. (Not ZT_CT_*: those are the entry flags of
+ * zt_abi.h, which a macro of that name would silently replace.) */
+#define ZT_CT_IS_NONE    0
+#define ZT_CT_IS_REPLY   1 /* reply of a live flow allowed at this endpoint */
+#define ZT_CT_IS_REVOKED 2 /* reply of a flow policy has since cut */
 
 /* Is this packet the reply of a flow allowed earlier at this endpoint
- * (ZT_CT_REPLY), or of one that policy cut since (ZT_CT_REVOKED)? */
+ * (ZT_CT_IS_REPLY), or of one that policy cut since (ZT_CT_IS_REVOKED)? */
 static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
 					  const struct zt_flow *f, __u64 now, __u32 *rule_id)
 {
@@ -86,14 +88,14 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	 * when the reversed tuple is known (a reused source port towards a
 	 * port the pod sent from would otherwise slip past ingress policy). */
 	if (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)
-		return ZT_CT_NONE;
+		return ZT_CT_IS_NONE;
 	zt_ct_key_rev(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!v)
-		return ZT_CT_NONE;
+		return ZT_CT_IS_NONE;
 	if (!zt_ct_live(cfg, v, now)) {
 		bpf_map_delete_elem(&conntrack, &k);
-		return ZT_CT_NONE;
+		return ZT_CT_IS_NONE;
 	}
 	if (v->flags & ZT_CT_REVOKED) {
 		/* Unless this direction opened a flow of its own since (a live,
@@ -101,12 +103,12 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 		zt_ct_key_fwd(&k, ep_id, dir, f);
 		fwd = bpf_map_lookup_elem(&conntrack, &k);
 		if (fwd && !(fwd->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, fwd, now))
-			return ZT_CT_NONE;
+			return ZT_CT_IS_NONE;
 		*rule_id = v->rule_id;
-		return ZT_CT_REVOKED;
+		return ZT_CT_IS_REVOKED;
 	}
 	zt_ct_touch(v, now);
-	return ZT_CT_REPLY;
+	return ZT_CT_IS_REPLY;
 }
 
 /* Is this an ICMP error about a flow allowed earlier at this endpoint (a
@@ -130,9 +132,52 @@ static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 e
 	return v && !(v->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, v, now);
 }
 
-/* Create or refresh the forward entry; returns 1 if it was created. */
+/* The policy generation (see zt_abi.h, "Verdict cache"): a plain read,
+ * for comparing with a stamp. */
+static __always_inline __u64 zt_polgen(void)
+{
+	__u32 zero = 0;
+	__u64 *g = bpf_map_lookup_elem(&polgen, &zero);
+
+	return g ? *g : 0;
+}
+
+/* The generation a verdict about to be taken from the maps is stamped
+ * with: read by a fully ordered atomic, so the lookups after it cannot
+ * see maps older than it, whatever the CPU's memory order. */
+static __always_inline __u64 zt_polgen_ordered(void)
+{
+	__u32 zero = 0;
+	__u64 *g = bpf_map_lookup_elem(&polgen, &zero);
+
+	return g ? __sync_fetch_and_add(g, 0) : 0;
+}
+
+/* The live, unrevoked forward entry of this packet whose verdict was
+ * taken at generation gen (non-zero), or NULL. */
+static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *cfg, __u32 ep_id,
+							__u8 dir, const struct zt_flow *f, __u64 now,
+							__u64 gen)
+{
+	struct zt_ct_key k;
+	struct zt_ct_val *v;
+
+	if (!gen)
+		return NULL;
+	zt_ct_key_fwd(&k, ep_id, dir, f);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (!v || v->verified_gen != gen || (v->flags & ZT_CT_REVOKED) || !zt_ct_live(cfg, v, now))
+		return NULL;
+	return v;
+}
+
+/* Create or refresh the forward entry; returns 1 if it was created.
+ * verified_gen (0: none) and via_host (ZT_CT_VIA_HOST or 0) record the
+ * verdict for the cache; fields are written only when they change, so a
+ * busy flow does not dirty its entry. */
 static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
-					const struct zt_flow *f, __u32 rule_id, __u64 now)
+					const struct zt_flow *f, __u32 rule_id, __u64 now,
+					__u64 verified_gen, __u32 via_host)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v, nv = {};
@@ -143,10 +188,16 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 		zt_ct_touch(v, now);
 		if (v->rule_id != rule_id)
 			v->rule_id = rule_id;
+		if ((v->flags & ZT_CT_VIA_HOST) != via_host)
+			v->flags = (v->flags & ~ZT_CT_VIA_HOST) | via_host;
+		if (v->verified_gen != verified_gen)
+			v->verified_gen = verified_gen;
 		return 0;
 	}
 	nv.last_seen_ns = now;
 	nv.rule_id = rule_id;
+	nv.flags = via_host;
+	nv.verified_gen = verified_gen;
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 	return 1;
 }

@@ -24,23 +24,23 @@ import (
 
 // PolicyPutMany writes keys[i] = vals[i] in order.
 func (d *Datapath) PolicyPutMany(keys []PolicyKey, vals []PolicyVal) (int, error) {
-	return updateMany(d.tc.Policy, "policy", keys, vals)
+	return d.changedN(updateMany(d.tc.Policy, "policy", keys, vals))
 }
 
 // PolicyDeleteMany removes keys in order; missing keys are not an error.
 func (d *Datapath) PolicyDeleteMany(keys []PolicyKey) (int, error) {
-	return deleteMany(d.tc.Policy, "policy", keys)
+	return d.changedN(deleteMany(d.tc.Policy, "policy", keys))
 }
 
 // IPCachePutMany writes keys[i] = vals[i] in order (keys from
 // IPCacheKeyFor).
 func (d *Datapath) IPCachePutMany(keys []IPCacheKey, vals []IPCacheVal) (int, error) {
-	return updateMany(d.tc.Ipcache, "ipcache", keys, vals)
+	return d.changedN(updateMany(d.tc.Ipcache, "ipcache", keys, vals))
 }
 
 // IPCacheDeleteMany removes keys in order; missing keys are not an error.
 func (d *Datapath) IPCacheDeleteMany(keys []IPCacheKey) (int, error) {
-	return deleteMany(d.tc.Ipcache, "ipcache", keys)
+	return d.changedN(deleteMany(d.tc.Ipcache, "ipcache", keys))
 }
 
 // EndpointPutMany sets eps[i] behind host ifindex ids[i], in order. Every
@@ -51,13 +51,13 @@ func (d *Datapath) EndpointPutMany(ids []uint32, eps []Endpoint) (int, error) {
 			return 0, fmt.Errorf("endpoint %d: %d addresses, at most %d", eps[i].EpId, eps[i].NrIps, MaxEndpointIPs)
 		}
 	}
-	return updateMany(d.tc.Endpoints, "endpoints", ids, eps)
+	return d.changedN(updateMany(d.tc.Endpoints, "endpoints", ids, eps))
 }
 
 // EndpointDeleteMany removes the endpoints behind ids in order; missing
 // ones are not an error.
 func (d *Datapath) EndpointDeleteMany(ids []uint32) (int, error) {
-	return deleteMany(d.tc.Endpoints, "endpoints", ids)
+	return d.changedN(deleteMany(d.tc.Endpoints, "endpoints", ids))
 }
 
 func updateMany[K, V any](m *ebpf.Map, name string, keys []K, vals []V) (int, error) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -81,6 +82,7 @@ type Datapath struct {
 	sock     ztSockObjects
 	nf       ztNfObjects
 	migrated []MapMigration
+	genMu    sync.Mutex // orders policy generation bumps (polgen.go)
 }
 
 // Open mounts bpffs if needed, loads the programs and creates or adopts
@@ -162,7 +164,7 @@ func (d *Datapath) tcMapsByName() map[string]*ebpf.Map {
 		"ipcache": m.Ipcache, "endpoints": m.Endpoints, "policy": m.Policy,
 		"conntrack": m.Conntrack, "counters": m.Counters, "events": m.Events,
 		"config": m.Config, "netns": m.Netns, "ev_bucket": m.EvBucket,
-		"svcnets": m.Svcnets, "svcpend": m.Svcpend,
+		"svcnets": m.Svcnets, "svcpend": m.Svcpend, "polgen": m.Polgen,
 	}
 }
 
@@ -301,17 +303,22 @@ func migrateMap(path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, err
 	defer nm.Close()
 
 	perCPU := spec.Type == ebpf.PerCPUArray || spec.Type == ebpf.PerCPUHash || spec.Type == ebpf.LRUCPUHash
-	sameLayout := old.Type() == spec.Type && old.KeySize() == spec.KeySize && old.ValueSize() == spec.ValueSize
+	sameKey := old.Type() == spec.Type && old.KeySize() == spec.KeySize
+	// Values only grow at their end, and a zero tail means "unknown"
+	// (zt_abi.h): a value that grew is copied with a zero tail.
+	grown := sameKey && old.ValueSize() < spec.ValueSize
 	switch {
 	case spec.Type == ebpf.RingBuf || perCPU:
 		// nothing to carry over
-	case !sameLayout:
+	case !sameKey || (old.ValueSize() != spec.ValueSize && !grown):
 		mig.Empty = true
 	default:
 		k := make([]byte, spec.KeySize)
+		ov := make([]byte, old.ValueSize())
 		v := make([]byte, spec.ValueSize)
 		it := old.Iterate()
-		for it.Next(&k, &v) {
+		for it.Next(&k, &ov) {
+			copy(v, ov) // the tail stays zero
 			if err := nm.Update(k, v, ebpf.UpdateAny); err != nil {
 				return mig, fmt.Errorf("copy entry %d: %w", mig.Copied, mapErr(ms.Name, err))
 			}

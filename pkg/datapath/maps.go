@@ -9,7 +9,9 @@ import (
 )
 
 // Typed access to the maps. pkg/mapsync is the only writer in the agent;
-// these methods are the primitive operations it composes.
+// these methods are the primitive operations it composes. Every write to
+// ipcache, endpoints or policy ends by moving the policy generation on
+// (changed), so no cached verdict outlives it.
 
 // IPCachePut maps prefix to identity.
 func (d *Datapath) IPCachePut(p netip.Prefix, v IPCacheVal) error {
@@ -18,9 +20,9 @@ func (d *Datapath) IPCachePut(p netip.Prefix, v IPCacheVal) error {
 		return err
 	}
 	if err := d.tc.Ipcache.Put(&k, &v); err != nil {
-		return mapErr("ipcache", err)
+		return d.changed(mapErr("ipcache", err))
 	}
-	return nil
+	return d.changed(nil)
 }
 
 // IPCacheDelete removes prefix; a missing prefix is not an error.
@@ -29,7 +31,7 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	return deleteIgnoreMissing(d.tc.Ipcache, "ipcache", &k)
+	return d.changed(deleteIgnoreMissing(d.tc.Ipcache, "ipcache", &k))
 }
 
 // IPCacheList dumps the ipcache.
@@ -60,7 +62,7 @@ func (d *Datapath) IPCachePutBatch(entries map[netip.Prefix]IPCacheVal) error {
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
-	return putBatch(d.tc.Ipcache, "ipcache", keys, vals)
+	return d.changed(putBatch(d.tc.Ipcache, "ipcache", keys, vals))
 }
 
 // EndpointPut sets the endpoint behind host ifindex.
@@ -69,15 +71,15 @@ func (d *Datapath) EndpointPut(ifindex uint32, ep Endpoint) error {
 		return fmt.Errorf("endpoint %d: %d addresses, at most %d", ep.EpId, ep.NrIps, MaxEndpointIPs)
 	}
 	if err := d.tc.Endpoints.Put(&ifindex, &ep); err != nil {
-		return mapErr("endpoints", err)
+		return d.changed(mapErr("endpoints", err))
 	}
-	return nil
+	return d.changed(nil)
 }
 
 // EndpointDelete removes the endpoint behind ifindex. Its traffic then
 // passes with reason no-endpoint until the programs are detached.
 func (d *Datapath) EndpointDelete(ifindex uint32) error {
-	return deleteIgnoreMissing(d.tc.Endpoints, "endpoints", &ifindex)
+	return d.changed(deleteIgnoreMissing(d.tc.Endpoints, "endpoints", &ifindex))
 }
 
 // EndpointList dumps the endpoints map keyed by host ifindex.
@@ -103,20 +105,20 @@ func (d *Datapath) EndpointPutBatch(eps map[uint32]Endpoint) error {
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
-	return putBatch(d.tc.Endpoints, "endpoints", keys, vals)
+	return d.changed(putBatch(d.tc.Endpoints, "endpoints", keys, vals))
 }
 
 // PolicyPut writes one policy entry (see PolicyKeys).
 func (d *Datapath) PolicyPut(k PolicyKey, v PolicyVal) error {
 	if err := d.tc.Policy.Put(&k, &v); err != nil {
-		return mapErr("policy", err)
+		return d.changed(mapErr("policy", err))
 	}
-	return nil
+	return d.changed(nil)
 }
 
 // PolicyDelete removes one policy entry; a missing key is not an error.
 func (d *Datapath) PolicyDelete(k PolicyKey) error {
-	return deleteIgnoreMissing(d.tc.Policy, "policy", &k)
+	return d.changed(deleteIgnoreMissing(d.tc.Policy, "policy", &k))
 }
 
 // PolicyPutRule writes every key of r with value v.
@@ -170,7 +172,7 @@ func (d *Datapath) PolicyPutBatch(entries map[PolicyKey]PolicyVal) error {
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
-	return putBatch(d.tc.Policy, "policy", keys, vals)
+	return d.changed(putBatch(d.tc.Policy, "policy", keys, vals))
 }
 
 // NetnsPut registers a network namespace cookie for the socket hooks.

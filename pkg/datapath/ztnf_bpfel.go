@@ -24,6 +24,7 @@ const (
 	ztNfMapEvents       = "events"
 	ztNfMapIpcache      = "ipcache"
 	ztNfMapNetns        = "netns"
+	ztNfMapPolgen       = "polgen"
 	ztNfMapPolicy       = "policy"
 	ztNfMapSvcnets      = "svcnets"
 	ztNfMapSvcpend      = "svcpend"
@@ -87,6 +88,7 @@ type ztNfMapSpecs struct {
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
+	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
@@ -126,6 +128,7 @@ type ztNfMaps struct {
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Netns     *ebpf.Map `ebpf:"netns"`
+	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
@@ -141,6 +144,7 @@ func (m *ztNfMaps) Close() error {
 		m.Events,
 		m.Ipcache,
 		m.Netns,
+		m.Polgen,
 		m.Policy,
 		m.Svcnets,
 		m.Svcpend,

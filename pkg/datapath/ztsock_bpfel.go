@@ -24,6 +24,7 @@ const (
 	ztSockMapEvents      = "events"
 	ztSockMapIpcache     = "ipcache"
 	ztSockMapNetns       = "netns"
+	ztSockMapPolgen      = "polgen"
 	ztSockMapPolicy      = "policy"
 	ztSockMapSvcnets     = "svcnets"
 	ztSockMapSvcpend     = "svcpend"
@@ -93,6 +94,7 @@ type ztSockMapSpecs struct {
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
+	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
@@ -132,6 +134,7 @@ type ztSockMaps struct {
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Netns     *ebpf.Map `ebpf:"netns"`
+	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
@@ -147,6 +150,7 @@ func (m *ztSockMaps) Close() error {
 		m.Events,
 		m.Ipcache,
 		m.Netns,
+		m.Polgen,
 		m.Policy,
 		m.Svcnets,
 		m.Svcpend,

@@ -51,7 +51,8 @@ type ztTcZtCounter struct {
 type ztTcZtCtFlags uint32
 
 const (
-	ztTcZtCtFlagsZT_CT_REVOKED ztTcZtCtFlags = 1
+	ztTcZtCtFlagsZT_CT_REVOKED  ztTcZtCtFlags = 2
+	ztTcZtCtFlagsZT_CT_VIA_HOST ztTcZtCtFlags = 4
 )
 
 type ztTcZtCtKey struct {
@@ -68,10 +69,11 @@ type ztTcZtCtKey struct {
 }
 
 type ztTcZtCtVal struct {
-	_          structs.HostLayout
-	LastSeenNs uint64
-	RuleId     uint32
-	Flags      ztTcZtCtFlags
+	_           structs.HostLayout
+	LastSeenNs  uint64
+	RuleId      uint32
+	Flags       ztTcZtCtFlags
+	VerifiedGen uint64
 }
 
 type ztTcZtDir uint8
@@ -231,6 +233,7 @@ const (
 	ztTcMapEvents     = "events"
 	ztTcMapIpcache    = "ipcache"
 	ztTcMapNetns      = "netns"
+	ztTcMapPolgen     = "polgen"
 	ztTcMapPolicy     = "policy"
 	ztTcMapSvcnets    = "svcnets"
 	ztTcMapSvcpend    = "svcpend"
@@ -296,6 +299,7 @@ type ztTcMapSpecs struct {
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
+	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
@@ -335,6 +339,7 @@ type ztTcMaps struct {
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Netns     *ebpf.Map `ebpf:"netns"`
+	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
@@ -350,6 +355,7 @@ func (m *ztTcMaps) Close() error {
 		m.Events,
 		m.Ipcache,
 		m.Netns,
+		m.Polgen,
 		m.Policy,
 		m.Svcnets,
 		m.Svcpend,
