@@ -239,7 +239,10 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"veths of the `none` topology (the veths zt attaches to in its own), timed the same way during one TCP_RR. Its time is what every program pays here whatever it does — the "+
 		"two clock reads around each run that the statistics add, the indirect call into the program and its return under the CPU's "+
 		"mitigations (retpolines, SRSO \"Safe RET\" on CPUs that need them), an instruction cache gone cold between packets — so zt added = zt − empty is the work of zt's "+
-		"programs themselves (both `-` when `none` did not run). The 150 ns/packet target below stays on zt's figure as measured. Map write: one bare policy entry put or delete (pkg/datapath), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", o.RawWrites))
+		"programs themselves (both `-` when `none` did not run). zt's programs take the verdict of a forward packet of an established flow from "+
+		"its conntrack entry while the policy generation is unchanged (no ipcache or policy lookup); the first packet of a flow, and the first "+
+		"after any map write, are decided from the maps. The 150 ns/packet target below stays on zt's figure as measured. Map write: one bare policy "+
+		"entry put or delete (pkg/datapath, with the policy generation bump that follows every write), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", o.RawWrites))
 	b.WriteString("### Targets\n\nMedians of the repetitions, with their min–max in parentheses; \"within noise\" when that range contains the goal, " +
 		"so this run cannot tell pass from fail.\n\n| target | want | got | pass |\n|---|---|---|---|\n")
 	for _, t := range r.Targets() {
