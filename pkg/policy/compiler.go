@@ -1284,6 +1284,9 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 		return ep
 	}
 	defer func() { memo[key.String()] = &[2]DirectionPolicy{ep.Ingress, ep.Egress} }()
+	if base == nil {
+		c.reserveRules(ep, selectedBy)
+	}
 	for _, pk := range selectedBy {
 		ps := c.policies[pk]
 		for d := range 2 {
@@ -1294,7 +1297,9 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 			dp.Isolated = true
 			dp.IsolatedBy = append(dp.IsolatedBy, pk)
 			if base != nil {
-				dp.Rules = c.appendChangedRules(dp.Rules, &st.pod, ps, d, changed)
+				if c.peersChanged(ps) {
+					dp.Rules = c.appendChangedRules(dp.Rules, &st.pod, ps, d, changed)
+				}
 				continue
 			}
 			for i := range ps.cp.rules[d] {
@@ -1318,6 +1323,44 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 	}
 	return ep
 }
+
+// reserveRules gives ep's rule lists room for every allow its policies
+// expand to before compaction (egress named ports counted as if every peer
+// resolved them): growing them by appending copies each list about twice
+// and leaves up to half of it unused.
+func (c *Compiler) reserveRules(ep *Endpoint, selectedBy []PolicyKey) {
+	var n [2]int
+	for _, pk := range selectedBy {
+		ps := c.policies[pk]
+		for d := range 2 {
+			if !ps.cp.types[d] {
+				continue
+			}
+			for i := range ps.cp.rules[d] {
+				r := &ps.cp.rules[d][i]
+				if r.allPeers {
+					n[d] += max(1, len(r.ports))
+					continue
+				}
+				n[d] += ps.peers[d][i].len() * max(1, len(r.ports))
+			}
+		}
+	}
+	for d := range 2 {
+		if n[d] > 0 {
+			ep.Dir(Direction(d)).Rules = make([]Rule, 0, n[d])
+		}
+	}
+}
+
+// peersChanged reports whether any peer set of ps may have changed since
+// the last Sync. Every identity event that adds an identity to, or removes
+// one from, a selection marks each policy using it (markSelected), and so
+// does one changing what an any-peer egress named port resolves to: an
+// unmarked policy has no rule naming a changed identity, and patching an
+// endpoint need not look at its rules (most of an endpoint's policies, in
+// a relabel).
+func (c *Compiler) peersChanged(ps *policyState) bool { return ps.marked == c.generation }
 
 // appendChangedRules appends the allows of the rules of direction d of ps
 // for endpoint pod whose peer is one of the identities in changed (sorted):
@@ -1390,7 +1433,7 @@ func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
 	if removed == 0 && len(fresh) == 0 {
 		return old
 	}
-	out := make([]Rule, 0, len(old)-removed+len(fresh))
+	out := newRulesLike(old, len(old)-removed+len(fresh))
 	// Kept rules, run by run, merged with fresh ones; fresh peers differ
 	// from every kept rule's peer, so no two compare equal.
 	next := 0
@@ -1423,6 +1466,20 @@ func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
 		return nil
 	}
 	return out
+}
+
+// newRulesLike returns an empty slice with room for n rules. A make of
+// that size clears the memory, which at scale (tens of thousands of rules
+// an endpoint, a hundred endpoints patched by a relabel) is a pass over
+// every byte patchRules is about to write; when n fits in old, a copy of
+// old's head gives the memory uncleared (append does not clear what it
+// copies), and old's head is what patchRules writes first anyway (changed
+// identities are mostly new ones, whose rules sort last).
+func newRulesLike(old []Rule, n int) []Rule {
+	if n == 0 || n > len(old) {
+		return make([]Rule, 0, n)
+	}
+	return append([]Rule(nil), old[:n]...)[:0]
 }
 
 // appendRules appends the allows of rule r for endpoint pod; peers are the
@@ -1493,7 +1550,17 @@ func endpointEqual(a, b *Endpoint) bool {
 }
 
 func dirEqual(a, b *DirectionPolicy) bool {
-	return a.Isolated == b.Isolated && slices.Equal(a.IsolatedBy, b.IsolatedBy) && slices.Equal(a.Rules, b.Rules)
+	return a.Isolated == b.Isolated && slices.Equal(a.IsolatedBy, b.IsolatedBy) && rulesEqual(a.Rules, b.Rules)
+}
+
+// rulesEqual is slices.Equal, without the walk when both are the same
+// slice: a patched endpoint keeps its unchanged direction's rules (see
+// patchRules), thousands of them at scale.
+func rulesEqual(a, b []Rule) bool {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return true
+	}
+	return slices.Equal(a, b)
 }
 
 // Endpoints returns the compiled endpoints, sorted by pod. Call Sync first.
