@@ -1433,7 +1433,7 @@ func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
 	if removed == 0 && len(fresh) == 0 {
 		return old
 	}
-	out := newRulesLike(old, len(old)-removed+len(fresh))
+	out := make([]Rule, 0, len(old)-removed+len(fresh))
 	// Kept rules, run by run, merged with fresh ones; fresh peers differ
 	// from every kept rule's peer, so no two compare equal.
 	next := 0
@@ -1466,20 +1466,6 @@ func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
 		return nil
 	}
 	return out
-}
-
-// newRulesLike returns an empty slice with room for n rules. A make of
-// that size clears the memory, which at scale (tens of thousands of rules
-// an endpoint, a hundred endpoints patched by a relabel) is a pass over
-// every byte patchRules is about to write; when n fits in old, a copy of
-// old's head gives the memory uncleared (append does not clear what it
-// copies), and old's head is what patchRules writes first anyway (changed
-// identities are mostly new ones, whose rules sort last).
-func newRulesLike(old []Rule, n int) []Rule {
-	if n == 0 || n > len(old) {
-		return make([]Rule, 0, n)
-	}
-	return append([]Rule(nil), old[:n]...)[:0]
 }
 
 // appendRules appends the allows of rule r for endpoint pod; peers are the
