@@ -7,7 +7,7 @@
 //	k8swatch ──signal──▶ loop (≥ MinSyncInterval apart) ──▶ policy.Compiler
 //	                       │                                     │
 //	                       ├── local pods ─▶ host veth (netlink) ─▶ datapath.AttachEndpoint
-//	                       └── mapsync.Desired ─▶ Syncer.Apply (Reconcile every ReconcileInterval)
+//	                       └── mapsync.Builder ─▶ Syncer.ApplyDelta (Reconcile every ReconcileInterval)
 package agent
 
 import (
@@ -51,6 +51,9 @@ type Agent struct {
 	watch    *k8swatch.Watcher
 	compiler *policy.Compiler
 	syncer   *mapsync.Syncer
+	// builder patches the desired state from what changed, so a sync
+	// costs its changes, not the size of the node's maps.
+	builder  *mapsync.Builder
 	metrics  *metrics
 	recorder record.EventRecorder
 	events   record.EventBroadcaster
@@ -146,6 +149,7 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 		cfg: cfg, log: log, client: client, dp: dp, watch: w,
 		compiler: policy.New(opts),
 		syncer:   mapsync.New(dp),
+		builder:  mapsync.NewBuilder(),
 		metrics:  newMetrics(dp),
 		bound:    map[policy.PodKey]binding{},
 		missing:  map[policy.PodKey]string{},
@@ -311,7 +315,7 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	for pk, b := range a.bound {
 		binds = append(binds, mapsync.Binding{Pod: pk, Ifindex: b.ifindex, Audit: a.cfg.Audit})
 	}
-	desired, derr := mapsync.Desired(a.compiler, binds, mapsync.Options{DenyFromHost: a.cfg.DenyFromHost})
+	desired, delta, derr := a.builder.Update(a.compiler, binds, mapsync.Options{DenyFromHost: a.cfg.DenyFromHost})
 	if derr != nil {
 		a.log.Error("some endpoints could not be compiled", zap.Error(derr))
 	}
@@ -319,7 +323,7 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	if full {
 		st, err = a.syncer.Reconcile(desired)
 	} else {
-		st, err = a.syncer.Apply(desired)
+		st, err = a.syncer.ApplyDelta(desired, delta)
 	}
 	kind := "incremental"
 	if full {

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -165,5 +166,42 @@ func TestAcquireHinted(t *testing.T) {
 	}
 	if id, _ := a.AcquireHinted(pod("c"), 301); id.ID != 301 {
 		t.Errorf("another adopted number: got %d, want 301", id.ID)
+	}
+}
+
+func TestIPCacheChangedSince(t *testing.T) {
+	var c IPCache
+	a, b := netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("10.1.0.0/16")
+	c.Set(a, 300)
+	v := c.Version()
+	c.Set(a, 300) // no change
+	if got, ok := c.ChangedSince(v); !ok || len(got) != 0 {
+		t.Fatalf("unchanged Set recorded: %v %v", got, ok)
+	}
+	c.Set(b, 301)
+	c.Set(a, 302)
+	c.Delete(b)
+	c.Delete(b) // already gone: no change
+	got, ok := c.ChangedSince(v)
+	if !ok || !slices.Equal(got, []netip.Prefix{b, a, b}) {
+		t.Fatalf("ChangedSince = %v %v, want [%s %s %s]", got, ok, b, a, b)
+	}
+	if _, ok := c.ChangedSince(c.Version() + 1); ok {
+		t.Fatal("a future version answered")
+	}
+	// The journal is bounded: old versions are forgotten, recent ones not.
+	for i := range 5000 {
+		c.Set(a, ID(1000+i))
+	}
+	if _, ok := c.ChangedSince(v); ok {
+		t.Fatal("5000 changes later, the first version is still answered")
+	}
+	w := c.Version()
+	c.Set(b, 7)
+	if got, ok := c.ChangedSince(w); !ok || !slices.Equal(got, []netip.Prefix{b}) {
+		t.Fatalf("after the trim: %v %v", got, ok)
+	}
+	if n := len(c.journal); n > 1024 {
+		t.Fatalf("journal holds %d prefixes for %d entries", n, c.Len())
 	}
 }

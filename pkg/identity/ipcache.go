@@ -13,6 +13,34 @@ type IPCache struct {
 	// refs counts the prefixes of each length, per family, so Lookup only
 	// probes lengths in use.
 	lens4, lens6 [129]int
+	// ver counts the changes; journal[i] is the prefix changed by change
+	// journalBase+i+1 (ChangedSince). It is cleared when it outgrows the
+	// entries, so it never holds more than about twice as many.
+	ver, journalBase uint64
+	journal          []netip.Prefix
+}
+
+// record notes a change of p.
+func (c *IPCache) record(p netip.Prefix) {
+	c.ver++
+	if len(c.journal) >= max(1024, 2*len(c.entries)) {
+		c.journal, c.journalBase = c.journal[:0], c.ver-1
+	}
+	c.journal = append(c.journal, p)
+}
+
+// Version counts the changes made so far: a consumer that copied the
+// entries at version v learns what changed since from ChangedSince(v).
+func (c *IPCache) Version() uint64 { return c.ver }
+
+// ChangedSince returns the prefixes set to another identity, added or
+// deleted after version v (possibly repeated; look each one up with Get),
+// or false when they are no longer known: then copy Entries anew.
+func (c *IPCache) ChangedSince(v uint64) ([]netip.Prefix, bool) {
+	if v < c.journalBase || v > c.ver {
+		return nil, false
+	}
+	return slices.Clone(c.journal[v-c.journalBase:]), true
 }
 
 // Set maps p (masked) to id.
@@ -21,8 +49,12 @@ func (c *IPCache) Set(p netip.Prefix, id ID) {
 	if c.entries == nil {
 		c.entries = map[netip.Prefix]ID{}
 	}
-	if _, ok := c.entries[p]; !ok {
+	old, ok := c.entries[p]
+	if !ok {
 		c.lens(p)[p.Bits()]++
+	}
+	if !ok || old != id {
+		c.record(p)
 	}
 	c.entries[p] = id
 }
@@ -33,6 +65,7 @@ func (c *IPCache) Delete(p netip.Prefix) {
 	if _, ok := c.entries[p]; ok {
 		c.lens(p)[p.Bits()]--
 		delete(c.entries, p)
+		c.record(p)
 	}
 }
 

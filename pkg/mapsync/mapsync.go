@@ -4,6 +4,10 @@
 //	                                      ▲                                     │
 //	                                      └──────── realized (cache, or a dump on Reconcile)
 //
+// A Builder keeps the desired state and patches it from what the compiler
+// changed, and Syncer.ApplyDelta diffs only the keys its Delta names, so
+// an agent's sync costs its changes rather than the size of its maps.
+//
 // It never flushes and refills, and it opens no window: traffic allowed
 // before and after an update passes at every intermediate step, and traffic
 // denied before and after never passes. Writes go in this order:
@@ -137,43 +141,71 @@ func Desired(c *policy.Compiler, bindings []Binding, opts Options) (State, error
 	}
 	var errs []error
 	for _, b := range bindings {
-		ep, ok := c.Endpoint(b.Pod)
-		if !ok {
-			errs = append(errs, fmt.Errorf("endpoint %s (ifindex %d): no compiled policy (pod unknown or not on this node)", b.Pod, b.Ifindex))
-			continue
-		}
-		val, err := endpointValue(ep, b, opts)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		s.Endpoints[b.Ifindex] = val
-		for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
-			for _, r := range ep.Dir(d).Rules {
-				keys, err := datapath.PolicyKeys(datapath.PortRule{
-					EndpointID: b.Ifindex,
-					Dir:        datapath.Dir(d),
-					Peer:       datapath.Identity(r.Peer),
-					Proto:      uint8(r.Protocol),
-					Port:       r.Port,
-					EndPort:    r.EndPort,
-				})
-				if err != nil {
-					errs = append(errs, fmt.Errorf("endpoint %s rule %v: %w", b.Pod, r, err))
-					continue
-				}
-				for _, k := range keys {
-					// Overlapping rules share keys: keep the lowest rule
-					// number, so the result does not depend on order.
-					if old, ok := s.Policy[k]; ok && old.RuleId <= uint32(r.ID) {
-						continue
-					}
-					s.Policy[k] = datapath.PolicyVal{RuleId: uint32(r.ID), Action: datapath.ActionAllow}
-				}
-			}
-		}
+		ep, _ := c.Endpoint(b.Pod)
+		_, err := addEndpoint(s, ep, b, opts)
+		errs = append(errs, err)
 	}
 	return s, errors.Join(errs...)
+}
+
+// addEndpoint adds the endpoint entry and policy entries of ep (nil: the
+// compiler has no such pod) bound as b to s, and returns the policy keys it
+// wrote (possibly repeated). An endpoint that cannot be compiled adds
+// nothing; a rule that cannot be is left out. Both are in the error.
+func addEndpoint(s State, ep *policy.Endpoint, b Binding, opts Options) ([]datapath.PolicyKey, error) {
+	if ep == nil {
+		return nil, fmt.Errorf("endpoint %s (ifindex %d): no compiled policy (pod unknown or not on this node)", b.Pod, b.Ifindex)
+	}
+	val, err := endpointValue(ep, b, opts)
+	if err != nil {
+		return nil, err
+	}
+	s.Endpoints[b.Ifindex] = val
+	var errs []error
+	var written []datapath.PolicyKey
+	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
+		var err error
+		if written, err = putRules(s.Policy, written, b, d, ep.Dir(d).Rules); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return written, errors.Join(errs...)
+}
+
+// putRules puts the policy entries of rules (direction d of the endpoint
+// bound as b) into pol and appends their keys to written. A rule that
+// cannot be expressed is left out, and in the error.
+func putRules(pol map[datapath.PolicyKey]datapath.PolicyVal, written []datapath.PolicyKey, b Binding, d policy.Direction, rules []policy.Rule) ([]datapath.PolicyKey, error) {
+	var errs []error
+	for _, r := range rules {
+		keys, err := ruleKeys(b.Ifindex, d, r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoint %s rule %v: %w", b.Pod, r, err))
+			continue
+		}
+		for _, k := range keys {
+			// Overlapping rules share keys: keep the lowest rule number,
+			// so the result does not depend on order.
+			if old, ok := pol[k]; ok && old.RuleId <= uint32(r.ID) {
+				continue
+			}
+			pol[k] = datapath.PolicyVal{RuleId: uint32(r.ID), Action: datapath.ActionAllow}
+			written = append(written, k)
+		}
+	}
+	return written, errors.Join(errs...)
+}
+
+// ruleKeys are the policy keys of rule r of direction d of endpoint id.
+func ruleKeys(id uint32, d policy.Direction, r policy.Rule) ([]datapath.PolicyKey, error) {
+	return datapath.PolicyKeys(datapath.PortRule{
+		EndpointID: id,
+		Dir:        datapath.Dir(d),
+		Peer:       datapath.Identity(r.Peer),
+		Proto:      uint8(r.Protocol),
+		Port:       r.Port,
+		EndPort:    r.EndPort,
+	})
 }
 
 func endpointValue(ep *policy.Endpoint, b Binding, opts Options) (datapath.Endpoint, error) {
@@ -246,6 +278,18 @@ func (s *Syncer) Apply(desired State) (Stats, error) {
 	return s.apply(desired)
 }
 
+// ApplyDelta is Apply for a desired state that differs from the state
+// this Syncer last wrote only at the keys d names (a Builder's Update
+// since then): the plan looks at those keys alone, so an update costs
+// its changes and not the size of the maps. Without an earlier
+// Reconcile, after a failed or refused update, or with d.All, it is Apply.
+func (s *Syncer) ApplyDelta(desired State, d Delta) (Stats, error) {
+	if s.realized == nil || d.All {
+		return s.Apply(desired)
+	}
+	return s.applyWith(desired, &d)
+}
+
 func (s *Syncer) dump() (State, error) {
 	var st State
 	var err error
@@ -296,6 +340,52 @@ func diffMaps[K comparable, V comparable](have, want map[K]V) (put []entry[K, V]
 		}
 	}
 	return put, added, del
+}
+
+// diffKeys is diffMaps for maps that can differ only at keys (which may
+// repeat): it looks at those alone.
+func diffKeys[K comparable, V comparable](have, want map[K]V, keys []K) (put []entry[K, V], added int, del []K) {
+	done := make(map[K]struct{}, len(keys))
+	for _, k := range keys {
+		if _, ok := done[k]; ok {
+			continue
+		}
+		done[k] = struct{}{}
+		w, inWant := want[k]
+		h, inHave := have[k]
+		switch {
+		case inWant && !inHave:
+			put = append(put, entry[K, V]{k, w})
+			added++
+		case inWant && h != w:
+			put = append(put, entry[K, V]{k, w})
+		case !inWant && inHave:
+			del = append(del, k)
+		}
+	}
+	return put, added, del
+}
+
+// verifyDelta makes every ApplyDelta also diff the whole states and fail
+// when the Delta missed a difference (tests set it).
+var verifyDelta = false
+
+// checkDelta compares the differences found at a Delta's keys with those
+// of the whole states.
+func checkDelta(r *State, desired State, ipcPut []entry[netip.Prefix, datapath.IPCacheVal], ipcDel []netip.Prefix,
+	polPut []entry[datapath.PolicyKey, datapath.PolicyVal], polDel []datapath.PolicyKey,
+	epPut []entry[uint32, datapath.Endpoint], epDel []uint32,
+) error {
+	fIPCPut, _, fIPCDel := diffMaps(r.IPCache, desired.IPCache)
+	fPolPut, _, fPolDel := diffMaps(r.Policy, desired.Policy)
+	fEPPut, _, fEPDel := diffMaps(r.Endpoints, desired.Endpoints)
+	if len(fIPCPut) != len(ipcPut) || len(fIPCDel) != len(ipcDel) || len(fPolPut) != len(polPut) ||
+		len(fPolDel) != len(polDel) || len(fEPPut) != len(epPut) || len(fEPDel) != len(epDel) {
+		return fmt.Errorf("delta missed differences: ipcache put %d/%d del %d/%d, policy put %d/%d del %d/%d, endpoints put %d/%d del %d/%d (delta/whole)",
+			len(ipcPut), len(fIPCPut), len(ipcDel), len(fIPCDel), len(polPut), len(fPolPut), len(polDel), len(fPolDel),
+			len(epPut), len(fEPPut), len(epDel), len(fEPDel))
+	}
+	return nil
 }
 
 // polOps are policy writes of one step, in the policy trie's byte order.
@@ -411,20 +501,34 @@ func (p *plan) changes() int {
 // the compiler never allocates this high. They live for one Apply.
 const TempIdentityBase datapath.Identity = 0xFFF00000
 
-func (s *Syncer) plan(desired State) (plan, error) {
+func (s *Syncer) plan(desired State, d *Delta) (plan, error) {
 	r := s.realized
-	// The ipcache and policy halves of the plan are independent until the
-	// freeze: large ones are computed on two CPUs.
-	par := min(len(desired.IPCache), len(desired.Policy)) >= parallelPlan
 	var ipcPut []entry[netip.Prefix, datapath.IPCacheVal]
 	var ipcDel []netip.Prefix
 	var ipcAdded int
 	var polPut []entry[datapath.PolicyKey, datapath.PolicyVal]
 	var polDel []datapath.PolicyKey
 	var polAdded int
-	both(par, func() { ipcPut, ipcAdded, ipcDel = diffMaps(r.IPCache, desired.IPCache) },
-		func() { polPut, polAdded, polDel = diffMaps(r.Policy, desired.Policy) })
-	epPut, _, epDel := diffMaps(r.Endpoints, desired.Endpoints)
+	var epPut []entry[uint32, datapath.Endpoint]
+	var epDel []uint32
+	par := false
+	if d != nil {
+		ipcPut, ipcAdded, ipcDel = diffKeys(r.IPCache, desired.IPCache, d.IPCache)
+		polPut, polAdded, polDel = diffKeys(r.Policy, desired.Policy, d.Policy)
+		epPut, _, epDel = diffKeys(r.Endpoints, desired.Endpoints, d.Endpoints)
+		if verifyDelta {
+			if err := checkDelta(r, desired, ipcPut, ipcDel, polPut, polDel, epPut, epDel); err != nil {
+				return plan{}, err
+			}
+		}
+	} else {
+		// The ipcache and policy halves of the plan are independent until
+		// the freeze: large ones are computed on two CPUs.
+		par = min(len(desired.IPCache), len(desired.Policy)) >= parallelPlan
+		both(par, func() { ipcPut, ipcAdded, ipcDel = diffMaps(r.IPCache, desired.IPCache) },
+			func() { polPut, polAdded, polDel = diffMaps(r.Policy, desired.Policy) })
+		epPut, _, epDel = diffMaps(r.Endpoints, desired.Endpoints)
+	}
 	p := plan{epDel: epDel, polDel: sortPolicyKeys(polDel), ipcAdded: ipcAdded, polAdded: polAdded}
 	slices.Sort(p.epDel)
 	slices.SortFunc(epPut, func(a, b entry[uint32, datapath.Endpoint]) int { return cmp.Compare(a.k, b.k) })
@@ -611,11 +715,19 @@ func lookupPrefix(m map[netip.Prefix]datapath.IPCacheVal, pfx netip.Prefix) data
 	return datapath.IdentityWorld
 }
 
-func (s *Syncer) apply(desired State) (Stats, error) {
+func (s *Syncer) apply(desired State) (Stats, error) { return s.applyWith(desired, nil) }
+
+// applyWith writes desired; d (nil: any key) names the keys where it may
+// differ from the realized state.
+func (s *Syncer) applyWith(desired State, d *Delta) (Stats, error) {
 	var st Stats
 	r := s.realized
-	p, err := s.plan(desired)
+	p, err := s.plan(desired, d)
 	if err != nil {
+		if d != nil {
+			// The caller's next Delta will not name these keys again.
+			s.realized = nil
+		}
 		return st, fmt.Errorf("refused, previous state kept: %w", err)
 	}
 
@@ -632,6 +744,9 @@ func (s *Syncer) apply(desired State) (Stats, error) {
 		{"policy", len(r.Policy), p.polAdded + len(p.freezePol.keys), capa.Policy},
 	} {
 		if c.max > 0 && c.have+c.add > int(c.max) {
+			if d != nil {
+				s.realized = nil // as above
+			}
 			return st, fmt.Errorf("map %s: update needs %d entries (%d present + %d new), capacity %d: refused, previous state kept: %w",
 				c.name, c.have+c.add, c.have, c.add, c.max, ErrMapFull)
 		}

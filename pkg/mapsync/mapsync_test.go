@@ -371,6 +371,17 @@ func (w *world) mutate() {
 
 func (w *world) desired(t *testing.T) State {
 	t.Helper()
+	d, err := Desired(w.c, w.compile(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// compile feeds the world to its compiler, syncs it and returns the
+// bindings of its pods, in random order.
+func (w *world) compile(t *testing.T) []Binding {
+	t.Helper()
 	for ns, l := range w.nsLabels {
 		w.c.SetNamespace(policy.Namespace{Name: ns, Labels: l})
 	}
@@ -392,11 +403,7 @@ func (w *world) desired(t *testing.T) State {
 		}
 	}
 	w.c.Sync()
-	d, err := Desired(w.c, binds, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return binds
 }
 
 type probe struct {

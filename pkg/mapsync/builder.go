@@ -1,0 +1,229 @@
+package mapsync
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+
+	"github.com/ztnet/zt/pkg/datapath"
+	"github.com/ztnet/zt/pkg/identity"
+	"github.com/ztnet/zt/pkg/policy"
+)
+
+// Builder keeps the desired state of one compiler and updates it from
+// what changed since its previous Update: the prefixes the compiler's
+// ipcache journal names, and the endpoints whose compiled policy (an
+// immutable *policy.Endpoint, replaced when it changes) or binding
+// changed. Of an endpoint whose policy changed, only the rules of the
+// peers whose rules differ are written again (its rules are sorted by
+// peer, and a policy key names its peer, so one peer's rules alone make
+// its keys). Desired costs every entry of the node instead: about
+// 100 ms at 100,000 pods and 1,000 policies. With Syncer.ApplyDelta, the
+// plan of the map writes costs the changes too.
+type Builder struct {
+	c    *policy.Compiler // nil: the next Update builds anew
+	opts Options
+	st   State
+	ver  uint64 // the ipcache version st.IPCache is at
+	eps  map[uint32]*builtEndpoint
+
+	patched int // endpoints patched (for tests)
+}
+
+// builtEndpoint is one binding as the state holds it.
+type builtEndpoint struct {
+	b   Binding
+	ep  *policy.Endpoint // nil: the compiler has no such pod
+	err error            // what addEndpoint or a patch reported
+}
+
+// Delta names the keys at which a desired state may differ from the
+// previous one; All: at any key.
+type Delta struct {
+	All       bool
+	IPCache   []netip.Prefix
+	Endpoints []uint32
+	Policy    []datapath.PolicyKey
+}
+
+// Empty reports whether nothing changed.
+func (d Delta) Empty() bool {
+	return !d.All && len(d.IPCache)+len(d.Endpoints)+len(d.Policy) == 0
+}
+
+// NewBuilder returns a Builder whose first Update builds the whole state.
+func NewBuilder() *Builder { return &Builder{} }
+
+// Update returns the desired state for the compiled state of c (after its
+// Sync) and the endpoints bound on this node, as Desired does, and what
+// changed since the previous Update. The state belongs to the Builder: it
+// is valid until the next Update and must not be modified.
+func (b *Builder) Update(c *policy.Compiler, bindings []Binding, opts Options) (State, Delta, error) {
+	var d Delta
+	ipc := c.IPCache()
+	if b.c != c || b.opts != opts {
+		b.c, b.opts, d.All = c, opts, true
+		b.st, b.eps = newState(), map[uint32]*builtEndpoint{}
+	}
+	if changed, ok := ipc.ChangedSince(b.ver); ok && !d.All {
+		for _, p := range changed {
+			if id, ok := ipc.Get(p); ok {
+				b.st.IPCache[p] = datapath.IPCacheVal{Identity: datapath.Identity(id)}
+			} else {
+				delete(b.st.IPCache, p)
+			}
+		}
+		d.IPCache = changed
+	} else {
+		b.st.IPCache = make(map[netip.Prefix]datapath.IPCacheVal, ipc.Len())
+		for p, id := range ipc.Entries() {
+			b.st.IPCache[p] = datapath.IPCacheVal{Identity: datapath.Identity(id)}
+		}
+		d.All = true
+	}
+	b.ver = ipc.Version()
+
+	seen := make(map[uint32]bool, len(bindings))
+	for _, bd := range bindings {
+		if seen[bd.Ifindex] {
+			// Two pods on one interface: Desired merges them, and the
+			// entries are no longer one binding's. Rare: build it all.
+			st, err := Desired(c, bindings, opts)
+			b.c, b.st = nil, st
+			return st, Delta{All: true}, err
+		}
+		seen[bd.Ifindex] = true
+	}
+	for id, e := range b.eps {
+		if !seen[id] {
+			b.remove(id, e, &d)
+			delete(b.eps, id)
+		}
+	}
+	var errs []error
+	for _, bd := range bindings {
+		ep, _ := c.Endpoint(bd.Pod)
+		e := b.eps[bd.Ifindex]
+		switch {
+		case e != nil && e.b == bd && e.ep == ep:
+		case e != nil && e.b == bd && e.ep != nil && ep != nil && e.err == nil && b.patch(e, ep, &d):
+		default:
+			if e != nil {
+				b.remove(bd.Ifindex, e, &d)
+			}
+			e = &builtEndpoint{b: bd, ep: ep}
+			var keys []datapath.PolicyKey
+			keys, e.err = addEndpoint(b.st, ep, bd, opts)
+			b.eps[bd.Ifindex] = e
+			d.Endpoints = append(d.Endpoints, bd.Ifindex)
+			d.Policy = append(d.Policy, keys...)
+		}
+		errs = append(errs, e.err)
+	}
+	return b.st, d, errors.Join(errs...)
+}
+
+// remove takes the entries of binding e off the state.
+func (b *Builder) remove(id uint32, e *builtEndpoint, d *Delta) {
+	delete(b.st.Endpoints, id)
+	d.Endpoints = append(d.Endpoints, id)
+	if e.ep == nil {
+		return
+	}
+	for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
+		for _, r := range e.ep.Dir(dir).Rules {
+			keys, _ := ruleKeys(id, dir, r) // those that failed were never written
+			for _, k := range keys {
+				delete(b.st.Policy, k)
+			}
+			d.Policy = append(d.Policy, keys...)
+		}
+	}
+}
+
+// patch brings binding e (written without error) from its endpoint to ep
+// by rewriting the keys of the peers whose rules differ. It reports false,
+// having changed nothing, when it cannot: the endpoint entry or a rule
+// cannot be written (the caller rebuilds the binding, which reports it).
+func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
+	id := e.b.Ifindex
+	val, err := endpointValue(ep, e.b, b.opts)
+	if err != nil {
+		return false
+	}
+	var runs [2][]peerRun
+	for dir := range 2 {
+		var ok bool
+		if runs[dir], ok = changedPeers(e.ep.Dir(policy.Direction(dir)).Rules, ep.Dir(policy.Direction(dir)).Rules); !ok {
+			return false
+		}
+		for _, r := range runs[dir] {
+			for _, rule := range r.new {
+				if _, err := ruleKeys(id, policy.Direction(dir), rule); err != nil {
+					return false
+				}
+			}
+		}
+	}
+	if b.st.Endpoints[id] != val {
+		b.st.Endpoints[id] = val
+		d.Endpoints = append(d.Endpoints, id)
+	}
+	for dir := range 2 {
+		for _, r := range runs[dir] {
+			for _, rule := range r.old {
+				keys, _ := ruleKeys(id, policy.Direction(dir), rule)
+				for _, k := range keys {
+					delete(b.st.Policy, k)
+				}
+				d.Policy = append(d.Policy, keys...)
+			}
+			d.Policy, _ = putRules(b.st.Policy, d.Policy, e.b, policy.Direction(dir), r.new)
+		}
+	}
+	e.ep = ep
+	b.patched++
+	return true
+}
+
+// peerRun is one peer's rules before and after.
+type peerRun struct{ old, new []policy.Rule }
+
+// changedPeers returns the runs of the peers whose rules differ between
+// old and new, both sorted by peer first (policy.Endpoint's order); false
+// if one is not.
+func changedPeers(old, new []policy.Rule) ([]peerRun, bool) {
+	if len(old) == len(new) && (len(old) == 0 || &old[0] == &new[0]) {
+		return nil, true // the same list
+	}
+	var out []peerRun
+	run := func(rs []policy.Rule, i int, p identity.ID) (int, bool) {
+		j := i
+		for j < len(rs) && rs[j].Peer == p {
+			j++
+		}
+		return j, j == len(rs) || rs[j].Peer > p
+	}
+	i, j := 0, 0
+	for i < len(old) || j < len(new) {
+		var p identity.ID
+		switch {
+		case j == len(new):
+			p = old[i].Peer
+		case i == len(old):
+			p = new[j].Peer
+		default:
+			p = min(old[i].Peer, new[j].Peer)
+		}
+		i2, ok1 := run(old, i, p)
+		j2, ok2 := run(new, j, p)
+		if !ok1 || !ok2 {
+			return nil, false
+		}
+		if !slices.Equal(old[i:i2], new[j:j2]) {
+			out = append(out, peerRun{old[i:i2], new[j:j2]})
+		}
+		i, j = i2, j2
+	}
+	return out, true
+}

@@ -1,0 +1,119 @@
+package mapsync
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ztnet/zt/pkg/policy"
+)
+
+// TestBuilderMatchesDesired: through random changes of pods, labels,
+// namespaces, policies and bindings, a Builder's state equals Desired's,
+// and ApplyDelta with its Deltas writes the maps Apply writes, with the
+// same writes. verifyDelta makes every ApplyDelta also check that its
+// Delta named every difference.
+func TestBuilderMatchesDesired(t *testing.T) {
+	verifyDelta = true
+	t.Cleanup(func() { verifyDelta = false })
+	partial, skipped, patched := 0, 0, 0
+	for seed := range uint64(80) {
+		w := newWorld(seed)
+		b := NewBuilder()
+		full, delta := newFake(), newFake()
+		sFull, sDelta := New(full.maps()), New(delta.maps())
+		for step := range 12 {
+			if step > 0 {
+				w.mutate()
+			}
+			binds := w.compile(t)
+			// Bindings come and go, and move to other interfaces.
+			switch w.rng.IntN(4) {
+			case 0:
+				binds = binds[:w.rng.IntN(len(binds)+1)]
+			case 1:
+				binds[0].Ifindex = uint32(200 + w.rng.IntN(3))
+			case 2:
+				binds[0].Audit = !binds[0].Audit
+			}
+			if w.rng.IntN(5) == 0 { // a pod the compiler does not know
+				binds = append(binds, Binding{Pod: policy.PodKey{Namespace: "a", Name: "gone"}, Ifindex: 300})
+			}
+			want, wantErr := Desired(w.c, binds, Options{})
+			got, d, err := b.Update(w.c, binds, Options{})
+			where := fmt.Sprintf("seed %d step %d", seed, step)
+			if (err == nil) != (wantErr == nil) {
+				t.Fatalf("%s: Update error %v, Desired error %v", where, err, wantErr)
+			}
+			if !equalState(got, want) {
+				t.Fatalf("%s: the Builder's state differs from Desired's", where)
+			}
+			if step == 0 && !d.All {
+				t.Fatalf("%s: a first Update named only some keys", where)
+			}
+			if !d.All {
+				partial++
+			}
+			var stFull, stDelta Stats
+			var errFull, errDelta error
+			if step == 0 {
+				stFull, errFull = sFull.Reconcile(want)
+				stDelta, errDelta = sDelta.Reconcile(got)
+			} else {
+				stFull, errFull = sFull.Apply(want)
+				stDelta, errDelta = sDelta.ApplyDelta(got, d)
+			}
+			if errFull != nil || errDelta != nil {
+				t.Fatalf("%s: Apply: %v, ApplyDelta: %v", where, errFull, errDelta)
+			}
+			if !equalState(delta.st, want) || !equalState(full.st, want) {
+				t.Fatalf("%s: maps differ from the desired state", where)
+			}
+			if stFull != stDelta {
+				t.Fatalf("%s: Apply wrote %+v, ApplyDelta %+v", where, stFull, stDelta)
+			}
+			if d.Empty() {
+				skipped++
+			}
+		}
+		patched += b.patched
+	}
+	if partial == 0 || skipped == 0 || patched == 0 {
+		t.Errorf("%d updates named some keys, %d none, %d endpoints patched: the test misses a path", partial, skipped, patched)
+	}
+}
+
+// TestApplyDeltaCatchesAMissedKey: the check the test above relies on
+// fails when a Delta leaves out a key that changed.
+func TestApplyDeltaCatchesAMissedKey(t *testing.T) {
+	verifyDelta = true
+	t.Cleanup(func() { verifyDelta = false })
+	w := newWorld(1)
+	b := NewBuilder()
+	s := New(newFake().maps())
+	st, _, err := b.Update(w.c, w.compile(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Reconcile(st); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		w.mutate()
+		st, d, err := b.Update(w.c, w.compile(t), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Policy) == 0 {
+			if _, err := s.ApplyDelta(st, d); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		d.Policy = nil
+		if _, err := s.ApplyDelta(st, d); err == nil {
+			t.Fatal("a Delta without its policy keys went unnoticed")
+		}
+		return
+	}
+	t.Fatal("no mutation changed a policy entry")
+}
