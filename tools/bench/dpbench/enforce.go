@@ -351,8 +351,9 @@ func (e *ztEnforcer) install(ctx context.Context, t *topo, peers []netip.Addr) (
 }
 
 // change allows or revokes one peer identity (a pod known to the
-// ipcache, like any pod of the cluster) through mapsync: the time
-// returned is its Apply (diff of the whole state and one policy write).
+// ipcache, like any pod of the cluster) through mapsync as the agent
+// does it: the time returned is its ApplyDelta, planned from the one key
+// a mapsync.Builder names for that change, and one policy write.
 func (e *ztEnforcer) change(ctx context.Context, t *topo, a netip.Addr, add bool) (time.Duration, error) {
 	if got := e.state.IPCache[netip.PrefixFrom(a, 32)].Identity; got != e.extraID {
 		return 0, fmt.Errorf("%s has identity %d, want %d", a, got, e.extraID)
@@ -367,7 +368,7 @@ func (e *ztEnforcer) change(ctx context.Context, t *topo, a netip.Addr, add bool
 		delete(e.state.Policy, k)
 	}
 	start := time.Now()
-	st, err := e.syncer.Apply(e.state)
+	st, err := e.syncer.ApplyDelta(e.state, mapsync.Delta{Policy: []datapath.PolicyKey{k}})
 	took := time.Since(start)
 	if err != nil {
 		return 0, fmt.Errorf("apply: %w", err)

@@ -152,7 +152,7 @@ func (r *Result) Targets() []Target {
 	}
 	last, _ := r.point(ns[len(ns)-1], CfgZT)
 	add(fmt.Sprintf("one rule change, map write p99 (N=%d)", last.N), "<= 100 µs",
-		fmt.Sprintf("%.1f µs (mapsync Apply p99 %.1f µs)", last.RawChangeP99us, last.ChangeP99us), last.RawChangeP99us > 0, last.RawChangeP99us <= 100)
+		fmt.Sprintf("%.1f µs (mapsync ApplyDelta p99 %.1f µs)", last.RawChangeP99us, last.ChangeP99us), last.RawChangeP99us > 0, last.RawChangeP99us <= 100)
 	add(fmt.Sprintf("map memory per policy entry (N=%d)", last.N), "<= 100 B",
 		fmt.Sprintf("%.1f B", last.PolicyBytesPerEnt), last.PolicyEntries > 0, last.PolicyBytesPerEnt <= 100)
 	ids := last.N + 3 // the peers, the server's and denied pod's, the changed peer's
@@ -215,11 +215,11 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		b.WriteString("\n")
 	}
 	b.WriteString(fmt.Sprintf("Rule change: add or remove one allowed peer, as each tool does it — `iptables-restore --noflush` (one `-I`/`-D`), "+
-		"`ipset add/del`, `nft add/delete element` (each a process, as agents run them), zt: `mapsync.Apply` of the changed desired state "+
-		"(diff of the whole state plus one policy map write). Each configuration's changes stop after %s (at least one is timed), so p99 of few samples is their maximum. Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, "+
+		"`ipset add/del`, `nft add/delete element` (each a process, as agents run them), zt: `mapsync.ApplyDelta` of the changed desired state "+
+		"(planned from the one key the agent's `mapsync.Builder` names for this change, plus one policy map write). Each configuration's changes stop after %s (at least one is timed), so p99 of few samples is their maximum. Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, "+
 		"zt: `mapsync.Reconcile` into empty maps).\n\n", o.ChangeBudget))
 	b.WriteString("### zt's own costs\n\n")
-	b.WriteString("| N | program ns per run | empty program ns per run (same run) | zt added ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync Apply p50 / p99 µs | full load ms |\n")
+	b.WriteString("| N | program ns per run | empty program ns per run (same run) | zt added ns per run | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync ApplyDelta p50 / p99 µs | full load ms |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, n := range r.Ns() {
 		p, ok := r.point(n, CfgZT)

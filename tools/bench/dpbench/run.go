@@ -92,7 +92,7 @@ type Point struct {
 	InstallMs float64 `json:"install_ms"`
 	// ChangeP50us/P99us: one rule change (add or remove one peer) as the
 	// tool does it: exec of iptables-restore, ipset, nft; for zt the
-	// mapsync Apply (diff + 2 map writes).
+	// mapsync ApplyDelta (one key's plan + 2 map writes).
 	ChangeP50us   float64 `json:"change_p50_us"`
 	ChangeP99us   float64 `json:"change_p99_us"`
 	ChangeSamples int     `json:"change_samples"`
