@@ -113,6 +113,14 @@ type Point struct {
 	// CPU's mitigations cost is in it; ProgNsPerRun - EmptyProgNsPerRun
 	// is what zt's programs add.
 	EmptyProgNsPerRun float64 `json:"empty_prog_ns_per_run,omitempty"`
+	// WarmReqNs and WarmReplyNs: ns per packet (both programs a packet
+	// crosses) of an established flow's request and reply with warm
+	// caches (BPF_PROG_RUN repeating one packet; ztEnforcer.warmCost).
+	WarmReqNs   float64 `json:"warm_req_ns,omitempty"`
+	WarmReplyNs float64 `json:"warm_reply_ns,omitempty"`
+	// EmptyWarmNs: the empty program's time per run in the same
+	// BPF_PROG_RUN loop (the floor of one of the two runs in WarmReqNs).
+	EmptyWarmNs float64 `json:"empty_warm_ns,omitempty"`
 }
 
 // Result is the datapath half of the report.
@@ -278,7 +286,7 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 			// The floor first, then zt, back to back: drift of the
 			// machine between them stays small.
 			if none != nil {
-				if l.pt.EmptyProgNsPerRun, err = r.emptyProgCost(n, none.t); err != nil {
+				if l.pt.EmptyProgNsPerRun, l.pt.EmptyWarmNs, err = r.emptyProgCost(n, none.t); err != nil {
 					return nil, fmt.Errorf("empty program cost: %w", err)
 				}
 			}
@@ -534,6 +542,10 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) error {
 	l.pt.ProgNsPerRun = float64(ns1-ns0) / float64(c1-c0)
 	l.pt.ProgRunsPerTxn = float64(c1-c0) / float64(res.Transactions)
 	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per TCP_RR transaction", l.pt.N, l.pt.ProgNsPerRun, l.pt.ProgRunsPerTxn)
+	if l.pt.WarmReqNs, l.pt.WarmReplyNs, err = ze.warmCost(l.t); err != nil {
+		return err
+	}
+	r.logf("N=%d zt        warm caches (BPF_PROG_RUN): %.0f ns per request packet, %.0f per reply packet", l.pt.N, l.pt.WarmReqNs, l.pt.WarmReplyNs)
 	return nil
 }
 
@@ -543,7 +555,7 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) error {
 // topology without enforcement), timed the same way during one TCP_RR.
 // It returns run_time_ns / run_cnt; the program is detached and closed
 // before it returns.
-func (r *runner) emptyProgCost(n int, t *topo) (_ float64, err error) {
+func (r *runner) emptyProgCost(n int, t *topo) (_, warmNs float64, err error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:    "ztb_empty",
 		Type:    ebpf.SchedCLS,
@@ -554,7 +566,7 @@ func (r *runner) emptyProgCost(n int, t *topo) (_ float64, err error) {
 		},
 	})
 	if err != nil {
-		return 0, fmt.Errorf("load the empty program: %w", err)
+		return 0, 0, fmt.Errorf("load the empty program: %w", err)
 	}
 	defer prog.Close()
 	var links []link.Link
@@ -577,31 +589,48 @@ func (r *runner) emptyProgCost(n int, t *topo) (_ float64, err error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
-		return 0, fmt.Errorf("enable bpf stats: %w", err)
+		return 0, 0, fmt.Errorf("enable bpf stats: %w", err)
 	}
 	defer stats.Close()
 	s0, err := prog.Stats()
 	if err != nil {
-		return 0, fmt.Errorf("program stats: %w", err)
+		return 0, 0, fmt.Errorf("program stats: %w", err)
 	}
 	res, err := r.client(t, "rr")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s1, err := prog.Stats()
 	if err != nil {
-		return 0, fmt.Errorf("program stats: %w", err)
+		return 0, 0, fmt.Errorf("program stats: %w", err)
 	}
 	if s1.RunCount <= s0.RunCount {
-		return 0, errors.New("the empty program did not run")
+		return 0, 0, errors.New("the empty program did not run")
 	}
 	runs := s1.RunCount - s0.RunCount
 	ns := float64((s1.Runtime - s0.Runtime).Nanoseconds()) / float64(runs)
 	r.logf("N=%d empty     program %.0f ns per run, %.2f runs per TCP_RR transaction (the floor, on none's topology)",
 		n, ns, float64(runs)/float64(res.Transactions))
-	return ns, nil
+	// The floor of warmCost too: the same BPF_PROG_RUN loop on the
+	// request frame, on the server's host veth, statistics off.
+	stats.Close()
+	frame := pkttestPacket(t.client.ip4, t.server.ip4, 45678, rrPort)
+	var ctx [11]uint32 // struct __sk_buff up to ifindex
+	ctx[10] = uint32(t.server.hostIfindex)
+	var warm time.Duration
+	err = netnsutil.Do(t.node, func() error {
+		start := time.Now()
+		_, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: ctx, Repeat: warmRepeat})
+		warm = time.Since(start) / warmRepeat
+		return err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("run the empty program: %w", err)
+	}
+	r.logf("N=%d empty     program %d ns per run with warm caches (BPF_PROG_RUN)", n, warm.Nanoseconds())
+	return ns, float64(warm.Nanoseconds()), nil
 }
