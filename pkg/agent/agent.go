@@ -315,9 +315,18 @@ func (a *Agent) sync(full bool) (needRetry bool, err error) {
 	for pk, b := range a.bound {
 		binds = append(binds, mapsync.Binding{Pod: pk, Ifindex: b.ifindex, Audit: a.cfg.Audit})
 	}
+	if full {
+		// The periodic repair also rebuilds the desired state from the
+		// compiler, so a wrong patch cannot outlive one interval.
+		a.builder.Check()
+	}
 	desired, delta, derr := a.builder.Update(a.compiler, binds, mapsync.Options{DenyFromHost: a.cfg.DenyFromHost})
 	if derr != nil {
 		a.log.Error("some endpoints could not be compiled", zap.Error(derr))
+	}
+	if delta.Drift > 0 {
+		a.metrics.errors.WithLabelValues("desired_drift").Inc()
+		a.log.Error("the patched desired state differed from the compiler's (a bug): rebuilt it", zap.Int("entries", delta.Drift))
 	}
 	var st mapsync.Stats
 	if full {

@@ -41,7 +41,7 @@ func newMetrics(dp *datapath.Datapath) *metrics {
 		}, []string{"map"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zt_errors_total",
-			Help: "Errors by kind: sync, map_full, interface_not_found, invalid_policy, attach, socket_hooks.",
+			Help: "Errors by kind: sync, map_full, interface_not_found, invalid_policy, attach, socket_hooks, desired_drift.",
 		}, []string{"kind"}),
 		invalid: prometheus.NewGauge(prometheus.GaugeOpts{Name: "zt_invalid_policies", Help: "NetworkPolicies rejected and skipped."}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -59,7 +59,7 @@ func newMetrics(dp *datapath.Datapath) *metrics {
 		m.mapCapacity.WithLabelValues("policy").Set(float64(c.Policy))
 		m.mapCapacity.WithLabelValues("conntrack").Set(float64(c.Conntrack))
 	}
-	for _, k := range []string{"sync", "map_full", "interface_not_found", "invalid_policy", "attach", "socket_hooks"} {
+	for _, k := range []string{"sync", "map_full", "interface_not_found", "invalid_policy", "attach", "socket_hooks", "desired_drift"} {
 		m.errors.WithLabelValues(k)
 	}
 	return m

@@ -27,7 +27,8 @@ type Builder struct {
 	ver  uint64 // the ipcache version st.IPCache is at
 	eps  map[uint32]*builtEndpoint
 
-	patched int // endpoints patched (for tests)
+	patched int  // endpoints patched (for tests)
+	check   bool // the next Update compares the patched state with Desired's
 }
 
 // builtEndpoint is one binding as the state holds it.
@@ -44,6 +45,10 @@ type Delta struct {
 	IPCache   []netip.Prefix
 	Endpoints []uint32
 	Policy    []datapath.PolicyKey
+	// Drift counts the entries in which the patched state differed from
+	// one built anew, when Check asked for the comparison; the state was
+	// then rebuilt (All). Not 0 means a bug in the patching.
+	Drift int
 }
 
 // Empty reports whether nothing changed.
@@ -54,11 +59,42 @@ func (d Delta) Empty() bool {
 // NewBuilder returns a Builder whose first Update builds the whole state.
 func NewBuilder() *Builder { return &Builder{} }
 
+// Check makes the next Update also build the state anew with Desired and
+// compare (Delta.Drift): the agent asks for it with every periodic full
+// reconcile, so a wrong patch cannot outlive one reconcile interval.
+func (b *Builder) Check() { b.check = true }
+
 // Update returns the desired state for the compiled state of c (after its
 // Sync) and the endpoints bound on this node, as Desired does, and what
 // changed since the previous Update. The state belongs to the Builder: it
 // is valid until the next Update and must not be modified.
 func (b *Builder) Update(c *policy.Compiler, bindings []Binding, opts Options) (State, Delta, error) {
+	st, d, err := b.update(c, bindings, opts)
+	if !b.check {
+		return st, d, err
+	}
+	b.check = false
+	if d.All {
+		return st, d, err // built anew already
+	}
+	fresh, _ := Desired(c, bindings, opts)
+	if n := countDiffs(st, fresh); n > 0 {
+		b.c = nil
+		st, d, err = b.update(c, bindings, opts)
+		d.Drift = n
+	}
+	return st, d, err
+}
+
+// countDiffs counts the keys at which a and b differ.
+func countDiffs(a, b State) int {
+	p1, _, d1 := diffMaps(a.IPCache, b.IPCache)
+	p2, _, d2 := diffMaps(a.Endpoints, b.Endpoints)
+	p3, _, d3 := diffMaps(a.Policy, b.Policy)
+	return len(p1) + len(d1) + len(p2) + len(d2) + len(p3) + len(d3)
+}
+
+func (b *Builder) update(c *policy.Compiler, bindings []Binding, opts Options) (State, Delta, error) {
 	var d Delta
 	ipc := c.IPCache()
 	if b.c != c || b.opts != opts {

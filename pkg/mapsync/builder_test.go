@@ -2,8 +2,10 @@ package mapsync
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 
+	"github.com/ztnet/zt/pkg/datapath"
 	"github.com/ztnet/zt/pkg/policy"
 )
 
@@ -116,4 +118,47 @@ func TestApplyDeltaCatchesAMissedKey(t *testing.T) {
 		return
 	}
 	t.Fatal("no mutation changed a policy entry")
+}
+
+// TestBuilderCheckRepairsDrift: Check finds a state the Builder patched
+// wrong, counts the difference and rebuilds it; on a right one it finds
+// nothing.
+func TestBuilderCheckRepairsDrift(t *testing.T) {
+	w := newWorld(2)
+	b := NewBuilder()
+	binds := w.compile(t)
+	if _, _, err := b.Update(w.c, binds, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	w.mutate()
+	binds = w.compile(t)
+	b.Check()
+	st, d, err := b.Update(w.c, binds, Options{})
+	if err != nil || d.Drift != 0 || d.All {
+		t.Fatalf("a right state: drift %d, all %v, %v", d.Drift, d.All, err)
+	}
+	// Corrupt the Builder's state as a wrong patch would.
+	var victim datapath.PolicyKey
+	for k := range st.Policy {
+		victim = k
+		break
+	}
+	delete(b.st.Policy, victim)
+	b.st.IPCache[netip.MustParsePrefix("10.200.0.1/32")] = datapath.IPCacheVal{Identity: 999}
+	st, d, err = b.Update(w.c, binds, Options{})
+	if err != nil || d.Drift != 0 {
+		t.Fatalf("drift %d without Check (%v)", d.Drift, err)
+	}
+	b.Check()
+	st, d, err = b.Update(w.c, binds, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Drift != 2 || !d.All {
+		t.Errorf("drift %d, all %v; want 2 differences found and the state rebuilt", d.Drift, d.All)
+	}
+	want, _ := Desired(w.c, binds, Options{})
+	if !equalState(st, want) {
+		t.Error("the state was not repaired")
+	}
 }
