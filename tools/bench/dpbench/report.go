@@ -142,6 +142,9 @@ func (r *Result) Targets() []Target {
 		if big.EmptyProgNsPerRun > 0 {
 			floor = fmt.Sprintf("; an empty program: %.0f ns per run here", big.EmptyProgNsPerRun)
 		}
+		if big.ProgNsMax > big.ProgNsMin {
+			floor = fmt.Sprintf(", %.0f–%.0f ns over %d measurements", big.ProgNsMin, big.ProgNsMax, min(progReps, r.Options.Reps)) + floor
+		}
 		if big.WarmReqNs > 0 {
 			floor += fmt.Sprintf("; with warm caches (BPF_PROG_RUN): %.0f ns per request packet, %.0f per reply", big.WarmReqNs, big.WarmReplyNs)
 			if big.EmptyWarmNs > 0 {
@@ -234,8 +237,10 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		}
 		empty, added := "-", "-"
 		if p.EmptyProgNsPerRun > 0 {
-			empty, added = fmt.Sprintf("%.0f", p.EmptyProgNsPerRun), fmt.Sprintf("%.0f", p.ProgNsPerRun-p.EmptyProgNsPerRun)
+			empty = fmt.Sprintf("%.0f (%.0f–%.0f)", p.EmptyProgNsPerRun, p.EmptyProgNsMin, p.EmptyProgNsMax)
+			added = fmt.Sprintf("%.0f", p.ProgNsPerRun-p.EmptyProgNsPerRun)
 		}
+		prog := fmt.Sprintf("%.0f (%.0f–%.0f)", p.ProgNsPerRun, p.ProgNsMin, p.ProgNsMax)
 		warm := "-"
 		if p.WarmReqNs > 0 {
 			warm = fmt.Sprintf("%.0f / %.0f", p.WarmReqNs, p.WarmReplyNs)
@@ -243,11 +248,11 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 				warm += fmt.Sprintf(" (empty program %.0f per run)", p.EmptyWarmNs)
 			}
 		}
-		fmt.Fprintf(&b, "| %d | %.0f | %s | %s | %s | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, p.ProgNsPerRun, empty, added, warm, p.ProgRunsPerTxn,
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, prog, empty, added, warm, p.ProgRunsPerTxn,
 			p.PolicyBytesPerEnt, p.IPCacheBytesPerEnt, p.RawChangeP50us, p.RawChangeP99us, p.ChangeP50us, p.ChangeP99us, p.InstallMs)
 	}
-	b.WriteString(fmt.Sprintf("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during one extra TCP_RR run, "+
-		"since the statistics cost time themselves). Empty program: the floor of that measurement on this machine, measured in the same run "+
+	b.WriteString(fmt.Sprintf("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during extra TCP_RR runs, "+
+		"since the statistics cost time themselves): the median of %d such runs, min–max in parentheses, each right after one of the empty program. Empty program: the floor of that measurement on this machine, measured in the same run "+
 		"right before zt's: a tc program of two instructions (`r0 = -1` TC_ACT_UNSPEC, `exit`) attached with tcx to ingress and egress of the host "+
 		"veths of the `none` topology (the veths zt attaches to in its own), timed the same way during one TCP_RR. Its time is what every program pays here whatever it does — the "+
 		"two clock reads around each run that the statistics add, the indirect call into the program and its return under the CPU's "+
@@ -259,7 +264,7 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"then the receiver's), after one run each that sets the flow up; the wall time per run, summed over the two programs; the empty program's time per run in the same loop is beside it. With one packet "+
 		"repeated, every lookup hits cache lines the previous run brought in, which live traffic does not: live minus warm is what cold caches "+
 		"cost here. The 150 ns/packet target below stays on zt's live figure as measured. Map write: one bare policy "+
-		"entry put or delete (pkg/datapath, with the policy generation bump that follows every write), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", warmRepeat, o.RawWrites))
+		"entry put or delete (pkg/datapath, with the policy generation bump that follows every write), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", min(progReps, o.Reps), warmRepeat, o.RawWrites))
 	b.WriteString("### Targets\n\nMedians of the repetitions, with their min–max in parentheses; \"within noise\" when that range contains the goal, " +
 		"so this run cannot tell pass from fail.\n\n| target | want | got | pass |\n|---|---|---|---|\n")
 	for _, t := range r.Targets() {

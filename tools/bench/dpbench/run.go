@@ -113,6 +113,12 @@ type Point struct {
 	// CPU's mitigations cost is in it; ProgNsPerRun - EmptyProgNsPerRun
 	// is what zt's programs add.
 	EmptyProgNsPerRun float64 `json:"empty_prog_ns_per_run,omitempty"`
+	// ProgNsMin/Max and EmptyProgNsMin/Max: the range of the progReps
+	// measurements whose medians the two figures above are.
+	ProgNsMin      float64 `json:"prog_ns_min,omitempty"`
+	ProgNsMax      float64 `json:"prog_ns_max,omitempty"`
+	EmptyProgNsMin float64 `json:"empty_prog_ns_min,omitempty"`
+	EmptyProgNsMax float64 `json:"empty_prog_ns_max,omitempty"`
 	// WarmReqNs and WarmReplyNs: ns per packet (both programs a packet
 	// crosses) of an established flow's request and reply with warm
 	// caches (BPF_PROG_RUN repeating one packet; ztEnforcer.warmCost).
@@ -283,15 +289,8 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 			m.finish()
 		}
 		if ze, ok := l.e.(*ztEnforcer); ok {
-			// The floor first, then zt, back to back: drift of the
-			// machine between them stays small.
-			if none != nil {
-				if l.pt.EmptyProgNsPerRun, l.pt.EmptyWarmNs, err = r.emptyProgCost(n, none.t); err != nil {
-					return nil, fmt.Errorf("empty program cost: %w", err)
-				}
-			}
-			if err := r.progCost(l, ze); err != nil {
-				return nil, fmt.Errorf("zt: program cost: %w", err)
+			if err := r.progCosts(n, l, ze, none); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -515,38 +514,74 @@ func (r *runner) timeChanges(l *live) error {
 	return nil
 }
 
+// progReps is how many times the program cost is measured (at most;
+// never more than the repetitions of the rates).
+const progReps = 3
+
+// progCosts measures the programs' cost per run: the empty program's (the
+// floor, when none ran) and zt's, back to back so that drift of the
+// machine between them stays small, progReps times; the medians go to the
+// point with their min–max. Then zt's cost with warm caches, once (its
+// loop of a single packet barely varies).
+func (r *runner) progCosts(n int, l *live, ze *ztEnforcer, none *live) error {
+	var zt, empty, emptyWarm, runs []float64
+	for range max(1, min(progReps, r.opts.Reps)) {
+		if none != nil {
+			e, w, err := r.emptyProgCost(n, none.t)
+			if err != nil {
+				return fmt.Errorf("empty program cost: %w", err)
+			}
+			empty, emptyWarm = append(empty, e), append(emptyWarm, w)
+		}
+		z, perTxn, err := r.progCost(l, ze)
+		if err != nil {
+			return fmt.Errorf("zt: program cost: %w", err)
+		}
+		zt, runs = append(zt, z), append(runs, perTxn)
+	}
+	p := l.pt
+	p.ProgNsPerRun, p.ProgNsMin, p.ProgNsMax = percentile(zt, 0.5), slices.Min(zt), slices.Max(zt)
+	p.ProgRunsPerTxn = percentile(runs, 0.5)
+	if len(empty) > 0 {
+		p.EmptyProgNsPerRun, p.EmptyProgNsMin, p.EmptyProgNsMax = percentile(empty, 0.5), slices.Min(empty), slices.Max(empty)
+		p.EmptyWarmNs = percentile(emptyWarm, 0.5)
+	}
+	var err error
+	if p.WarmReqNs, p.WarmReplyNs, err = ze.warmCost(l.t); err != nil {
+		return fmt.Errorf("zt: warm program cost: %w", err)
+	}
+	r.logf("N=%d zt        warm caches (BPF_PROG_RUN): %.0f ns per request packet, %.0f per reply packet", n, p.WarmReqNs, p.WarmReplyNs)
+	return nil
+}
+
 // progCost runs one more TCP_RR with BPF run-time statistics on and
-// divides the programs' run time by their run count. Statistics are off
-// during the rate measurements: they cost time themselves.
-func (r *runner) progCost(l *live, ze *ztEnforcer) error {
+// returns the programs' run time divided by their run count, and their
+// runs per transaction. Statistics are off during the rate measurements:
+// they cost time themselves.
+func (r *runner) progCost(l *live, ze *ztEnforcer) (nsPerRun, runsPerTxn float64, err error) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
-		return fmt.Errorf("enable bpf stats: %w", err)
+		return 0, 0, fmt.Errorf("enable bpf stats: %w", err)
 	}
 	defer stats.Close()
 	c0, ns0, err := ze.progStats(l.t)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	res, err := r.client(l.t, "rr")
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	c1, ns1, err := ze.progStats(l.t)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	if c1 <= c0 {
-		return errors.New("the programs did not run")
+		return 0, 0, errors.New("the programs did not run")
 	}
-	l.pt.ProgNsPerRun = float64(ns1-ns0) / float64(c1-c0)
-	l.pt.ProgRunsPerTxn = float64(c1-c0) / float64(res.Transactions)
-	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per TCP_RR transaction", l.pt.N, l.pt.ProgNsPerRun, l.pt.ProgRunsPerTxn)
-	if l.pt.WarmReqNs, l.pt.WarmReplyNs, err = ze.warmCost(l.t); err != nil {
-		return err
-	}
-	r.logf("N=%d zt        warm caches (BPF_PROG_RUN): %.0f ns per request packet, %.0f per reply packet", l.pt.N, l.pt.WarmReqNs, l.pt.WarmReplyNs)
-	return nil
+	nsPerRun, runsPerTxn = float64(ns1-ns0)/float64(c1-c0), float64(c1-c0)/float64(res.Transactions)
+	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per TCP_RR transaction", l.pt.N, nsPerRun, runsPerTxn)
+	return nsPerRun, runsPerTxn, nil
 }
 
 // emptyProgCost measures the floor of progCost on this machine: a tc
