@@ -16,7 +16,7 @@ import (
 // the same run (into in-memory maps, so the kernel's writes are not in
 // it). ratio = whole / delta.
 func BenchmarkNodeSync(b *testing.B) {
-	for _, sz := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 1_000}} {
+	for _, sz := range []struct{ pods, policies int }{{10_000, 1_000}, {100_000, 1_000}, {10_000, 10_000}} {
 		b.Run(fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies), func(b *testing.B) {
 			w := benchworld.Generate(sz.pods, sz.policies)
 			c := policy.Build(w, policy.Options{NodeName: w.Pods[0].NodeName})
