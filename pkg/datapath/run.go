@@ -28,8 +28,18 @@ func (d *Datapath) RunProgram(dir Dir, ifindex int, frame []byte, repeat int) (b
 	if dir == DirIngress {
 		prog = d.tc.ZtToPod
 	}
+	ret, per, err := RunTC(prog, ifindex, frame, repeat)
+	if err != nil {
+		return false, 0, fmt.Errorf("run program (%s, ifindex %d): %w", dir, ifindex, err)
+	}
+	return ret != tcActShot, per, nil
+}
+
+// RunTC runs any tc program as RunProgram runs zt's, and returns what it
+// returned the last time and the wall time per run.
+func RunTC(prog *ebpf.Program, ifindex int, frame []byte, repeat int) (uint32, time.Duration, error) {
 	if repeat < 1 || repeat > 1<<30 {
-		return false, 0, fmt.Errorf("run program: repeat %d out of range", repeat)
+		return 0, 0, fmt.Errorf("repeat %d out of range", repeat)
 	}
 	opts := &ebpf.RunOptions{Data: frame, Repeat: uint32(repeat)}
 	if ifindex > 1 {
@@ -41,7 +51,7 @@ func (d *Datapath) RunProgram(dir Dir, ifindex int, frame []byte, repeat int) (b
 	ret, err := prog.Run(opts)
 	took := time.Since(start)
 	if err != nil {
-		return false, 0, fmt.Errorf("run program (%s, ifindex %d): %w", dir, ifindex, err)
+		return 0, 0, err
 	}
-	return ret != tcActShot, took / time.Duration(repeat), nil
+	return ret, took / time.Duration(repeat), nil
 }

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/internal/netnsutil"
+	"github.com/ztnet/zt/pkg/datapath"
 )
 
 // Options shape a run.
@@ -654,13 +655,9 @@ func (r *runner) emptyProgCost(n int, t *topo) (_, warmNs float64, err error) {
 	// request frame, on the server's host veth, statistics off.
 	stats.Close()
 	frame := pkttestPacket(t.client.ip4, t.server.ip4, 45678, rrPort)
-	var ctx [11]uint32 // struct __sk_buff up to ifindex
-	ctx[10] = uint32(t.server.hostIfindex)
 	var warm time.Duration
-	err = netnsutil.Do(t.node, func() error {
-		start := time.Now()
-		_, err := prog.Run(&ebpf.RunOptions{Data: frame, Context: ctx, Repeat: warmRepeat})
-		warm = time.Since(start) / warmRepeat
+	err = netnsutil.Do(t.node, func() (err error) {
+		_, warm, err = datapath.RunTC(prog, t.server.hostIfindex, frame, warmRepeat)
 		return err
 	})
 	if err != nil {
