@@ -10,14 +10,26 @@
  *
  * Maps (names <= 15 chars, all pinned by name under the bpffs root):
  *
- *   ipcache    LPM_TRIE  zt_ipcache_key (24)  -> zt_ipcache_val (8)
- *              prefixlen = 32 + prefix bits: family and pad are always
- *              matched, so v4 and v6 share one trie. Miss = ZT_ID_WORLD.
+ *   ipcache    HASH      zt_ipcache_key (24)  -> zt_ipcache_val (8)
+ *              host addresses only: prefixlen 64 (v4) or 160 (v6).
+ *              Preallocated: a full load writes it at hash speed.
+ *   ipcidr     LPM_TRIE  zt_ipcache_key (24)  -> zt_ipcache_val (8)
+ *              every shorter prefix. prefixlen = 32 + prefix bits:
+ *              family and pad are always matched, so v4 and v6 share
+ *              one trie. An address's identity is its ipcache entry,
+ *              else its longest prefix here, else ZT_ID_WORLD.
  *   endpoints  HASH      __u32 host ifindex   -> zt_endpoint (92)
- *   policy     LPM_TRIE  zt_policy_key (16)   -> zt_policy_val (8)
+ *   policy     HASH      zt_policy_key (16)   -> zt_policy_val (8)
  *              data = ep_id(32) peer_id(32) dir(8) proto(8) port(16, BE)
  *              prefixlen 72 = any proto/port, 80 = proto, any port,
- *              80+k = the top k bits of the (big-endian) port.
+ *              80+k = the top k bits of the (big-endian) port. Keys are
+ *              exact: bits past the prefix length are zero. Preallocated.
+ *   polmask    ARRAY     __u32 0              -> zt_polmask (8)
+ *              per direction, bit i set if policy may hold a key of
+ *              prefix length 72+i. The programs probe policy once per
+ *              set bit, longest first, so the longest prefix wins as in
+ *              an LPM trie. Userspace sets a bit before writing a key of
+ *              its length and clears it only when no such key is left.
  *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (24)
  *   counters   PERCPU_ARRAY __u32 idx         -> zt_counter (16)
  *              idx = ZT_CTR_IDX(dir, verdict, reason)
@@ -43,6 +55,7 @@
  *   zt_policy_key  { 0:4 prefixlen, 4:4 ep_id, 8:4 peer_id, 12:1 dir,
  *                    13:1 proto, 14:2 port (BE) }
  *   zt_policy_val  { 0:4 rule_id, 4:1 action (zt_action), 5:3 pad }
+ *   zt_polmask     { 0:4 plens[INGRESS], 4:4 plens[EGRESS] }
  *   zt_ct_key      { 0:4 ep_id, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
  *                    8:2 sport (BE), 10:2 dport (BE), 12:16 saddr, 28:16 daddr }
  *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 flags (zt_ct_flags),
@@ -117,9 +130,9 @@
 #define ZT_MAX_IPS 4
 
 /* Default map sizes; userspace may override max_entries before loading. */
-#define ZT_IPCACHE_MAX   524288 /* LPM, no prealloc: memory only per entry */
+#define ZT_IPCACHE_MAX   524288 /* ipcache (preallocated) and ipcidr (LPM, per entry) */
 #define ZT_ENDPOINTS_MAX 4096
-#define ZT_POLICY_MAX    262144 /* LPM, no prealloc */
+#define ZT_POLICY_MAX    262144 /* preallocated */
 #define ZT_CT_MAX        262144
 #define ZT_NETNS_MAX     4096
 #define ZT_SVCNETS_MAX   64
@@ -252,6 +265,13 @@ struct zt_policy_val {
 	__u8 pad[3];
 };
 _Static_assert(sizeof(struct zt_policy_val) == 8, "zt_policy_val size");
+
+/* Prefix lengths of policy keys in use, per direction: bit i = prefix
+ * length ZT_POLICY_PREFIX_ANY + i. */
+struct zt_polmask {
+	__u32 plens[ZT_DIR_MAX];
+};
+_Static_assert(sizeof(struct zt_polmask) == 8, "zt_polmask size");
 
 struct zt_ct_key {
 	__u32 ep_id;

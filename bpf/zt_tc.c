@@ -131,7 +131,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	/* (3) forward packet: verify against current policy, every packet.
-	 * The peer's identity (an ipcache LPM lookup) is needed only by an
+	 * The peer's identity (ipcache lookups) is needed only by an
 	 * isolated direction, or by an event. An established flow whose
 	 * verdict was taken at the current policy generation takes it again
 	 * without the lookups (zt_abi.h, "Verdict cache"). */

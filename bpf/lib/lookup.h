@@ -8,7 +8,9 @@
 #include "maps.h"
 #include "account.h"
 
-/* Identity of an address: longest prefix in ipcache, ZT_ID_WORLD on a miss. */
+/* Identity of an address: its host entry in ipcache, else the longest
+ * prefix in ipcidr, else ZT_ID_WORLD. A host entry is the longest prefix
+ * there is, so this is one longest-prefix match over both maps. */
 static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
 {
 	struct zt_ipcache_key k = {};
@@ -18,7 +20,39 @@ static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
 	k.prefixlen = 32 + (family == ZT_AF_INET ? 32 : 128);
 	zt_addr_copy(k.addr, addr);
 	v = bpf_map_lookup_elem(&ipcache, &k);
+	if (!v)
+		v = bpf_map_lookup_elem(&ipcidr, &k);
 	return v ? v->identity : ZT_ID_WORLD;
+}
+
+/* The policy entry of (ep, dir, peer, proto, port) with the longest prefix
+ * length among those mask names (bit i: prefix length ZT_POLICY_PREFIX_ANY
+ * + i), or NULL. Keys are exact: proto is zero below
+ * ZT_POLICY_PREFIX_PROTO and the port keeps its top (prefixlen -
+ * ZT_POLICY_PREFIX_PROTO) bits, as userspace writes them. */
+static __always_inline struct zt_policy_val *zt_policy_probe(struct zt_policy_key *k, __u32 mask,
+							     __u8 proto, __be16 port)
+{
+	struct zt_policy_val *v;
+	int i;
+
+#pragma clang loop unroll(disable)
+	for (i = ZT_POLICY_PREFIX_FULL - ZT_POLICY_PREFIX_ANY; i >= 0; i--) {
+		__u32 plen = ZT_POLICY_PREFIX_ANY + i;
+
+		if (!(mask & ((2u << i) - 1)))
+			break; /* no shorter length left */
+		if (!(mask & (1u << i)))
+			continue;
+		k->prefixlen = plen;
+		k->proto = plen >= ZT_POLICY_PREFIX_PROTO ? proto : 0;
+		k->port = plen > ZT_POLICY_PREFIX_PROTO ?
+			port & bpf_htons((__u16)(0xffff << (ZT_POLICY_PREFIX_FULL - plen))) : 0;
+		v = bpf_map_lookup_elem(&policy, k);
+		if (v)
+			return v;
+	}
+	return NULL;
 }
 
 /* Returns the action of the best policy entry for this packet, or
@@ -27,26 +61,30 @@ static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
  * Lookup precedence (first hit wins):
  *   1. (ep, dir, peer identity, proto, port)   longest prefix of proto/port
  *   2. (ep, dir, ZT_ID_ANY,     proto, port)   longest prefix of proto/port
- * Within one lookup the LPM trie prefers a specific port over a port range
- * block over "proto, any port" over "any proto". A deny entry wins only if
- * it is found first in that order. */
+ * Within one peer a specific port beats a port range block beats "proto,
+ * any port" beats "any proto": the probes go from the longest prefix length
+ * in use (polmask) to the shortest. A deny entry wins only if it is found
+ * first in that order. */
 static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, __u8 proto,
 					     __be16 port, __u32 *rule_id)
 {
 	struct zt_policy_key k = {
-		.prefixlen = ZT_POLICY_PREFIX_FULL,
 		.ep_id = ep_id,
 		.peer_id = peer_id,
 		.dir = dir,
-		.proto = proto,
-		.port = port,
 	};
 	struct zt_policy_val *v;
+	struct zt_polmask *pm;
+	__u32 zero = 0, mask;
 
-	v = bpf_map_lookup_elem(&policy, &k);
+	pm = bpf_map_lookup_elem(&polmask, &zero);
+	if (!pm)
+		return ZT_ACTION_NONE;
+	mask = pm->plens[dir & 1];
+	v = zt_policy_probe(&k, mask, proto, port);
 	if (!v && peer_id != ZT_ID_ANY) {
 		k.peer_id = ZT_ID_ANY;
-		v = bpf_map_lookup_elem(&policy, &k);
+		v = zt_policy_probe(&k, mask, proto, port);
 	}
 	if (!v)
 		return ZT_ACTION_NONE;

@@ -6,6 +6,16 @@
 
 #include "common.h"
 
+/* Host addresses (/32, /128): an exact-match hash, preallocated so that a
+ * full load writes it at hash speed. Shorter prefixes live in ipcidr. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ZT_IPCACHE_MAX);
+	__type(key, struct zt_ipcache_key);
+	__type(value, struct zt_ipcache_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -13,7 +23,7 @@ struct {
 	__type(key, struct zt_ipcache_key);
 	__type(value, struct zt_ipcache_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ipcache SEC(".maps");
+} ipcidr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -23,14 +33,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
 
+/* Exact keys, one probe per prefix length polmask names (lib/lookup.h). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, ZT_POLICY_MAX);
 	__type(key, struct zt_policy_key);
 	__type(value, struct zt_policy_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct zt_polmask);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} polmask SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

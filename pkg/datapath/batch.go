@@ -16,14 +16,21 @@ import (
 // not atomic: the datapath sees each entry as it is written, exactly as
 // with single writes in the same order. On error the count is the number
 // of leading entries written (or, for deletes, handled); the entries after
-// it are untouched.
+// it are untouched. The ipcache calls split their keys over two maps
+// (host addresses, shorter prefixes), each written in order; on error
+// their count is the number of entries written.
 //
-// Writing LPM trie keys in the trie's byte order (ComparePolicyKeys,
-// CompareIPCacheKeys) roughly halves the kernel's cost per insert: the
-// walk from the root then stays on nodes the previous insert touched.
+// Writing LPM trie keys in the trie's byte order (CompareIPCacheKeys)
+// roughly halves the kernel's cost per insert into ipcidr: the walk from
+// the root then stays on nodes the previous insert touched.
 
-// PolicyPutMany writes keys[i] = vals[i] in order.
+// PolicyPutMany writes keys[i] = vals[i] in order, after adding their
+// prefix lengths to the policy mask. Every key is checked
+// (CheckPolicyKey) before anything is written.
 func (d *Datapath) PolicyPutMany(keys []PolicyKey, vals []PolicyVal) (int, error) {
+	if err := d.addPolicyMask(keys); err != nil {
+		return 0, err
+	}
 	return d.changedN(updateMany(d.tc.Policy, "policy", keys, vals))
 }
 
@@ -32,15 +39,71 @@ func (d *Datapath) PolicyDeleteMany(keys []PolicyKey) (int, error) {
 	return d.changedN(deleteMany(d.tc.Policy, "policy", keys))
 }
 
-// IPCachePutMany writes keys[i] = vals[i] in order (keys from
-// IPCacheKeyFor).
+// IPCachePutMany writes keys[i] = vals[i] (keys from IPCacheKeyFor): host
+// addresses to ipcache, then shorter prefixes to ipcidr, each in order.
+// On error the count is how many entries were written.
 func (d *Datapath) IPCachePutMany(keys []IPCacheKey, vals []IPCacheVal) (int, error) {
-	return d.changedN(updateMany(d.tc.Ipcache, "ipcache", keys, vals))
+	if len(keys) != len(vals) {
+		return 0, fmt.Errorf("map ipcache: %d keys, %d values", len(keys), len(vals))
+	}
+	hk, hv, ck, cv := splitIPCache(keys, vals)
+	n, err := updateMany(d.tc.Ipcache, "ipcache", hk, hv)
+	if err == nil {
+		var m int
+		m, err = updateMany(d.tc.Ipcidr, "ipcidr", ck, cv)
+		n += m
+	}
+	return d.changedN(n, err)
 }
 
-// IPCacheDeleteMany removes keys in order; missing keys are not an error.
+// IPCacheDeleteMany removes keys, host addresses from ipcache, then
+// shorter prefixes from ipcidr, each in order; missing keys are not an
+// error.
 func (d *Datapath) IPCacheDeleteMany(keys []IPCacheKey) (int, error) {
-	return d.changedN(deleteMany(d.tc.Ipcache, "ipcache", keys))
+	hk, _, ck, _ := splitIPCache(keys, []IPCacheVal(nil))
+	n, err := deleteMany(d.tc.Ipcache, "ipcache", hk)
+	if err == nil {
+		var m int
+		m, err = deleteMany(d.tc.Ipcidr, "ipcidr", ck)
+		n += m
+	}
+	return d.changedN(n, err)
+}
+
+// splitIPCache separates host keys (and their values, when vals is not
+// nil) from shorter prefixes, keeping the order of each; when all keys
+// are of one kind the slices are returned as they are.
+func splitIPCache(keys []IPCacheKey, vals []IPCacheVal) (hk []IPCacheKey, hv []IPCacheVal, ck []IPCacheKey, cv []IPCacheVal) {
+	hosts := 0
+	for i := range keys {
+		if keys[i].IsHost() {
+			hosts++
+		}
+	}
+	switch hosts {
+	case len(keys):
+		return keys, vals, nil, nil
+	case 0:
+		return nil, nil, keys, vals
+	}
+	hk, ck = make([]IPCacheKey, 0, hosts), make([]IPCacheKey, 0, len(keys)-hosts)
+	if vals != nil {
+		hv, cv = make([]IPCacheVal, 0, hosts), make([]IPCacheVal, 0, len(keys)-hosts)
+	}
+	for i := range keys {
+		if keys[i].IsHost() {
+			hk = append(hk, keys[i])
+			if vals != nil {
+				hv = append(hv, vals[i])
+			}
+		} else {
+			ck = append(ck, keys[i])
+			if vals != nil {
+				cv = append(cv, vals[i])
+			}
+		}
+	}
+	return hk, hv, ck, cv
 }
 
 // EndpointPutMany sets eps[i] behind host ifindex ids[i], in order. Every
@@ -122,9 +185,9 @@ func byteOrder16(v uint16) uint16 {
 	return binary.BigEndian.Uint16(b[:])
 }
 
-// PolicyKeyRank places a policy key in the byte order of the policy LPM
-// trie (data bytes, then prefix length) as two words compared in turn:
-// writing keys in this order is the cheapest for the kernel.
+// PolicyKeyRank places a policy key in its byte order (data bytes, then
+// prefix length) as two words compared in turn: a fixed order of writes,
+// so that two runs of the same update write alike.
 func PolicyKeyRank(k *PolicyKey) [2]uint64 {
 	return [2]uint64{
 		uint64(byteOrder32(k.EpId))<<32 | uint64(byteOrder32(uint32(k.PeerId))),

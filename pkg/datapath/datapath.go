@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -28,6 +30,8 @@ var ErrMapFull = errors.New("map full")
 // Changing a size of an existing pinned map is a layout change (see
 // Options.Migrate).
 type MapSizes struct {
+	// IPCache sizes both ipcache (host addresses, preallocated) and
+	// ipcidr (shorter prefixes, memory per entry).
 	IPCache   uint32
 	Endpoints uint32
 	Policy    uint32
@@ -70,7 +74,39 @@ type MapMigration struct {
 	Map    string
 	Reason string // the incompatibility, from cilium/ebpf
 	Copied int    // entries copied into the new map
-	Empty  bool   // layout changed: new map starts empty, reconcile needed
+	// Moved entries went to another map (MovedTo): a trie became a hash
+	// of host addresses, its shorter prefixes went to the new trie.
+	Moved   int
+	MovedTo string
+	Empty   bool // layout changed: new map starts empty, reconcile needed
+}
+
+// trieToHash names the maps that were LPM tries and are hashes of the
+// same key and value now, with the entries the hash keeps; the others
+// move to the map moveTo once it is loaded. The programs find the same
+// entries, so an upgrade is enforced from the first packet the new
+// programs see.
+var trieToHash = map[string]struct {
+	keep   func(key []byte) bool
+	moveTo string
+}{
+	"ipcache": {keep: isHostKey, moveTo: "ipcidr"},
+	"policy":  {keep: func([]byte) bool { return true }},
+}
+
+// isHostKey reports whether a raw ipcache key is one address.
+func isHostKey(b []byte) bool {
+	var k IPCacheKey
+	k.Prefixlen = binary.NativeEndian.Uint32(b[0:4])
+	k.Family = Family(b[4])
+	return k.IsHost()
+}
+
+// pendingMove are entries of a converted map that belong to another map,
+// written there once it is loaded.
+type pendingMove struct {
+	from, to   string
+	keys, vals [][]byte
 }
 
 // Datapath owns the loaded programs and the pinned maps. Close releases
@@ -82,7 +118,9 @@ type Datapath struct {
 	sock     ztSockObjects
 	nf       ztNfObjects
 	migrated []MapMigration
+	moves    []pendingMove
 	genMu    sync.Mutex // orders policy generation bumps (polgen.go)
+	maskMu   sync.Mutex // orders policy mask writes (polmask.go)
 }
 
 // Open mounts bpffs if needed, loads the programs and creates or adopts
@@ -155,13 +193,56 @@ func Open(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.finishMigration(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
+}
+
+// finishMigration writes the entries a converted map moved to another
+// map, and adds the prefix lengths of a converted policy map to the
+// policy mask.
+func (d *Datapath) finishMigration() error {
+	byName := d.tcMapsByName()
+	for _, mv := range d.moves {
+		m := byName[mv.to]
+		for i := range mv.keys {
+			if err := m.Put(mv.keys[i], mv.vals[i]); err != nil {
+				return fmt.Errorf("migrate map %s: move entry to %s: %w", mv.from, mv.to, mapErr(mv.to, err))
+			}
+		}
+	}
+	d.moves = nil
+	for _, mig := range d.migrated {
+		if mig.Map != "policy" || mig.Copied == 0 {
+			continue
+		}
+		keys, err := d.PolicyList()
+		if err != nil {
+			return err
+		}
+		var need PolicyMask
+		for k := range keys {
+			if CheckPolicyKey(k) == nil {
+				need.Add(k)
+			}
+		}
+		d.maskMu.Lock()
+		err = d.growPolicyMask(need)
+		d.maskMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *Datapath) tcMapsByName() map[string]*ebpf.Map {
 	m := d.tc.ztTcMaps
 	return map[string]*ebpf.Map{
-		"ipcache": m.Ipcache, "endpoints": m.Endpoints, "policy": m.Policy,
+		"ipcache": m.Ipcache, "ipcidr": m.Ipcidr, "endpoints": m.Endpoints,
+		"policy": m.Policy, "polmask": m.Polmask,
 		"conntrack": m.Conntrack, "counters": m.Counters, "events": m.Events,
 		"config": m.Config, "netns": m.Netns, "ev_bucket": m.EvBucket,
 		"svcnets": m.Svcnets, "svcpend": m.Svcpend, "polgen": m.Polgen,
@@ -250,7 +331,7 @@ func applySizes(spec *ebpf.CollectionSpec, s MapSizes) error {
 		}
 	}
 	return errors.Join(
-		set("ipcache", s.IPCache), set("endpoints", s.Endpoints), set("policy", s.Policy),
+		set("ipcache", s.IPCache), set("ipcidr", s.IPCache), set("endpoints", s.Endpoints), set("policy", s.Policy),
 		set("conntrack", s.Conntrack), set("netns", s.Netns), set("events", s.EventsBytes),
 	)
 }
@@ -279,26 +360,32 @@ func (d *Datapath) checkPinned(spec *ebpf.CollectionSpec) error {
 			old.Close()
 			return fmt.Errorf("map %s: %w: %w", name, ErrMapIncompatible, cerr)
 		}
-		mig, err := migrateMap(path, ms, old)
+		mig, mv, err := migrateMap(name, path, ms, old)
 		old.Close()
 		if err != nil {
 			return fmt.Errorf("migrate map %s: %w", name, err)
 		}
 		mig.Map, mig.Reason = name, cerr.Error()
 		d.migrated = append(d.migrated, mig)
+		if len(mv.keys) > 0 {
+			d.moves = append(d.moves, mv)
+		}
 	}
 	return nil
 }
 
 // migrateMap creates a map from ms, copies old's entries if the layout
 // allows, and swaps the pin. The old map lives on while programs use it.
-func migrateMap(path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, error) {
+// Entries of a converted trie that the new hash does not keep are
+// returned, for the map they move to.
+func migrateMap(name, path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, pendingMove, error) {
 	var mig MapMigration
+	var mv pendingMove
 	spec := ms.Copy()
 	spec.Pinning = ebpf.PinNone
 	nm, err := ebpf.NewMap(spec)
 	if err != nil {
-		return mig, fmt.Errorf("create: %w", err)
+		return mig, mv, fmt.Errorf("create: %w", err)
 	}
 	defer nm.Close()
 
@@ -307,9 +394,38 @@ func migrateMap(path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, err
 	// Values only grow at their end, and a zero tail means "unknown"
 	// (zt_abi.h): a value that grew is copied with a zero tail.
 	grown := sameKey && old.ValueSize() < spec.ValueSize
+	conv, converted := trieToHash[name]
+	converted = converted && old.Type() == ebpf.LPMTrie && spec.Type == ebpf.Hash &&
+		old.KeySize() == spec.KeySize && old.ValueSize() == spec.ValueSize
 	switch {
 	case spec.Type == ebpf.RingBuf || perCPU:
 		// nothing to carry over
+	case converted:
+		mv = pendingMove{from: name, to: conv.moveTo}
+		k := make([]byte, spec.KeySize)
+		v := make([]byte, spec.ValueSize)
+		it := old.Iterate()
+		for it.Next(&k, &v) {
+			if !conv.keep(k) {
+				if conv.moveTo == "" {
+					continue
+				}
+				mv.keys = append(mv.keys, slices.Clone(k))
+				mv.vals = append(mv.vals, slices.Clone(v))
+				mig.Moved++
+				continue
+			}
+			if err := nm.Update(k, v, ebpf.UpdateAny); err != nil {
+				return mig, mv, fmt.Errorf("copy entry %d: %w", mig.Copied, mapErr(ms.Name, err))
+			}
+			mig.Copied++
+		}
+		if err := it.Err(); err != nil {
+			return mig, mv, fmt.Errorf("iterate: %w", err)
+		}
+		if mig.Moved > 0 {
+			mig.MovedTo = conv.moveTo
+		}
 	case !sameKey || (old.ValueSize() != spec.ValueSize && !grown):
 		mig.Empty = true
 	default:
@@ -320,21 +436,21 @@ func migrateMap(path string, ms *ebpf.MapSpec, old *ebpf.Map) (MapMigration, err
 		for it.Next(&k, &ov) {
 			copy(v, ov) // the tail stays zero
 			if err := nm.Update(k, v, ebpf.UpdateAny); err != nil {
-				return mig, fmt.Errorf("copy entry %d: %w", mig.Copied, mapErr(ms.Name, err))
+				return mig, mv, fmt.Errorf("copy entry %d: %w", mig.Copied, mapErr(ms.Name, err))
 			}
 			mig.Copied++
 		}
 		if err := it.Err(); err != nil {
-			return mig, fmt.Errorf("iterate: %w", err)
+			return mig, mv, fmt.Errorf("iterate: %w", err)
 		}
 	}
 	if err := os.Remove(path); err != nil {
-		return mig, fmt.Errorf("unpin old: %w", err)
+		return mig, mv, fmt.Errorf("unpin old: %w", err)
 	}
 	if err := nm.Pin(path); err != nil {
-		return mig, fmt.Errorf("pin new: %w", err)
+		return mig, mv, fmt.Errorf("pin new: %w", err)
 	}
-	return mig, nil
+	return mig, mv, nil
 }
 
 // mapErr wraps a failed map write, adding ErrMapFull when the map is full.

@@ -2,9 +2,11 @@
 // bpf/ (bpf2go, see gen.go), the maps they share, and their attachments.
 //
 //	                      written by pkg/mapsync               read by
-//	ipcache   LPM   prefix -> identity      pod add/del, ipBlock   tc, sock
+//	ipcache   hash  host address -> identity  pod add/del          tc, sock
+//	ipcidr    LPM   shorter prefix -> identity  ipBlock            tc, sock
 //	endpoints hash  host ifindex -> ep      pod add/del, isolation tc, sock
-//	policy    LPM   (ep,peer,dir,proto,port) -> allow  policy edit tc, sock
+//	policy    hash  (ep,peer,dir,proto,port/len) -> allow  policy edit tc, sock
+//	polmask   array prefix lengths in policy  policy edit          tc, sock
 //	netns     hash  netns cookie -> ep      pod add/del            sock
 //	config    array rate limits, flags      agent start            tc, sock
 //	conntrack LRU   5-tuple+ep+dir -> seen  (kernel only)          tc

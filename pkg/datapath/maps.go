@@ -13,14 +13,24 @@ import (
 // ipcache, endpoints or policy ends by moving the policy generation on
 // (changed), so no cached verdict outlives it.
 
+// ipcacheMap is the map a key lives in: ipcache for a host address,
+// ipcidr for any shorter prefix.
+func (d *Datapath) ipcacheMap(k *IPCacheKey) (*ebpf.Map, string) {
+	if k.IsHost() {
+		return d.tc.Ipcache, "ipcache"
+	}
+	return d.tc.Ipcidr, "ipcidr"
+}
+
 // IPCachePut maps prefix to identity.
 func (d *Datapath) IPCachePut(p netip.Prefix, v IPCacheVal) error {
 	k, err := IPCacheKeyFor(p)
 	if err != nil {
 		return err
 	}
-	if err := d.tc.Ipcache.Put(&k, &v); err != nil {
-		return d.changed(mapErr("ipcache", err))
+	m, name := d.ipcacheMap(&k)
+	if err := m.Put(&k, &v); err != nil {
+		return d.changed(mapErr(name, err))
 	}
 	return d.changed(nil)
 }
@@ -31,26 +41,29 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	return d.changed(deleteIgnoreMissing(d.tc.Ipcache, "ipcache", &k))
+	m, name := d.ipcacheMap(&k)
+	return d.changed(deleteIgnoreMissing(m, name, &k))
 }
 
-// IPCacheList dumps the ipcache.
+// IPCacheList dumps the ipcache: host addresses and shorter prefixes.
 func (d *Datapath) IPCacheList() (map[netip.Prefix]IPCacheVal, error) {
 	out := map[netip.Prefix]IPCacheVal{}
-	var k IPCacheKey
-	var v IPCacheVal
-	it := d.tc.Ipcache.Iterate()
-	for it.Next(&k, &v) {
-		out[k.Prefix()] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate ipcache: %w", err)
+	for _, m := range []*ebpf.Map{d.tc.Ipcache, d.tc.Ipcidr} {
+		var k IPCacheKey
+		var v IPCacheVal
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			out[k.Prefix()] = v
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("iterate ipcache: %w", err)
+		}
 	}
 	return out, nil
 }
 
-// IPCachePutBatch writes many prefixes, in one batch syscall where the
-// kernel supports it for LPM tries and in a loop otherwise.
+// IPCachePutBatch writes many prefixes, in batch syscalls where the
+// kernel supports them and in a loop otherwise.
 func (d *Datapath) IPCachePutBatch(entries map[netip.Prefix]IPCacheVal) error {
 	keys := make([]IPCacheKey, 0, len(entries))
 	vals := make([]IPCacheVal, 0, len(entries))
@@ -62,7 +75,8 @@ func (d *Datapath) IPCachePutBatch(entries map[netip.Prefix]IPCacheVal) error {
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
-	return d.changed(putBatch(d.tc.Ipcache, "ipcache", keys, vals))
+	_, err := d.IPCachePutMany(keys, vals)
+	return err
 }
 
 // EndpointPut sets the endpoint behind host ifindex.
@@ -110,6 +124,9 @@ func (d *Datapath) EndpointPutBatch(eps map[uint32]Endpoint) error {
 
 // PolicyPut writes one policy entry (see PolicyKeys).
 func (d *Datapath) PolicyPut(k PolicyKey, v PolicyVal) error {
+	if err := d.addPolicyMask([]PolicyKey{k}); err != nil {
+		return err
+	}
 	if err := d.tc.Policy.Put(&k, &v); err != nil {
 		return d.changed(mapErr("policy", err))
 	}
@@ -172,7 +189,8 @@ func (d *Datapath) PolicyPutBatch(entries map[PolicyKey]PolicyVal) error {
 		keys = append(keys, k)
 		vals = append(vals, v)
 	}
-	return d.changed(putBatch(d.tc.Policy, "policy", keys, vals))
+	_, err := d.PolicyPutMany(keys, vals)
+	return err
 }
 
 // NetnsPut registers a network namespace cookie for the socket hooks.

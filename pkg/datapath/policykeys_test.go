@@ -31,7 +31,10 @@ func checkRange(t *testing.T, lo, hi uint16) {
 		if k.EpId != 7 || k.PeerId != 300 || k.Dir != DirIngress || k.Proto != 6 {
 			t.Fatalf("[%d,%d]: key fields %+v", lo, hi, k)
 		}
-		// Host bits below the prefix must be zero, as the trie stores them.
+		if err := CheckPolicyKey(k); err != nil {
+			t.Fatalf("[%d,%d]: %v", lo, hi, err)
+		}
+		// Host bits below the prefix must be zero: keys match exactly.
 		n := k.Prefixlen - policyPrefixProto
 		if n < 16 && ntohs(k.Port)&(1<<(16-n)-1) != 0 {
 			t.Fatalf("[%d,%d]: unaligned key %+v", lo, hi, k)

@@ -8,7 +8,8 @@ import (
 // ABI types. Every one is generated from bpf/zt_abi.h by bpf2go; the
 // exported names are aliases so callers never see the generated stems.
 type (
-	// IPCacheKey is the LPM key of the ipcache map (see IPCacheKeyFor).
+	// IPCacheKey is the key of the ipcache (host addresses) and ipcidr
+	// (shorter prefixes) maps (see IPCacheKeyFor).
 	IPCacheKey = ztTcZtIpcacheKey
 	// IPCacheVal is the identity an ipcache prefix resolves to.
 	IPCacheVal = ztTcZtIpcacheVal
@@ -16,8 +17,11 @@ type (
 	Endpoint = ztTcZtEndpoint
 	// EndpointIP is one address of an Endpoint.
 	EndpointIP = ztTcZtEpIp
-	// PolicyKey is the LPM key of the policy map (see PolicyKeys).
+	// PolicyKey is the key of the policy map (see PolicyKeys).
 	PolicyKey = ztTcZtPolicyKey
+	// PolicyMask names the prefix lengths of policy keys in use per
+	// direction: bit i of Plens[dir] is prefix length 72+i.
+	PolicyMask = ztTcZtPolmask
 	// PolicyVal is the action and rule reference of a policy entry.
 	PolicyVal = ztTcZtPolicyVal
 	// CTKey is a conntrack key in the forward orientation.
@@ -300,6 +304,15 @@ func IPCacheKeyFor(p netip.Prefix) (IPCacheKey, error) {
 	k.Family = familyOf(a)
 	k.Addr = addrBytes(p.Addr())
 	return k, nil
+}
+
+// IsHost reports whether the key is one address (/32, /128): such keys
+// live in the ipcache hash, every other prefix in the ipcidr trie.
+func (k *ztTcZtIpcacheKey) IsHost() bool {
+	if k.Family == FamilyIPv4 {
+		return k.Prefixlen == 32+32
+	}
+	return k.Prefixlen == 32+128
 }
 
 // Prefix converts an ipcache key back into a prefix.

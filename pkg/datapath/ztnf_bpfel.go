@@ -23,9 +23,11 @@ const (
 	ztNfMapEvBucket     = "ev_bucket"
 	ztNfMapEvents       = "events"
 	ztNfMapIpcache      = "ipcache"
+	ztNfMapIpcidr       = "ipcidr"
 	ztNfMapNetns        = "netns"
 	ztNfMapPolgen       = "polgen"
 	ztNfMapPolicy       = "policy"
+	ztNfMapPolmask      = "polmask"
 	ztNfMapSvcnets      = "svcnets"
 	ztNfMapSvcpend      = "svcpend"
 	ztNfProgZtNfService = "zt_nf_service"
@@ -87,9 +89,11 @@ type ztNfMapSpecs struct {
 	EvBucket  *ebpf.MapSpec `ebpf:"ev_bucket"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Ipcidr    *ebpf.MapSpec `ebpf:"ipcidr"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
 	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Polmask   *ebpf.MapSpec `ebpf:"polmask"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
 }
@@ -127,9 +131,11 @@ type ztNfMaps struct {
 	EvBucket  *ebpf.Map `ebpf:"ev_bucket"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Ipcidr    *ebpf.Map `ebpf:"ipcidr"`
 	Netns     *ebpf.Map `ebpf:"netns"`
 	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Polmask   *ebpf.Map `ebpf:"polmask"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
 }
@@ -143,9 +149,11 @@ func (m *ztNfMaps) Close() error {
 		m.EvBucket,
 		m.Events,
 		m.Ipcache,
+		m.Ipcidr,
 		m.Netns,
 		m.Polgen,
 		m.Policy,
+		m.Polmask,
 		m.Svcnets,
 		m.Svcpend,
 	)

@@ -23,9 +23,11 @@ const (
 	ztSockMapEvBucket    = "ev_bucket"
 	ztSockMapEvents      = "events"
 	ztSockMapIpcache     = "ipcache"
+	ztSockMapIpcidr      = "ipcidr"
 	ztSockMapNetns       = "netns"
 	ztSockMapPolgen      = "polgen"
 	ztSockMapPolicy      = "policy"
+	ztSockMapPolmask     = "polmask"
 	ztSockMapSvcnets     = "svcnets"
 	ztSockMapSvcpend     = "svcpend"
 	ztSockProgZtConnect4 = "zt_connect4"
@@ -93,9 +95,11 @@ type ztSockMapSpecs struct {
 	EvBucket  *ebpf.MapSpec `ebpf:"ev_bucket"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Ipcidr    *ebpf.MapSpec `ebpf:"ipcidr"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
 	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Polmask   *ebpf.MapSpec `ebpf:"polmask"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
 }
@@ -133,9 +137,11 @@ type ztSockMaps struct {
 	EvBucket  *ebpf.Map `ebpf:"ev_bucket"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Ipcidr    *ebpf.Map `ebpf:"ipcidr"`
 	Netns     *ebpf.Map `ebpf:"netns"`
 	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Polmask   *ebpf.Map `ebpf:"polmask"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
 }
@@ -149,9 +155,11 @@ func (m *ztSockMaps) Close() error {
 		m.EvBucket,
 		m.Events,
 		m.Ipcache,
+		m.Ipcidr,
 		m.Netns,
 		m.Polgen,
 		m.Policy,
+		m.Polmask,
 		m.Svcnets,
 		m.Svcpend,
 	)

@@ -192,6 +192,11 @@ type ztTcZtPolicyVal struct {
 	Pad    [3]uint8
 }
 
+type ztTcZtPolmask struct {
+	_     structs.HostLayout
+	Plens [2]uint32
+}
+
 type ztTcZtReason uint8
 
 const (
@@ -232,9 +237,11 @@ const (
 	ztTcMapEvBucket   = "ev_bucket"
 	ztTcMapEvents     = "events"
 	ztTcMapIpcache    = "ipcache"
+	ztTcMapIpcidr     = "ipcidr"
 	ztTcMapNetns      = "netns"
 	ztTcMapPolgen     = "polgen"
 	ztTcMapPolicy     = "policy"
+	ztTcMapPolmask    = "polmask"
 	ztTcMapSvcnets    = "svcnets"
 	ztTcMapSvcpend    = "svcpend"
 	ztTcProgZtFromPod = "zt_from_pod"
@@ -298,9 +305,11 @@ type ztTcMapSpecs struct {
 	EvBucket  *ebpf.MapSpec `ebpf:"ev_bucket"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
+	Ipcidr    *ebpf.MapSpec `ebpf:"ipcidr"`
 	Netns     *ebpf.MapSpec `ebpf:"netns"`
 	Polgen    *ebpf.MapSpec `ebpf:"polgen"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
+	Polmask   *ebpf.MapSpec `ebpf:"polmask"`
 	Svcnets   *ebpf.MapSpec `ebpf:"svcnets"`
 	Svcpend   *ebpf.MapSpec `ebpf:"svcpend"`
 }
@@ -338,9 +347,11 @@ type ztTcMaps struct {
 	EvBucket  *ebpf.Map `ebpf:"ev_bucket"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
+	Ipcidr    *ebpf.Map `ebpf:"ipcidr"`
 	Netns     *ebpf.Map `ebpf:"netns"`
 	Polgen    *ebpf.Map `ebpf:"polgen"`
 	Policy    *ebpf.Map `ebpf:"policy"`
+	Polmask   *ebpf.Map `ebpf:"polmask"`
 	Svcnets   *ebpf.Map `ebpf:"svcnets"`
 	Svcpend   *ebpf.Map `ebpf:"svcpend"`
 }
@@ -354,9 +365,11 @@ func (m *ztTcMaps) Close() error {
 		m.EvBucket,
 		m.Events,
 		m.Ipcache,
+		m.Ipcidr,
 		m.Netns,
 		m.Polgen,
 		m.Policy,
+		m.Polmask,
 		m.Svcnets,
 		m.Svcpend,
 	)

@@ -78,8 +78,9 @@ type Maps interface {
 
 // BatchMaps is implemented by Maps that write many entries in one call
 // (*datapath.Datapath, with BPF_MAP_*_BATCH). Each call writes its entries
-// in slice order, each visible to the datapath as it is written, as if by
-// one single write after the other; on error it returns how many leading
+// each visible to the datapath as it is written, as if by one single write
+// after the other (in slice order; the datapath writes an ipcache call's
+// host addresses, then its shorter prefixes); on error it returns how many
 // entries it wrote (deletes: handled; a missing key is no error). mapsync
 // uses one call per step of the order above and never merges steps, so a
 // batch changes nothing the order guarantees. Calls on different maps must
@@ -94,6 +95,15 @@ type BatchMaps interface {
 	EndpointDeleteMany([]uint32) (int, error)
 	PolicyPutMany([]datapath.PolicyKey, []datapath.PolicyVal) (int, error)
 	PolicyDeleteMany([]datapath.PolicyKey) (int, error)
+}
+
+// MaskMaps is implemented by Maps whose policy lookups probe only the
+// prefix lengths a mask names (*datapath.Datapath): every policy write
+// adds its own lengths, and after each Reconcile the Syncer sets the mask
+// to exactly the lengths of the desired policy, dropping those no key
+// uses any more.
+type MaskMaps interface {
+	SetPolicyMask(datapath.PolicyMask) error
 }
 
 // Binding ties a compiled endpoint to the host-side interface of its pod.
@@ -266,7 +276,16 @@ func (s *Syncer) Reconcile(desired State) (Stats, error) {
 		return Stats{}, err
 	}
 	s.realized = &realized
-	return s.apply(desired)
+	st, err := s.apply(desired)
+	if err != nil {
+		return st, err
+	}
+	if mm, ok := s.maps.(MaskMaps); ok {
+		if err := mm.SetPolicyMask(datapath.PolicyMaskOf(maps.Keys(desired.Policy))); err != nil {
+			return st, fmt.Errorf("set policy mask: %w", err)
+		}
+	}
+	return st, nil
 }
 
 // Apply writes the difference between the last realized state and desired.
@@ -380,7 +399,8 @@ func checkDelta(r *State, desired State, found int) error {
 	return nil
 }
 
-// polOps are policy writes of one step, in the policy trie's byte order.
+// polOps are policy writes of one step, in datapath.PolicyKeyRank order
+// (any fixed order would do for the policy hash; this one is cheap).
 type polOps struct {
 	keys []datapath.PolicyKey
 	vals []datapath.PolicyVal
@@ -404,7 +424,7 @@ func sortPolicyKeys(ks []datapath.PolicyKey) []datapath.PolicyKey {
 	return ks
 }
 
-// ipcOps are ipcache writes of one step, in the ipcache trie's byte order
+// ipcOps are ipcache writes of one step, in the ipcidr trie's byte order
 // (which is identity.ComparePrefix order); vals is nil for deletes.
 type ipcOps struct {
 	pfxs []netip.Prefix
@@ -984,4 +1004,5 @@ func (s *Syncer) Realized() (State, bool) {
 var (
 	_ Maps      = (*datapath.Datapath)(nil)
 	_ BatchMaps = (*datapath.Datapath)(nil)
+	_ MaskMaps  = (*datapath.Datapath)(nil)
 )
