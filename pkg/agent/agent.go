@@ -14,9 +14,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -127,7 +129,19 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 	for _, m := range dp.Migrated() {
 		log.Warn("pinned map layout changed: replaced", zap.String("map", m.Map), zap.String("reason", m.Reason),
-			zap.Int("copied", m.Copied), zap.Bool("empty", m.Empty))
+			zap.Int("copied", m.Copied), zap.Int("moved", m.Moved), zap.String("moved_to", m.MovedTo), zap.Bool("empty", m.Empty))
+	}
+	if mem, err := dp.MapMemory(); err != nil {
+		log.Warn("cannot read the kernel maps' memory; Go memory limit left as set", zap.Error(err))
+	} else if cur := debug.SetMemoryLimit(-1); cur != math.MaxInt64 {
+		var total uint64
+		for _, v := range mem {
+			total += v
+		}
+		next := goMemoryLimit(cur, total)
+		debug.SetMemoryLimit(next)
+		log.Info("Go memory limit leaves room for the kernel maps", zap.Int64("limit", cur),
+			zap.Uint64("maps", total), zap.Int64("go_limit", next))
 	}
 	// New label sets are numbered above every number the adopted maps
 	// use; a label set an adopted ipcache entry shows keeps its number, so
@@ -159,6 +173,21 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	a.events = record.NewBroadcaster()
 	a.recorder = a.events.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "zt-agent", Host: cfg.NodeName})
 	return a, nil
+}
+
+// goMemoryLimit is the Go runtime's soft memory limit once the kernel
+// maps are counted: the limit set (GOMEMLIMIT, the container's memory
+// limit in the DaemonSet) less the maps' memory, which the same memory
+// cgroup pays for when this agent created them, and never below half of
+// it. Without a limit (math.MaxInt64) it stays unlimited.
+func goMemoryLimit(limit int64, maps uint64) int64 {
+	if limit == math.MaxInt64 || limit <= 0 {
+		return limit
+	}
+	if maps >= uint64(limit) {
+		return limit / 2
+	}
+	return max(limit-int64(maps), limit/2)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

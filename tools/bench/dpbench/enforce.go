@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -222,47 +220,20 @@ type ztEnforcer struct {
 	serverEP   uint32
 	extraID    datapath.Identity // of extraPeer: in the ipcache, allowed only during changes
 	rawChanges []time.Duration
-	memEmpty   memlock
 	memFull    memlock
 	entries    int
 }
 
 type memlock struct{ Policy, IPCache uint64 }
 
+// memlock reads the kernel memory of the policy map and of the two
+// ipcache maps (host addresses and shorter prefixes) together.
 func (e *ztEnforcer) memlock() (memlock, error) {
-	var m memlock
-	for _, x := range []struct {
-		name string
-		dst  *uint64
-	}{{"policy", &m.Policy}, {"ipcache", &m.IPCache}} {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(e.root, x.name), nil)
-		if err != nil {
-			return m, fmt.Errorf("open pinned %s: %w", x.name, err)
-		}
-		v, err := fdinfoMemlock(mp.FD())
-		mp.Close()
-		if err != nil {
-			return m, fmt.Errorf("map %s: %w", x.name, err)
-		}
-		*x.dst = v
-	}
-	return m, nil
-}
-
-// fdinfoMemlock reads the kernel's memory accounting of a BPF object
-// from the "memlock:" line of its fdinfo (for an LPM trie it follows the
-// number of entries).
-func fdinfoMemlock(fd int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	mem, err := e.dp.MapMemory()
 	if err != nil {
-		return 0, err
+		return memlock{}, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "memlock:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, errors.New("no memlock in fdinfo")
+	return memlock{Policy: mem["policy"], IPCache: mem["ipcache"] + mem["ipcidr"]}, nil
 }
 
 func (e *ztEnforcer) peerRule(id datapath.Identity) (datapath.PolicyKey, error) {
@@ -286,9 +257,6 @@ func (e *ztEnforcer) install(ctx context.Context, t *topo, peers []netip.Addr) (
 		return 0, fmt.Errorf("open datapath: %w", err)
 	}
 	e.dp = dp
-	if e.memEmpty, err = e.memlock(); err != nil {
-		return 0, err
-	}
 	e.serverEP = uint32(t.server.hostIfindex)
 	st := mapsync.State{IPCache: map[netip.Prefix]datapath.IPCacheVal{},
 		Endpoints: map[uint32]datapath.Endpoint{}, Policy: map[datapath.PolicyKey]datapath.PolicyVal{}}

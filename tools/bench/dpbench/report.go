@@ -264,7 +264,9 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"then the receiver's), after one run each that sets the flow up; the wall time per run, summed over the two programs; the empty program's time per run in the same loop is beside it. With one packet "+
 		"repeated, every lookup hits cache lines the previous run brought in, which live traffic does not: live minus warm is what cold caches "+
 		"cost here. The 150 ns/packet target below stays on zt's live figure as measured. Map write: one bare policy "+
-		"entry put or delete (pkg/datapath, with the policy generation bump that follows every write), timed %d times per N. Map memory: the growth of the maps' `memlock` (fdinfo) from empty to loaded, per entry.\n\n", min(progReps, o.Reps), warmRepeat, o.RawWrites))
+		"entry put or delete (pkg/datapath, with the policy generation bump that follows every write), timed %d times per N. Map memory: the maps' `memlock` (fdinfo) once loaded, divided by the entries they hold; "+
+		"policy and ipcache are preallocated hashes of max(65,536, N+64) entries (ipcache's figure includes the ipcidr trie), so below "+
+		"N=65,536 it is mostly empty slots.\n\n", min(progReps, o.Reps), warmRepeat, o.RawWrites))
 	b.WriteString("### Targets\n\nMedians of the repetitions, with their min–max in parentheses; \"within noise\" when that range contains the goal, " +
 		"so this run cannot tell pass from fail.\n\n| target | want | got | pass |\n|---|---|---|---|\n")
 	for _, t := range r.Targets() {

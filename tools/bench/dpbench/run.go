@@ -104,8 +104,8 @@ type Point struct {
 	ProgNsPerRun       float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
 	ProgRunsPerTxn     float64 `json:"prog_runs_per_txn,omitempty"`
 	PolicyEntries      int     `json:"policy_entries,omitempty"`
-	PolicyBytesPerEnt  float64 `json:"policy_bytes_per_entry,omitempty"`  // memlock delta / entries
-	IPCacheBytesPerEnt float64 `json:"ipcache_bytes_per_entry,omitempty"` // memlock delta / entries
+	PolicyBytesPerEnt  float64 `json:"policy_bytes_per_entry,omitempty"`  // memlock loaded / entries
+	IPCacheBytesPerEnt float64 `json:"ipcache_bytes_per_entry,omitempty"` // memlock loaded / entries
 	// EmptyProgNsPerRun is the floor of ProgNsPerRun on this machine: the
 	// same figure for a tc program that only returns TC_ACT_UNSPEC,
 	// attached with tcx on the same host veths of the "none" topology and
@@ -239,8 +239,10 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		}
 		if ze, ok := l.e.(*ztEnforcer); ok {
 			l.pt.PolicyEntries = ze.entries
-			l.pt.PolicyBytesPerEnt = float64(ze.memFull.Policy-ze.memEmpty.Policy) / float64(ze.entries)
-			l.pt.IPCacheBytesPerEnt = float64(ze.memFull.IPCache-ze.memEmpty.IPCache) / float64(len(ze.state.IPCache))
+			// All the memory the maps hold, per entry: a preallocated
+			// hash costs its capacity, empty or not.
+			l.pt.PolicyBytesPerEnt = float64(ze.memFull.Policy) / float64(ze.entries)
+			l.pt.IPCacheBytesPerEnt = float64(ze.memFull.IPCache) / float64(len(ze.state.IPCache))
 		}
 	}
 	if r.opts.CheckOnly {
