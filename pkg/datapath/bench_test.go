@@ -25,7 +25,7 @@ func fillLookupMaps(b *testing.B, d *Datapath, nPol, nIP int) []byte {
 	}
 	pol := make(map[PolicyKey]PolicyVal, nPol)
 	for i := range nPol {
-		// Spread over endpoints, peers and ports so the trie is realistic.
+		// Spread over endpoints, peers and ports, as a node's maps are.
 		k := must[[]PolicyKey](b)(PolicyKeys(PortRule{EndpointID: uint32(i % 1000), Dir: DirIngress,
 			Peer: Identity(1000 + i%nIP), Proto: protoTCP, Port: uint16(1 + i/1000)}))[0]
 		pol[k] = PolicyVal{RuleId: uint32(i), Action: ActionAllow}
