@@ -1,6 +1,9 @@
 package datapath
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // TestMapMemory: a preallocated hash holds its capacity from the start,
 // a trie only what its entries take.
@@ -17,5 +20,26 @@ func TestMapMemory(t *testing.T) {
 	}
 	if len(mem) != len(d.tcMapsByName()) {
 		t.Errorf("%d maps reported, want %d", len(mem), len(d.tcMapsByName()))
+	}
+}
+
+// TestMapMemoryDefaults logs what the maps take at the default sizes (the
+// figure deploy/README.md quotes): go test -v -run TestMapMemoryDefaults.
+func TestMapMemoryDefaults(t *testing.T) {
+	d := newTestDatapath(t, Options{})
+	mem := must[map[string]uint64](t)(d.MapMemory())
+	var total uint64
+	names := make([]string, 0, len(mem))
+	for name, v := range mem {
+		total += v
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		t.Logf("%-10s %6.1f MiB (max_entries %d)", name, float64(mem[name])/(1<<20), d.tcMapsByName()[name].MaxEntries())
+	}
+	t.Logf("total      %6.1f MiB", float64(total)/(1<<20))
+	if total == 0 {
+		t.Fatal("no map memory reported")
 	}
 }
