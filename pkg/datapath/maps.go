@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -138,32 +139,24 @@ func (d *Datapath) PolicyDelete(k PolicyKey) error {
 	return d.changed(deleteIgnoreMissing(d.tc.Policy, "policy", &k))
 }
 
-// PolicyPutRule writes every key of r with value v.
+// PolicyPutRule writes every key of r with value v, in one call.
 func (d *Datapath) PolicyPutRule(r PortRule, v PolicyVal) error {
 	keys, err := PolicyKeys(r)
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		if err := d.PolicyPut(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = d.PolicyPutMany(keys, slices.Repeat([]PolicyVal{v}, len(keys)))
+	return err
 }
 
-// PolicyDeleteRule removes every key of r.
+// PolicyDeleteRule removes every key of r, in one call.
 func (d *Datapath) PolicyDeleteRule(r PortRule) error {
 	keys, err := PolicyKeys(r)
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		if err := d.PolicyDelete(k); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = d.PolicyDeleteMany(keys)
+	return err
 }
 
 // PolicyList dumps the policy map.
