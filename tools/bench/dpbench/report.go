@@ -190,6 +190,15 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"visiting the configurations in a rotating order; every figure is the median of the repetitions, and ratios are to `none` of the same repetition "+
 		"with the min–max over the repetitions in parentheses (the noise).\n\n",
 		o.ClientCPU, o.ServerCPU, rtNote(o.RTPrio), o.Reps, o.Duration, o.Warmup)
+	var stealMax float64
+	resampled := 0
+	for _, p := range r.Points {
+		stealMax = max(stealMax, p.StealMax)
+		resampled += p.Resampled
+	}
+	fmt.Fprintf(&b, "Hypervisor steal (the `steal` time of /proc/stat, the CPU time this virtual machine's host took away): a sample during which "+
+		"more than %.0f%% of the machine's CPU time was stolen is measured again, at most %d times. In this run %d samples were measured again, "+
+		"and the most stolen during a sample kept was %.2f%%.\n\n", 100*maxSteal, stealRetries, resampled, 100*stealMax)
 	fmt.Fprintf(&b, "Configurations: **none** (no enforcement); **zt** (pkg/datapath programs on tcx of the host veths, maps written by pkg/mapsync: "+
 		"one identity, ipcache entry and policy entry per peer, conntrack, IPv6 and anti-spoofing on; the cgroup socket hooks are not attached "+
 		"because they act on every process of the machine); **iptables** (`%s`; FORWARD: `ESTABLISHED,RELATED` accept first, then a chain "+

@@ -24,6 +24,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -98,11 +99,16 @@ type Point struct {
 	ChangeP99us   float64 `json:"change_p99_us"`
 	ChangeSamples int     `json:"change_samples"`
 	// zt only.
-	RawChangeP50us     float64 `json:"raw_change_p50_us,omitempty"` // the 2 map writes alone
-	RawChangeP99us     float64 `json:"raw_change_p99_us,omitempty"`
-	RawSamples         int     `json:"raw_samples,omitempty"`
-	ProgNsPerRun       float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
-	ProgRunsPerTxn     float64 `json:"prog_runs_per_txn,omitempty"`
+	RawChangeP50us float64 `json:"raw_change_p50_us,omitempty"` // the 2 map writes alone
+	RawChangeP99us float64 `json:"raw_change_p99_us,omitempty"`
+	RawSamples     int     `json:"raw_samples,omitempty"`
+	ProgNsPerRun   float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
+	ProgRunsPerTxn float64 `json:"prog_runs_per_txn,omitempty"`
+	// StealMax is the largest share of the machine's CPU time the
+	// hypervisor took during one of this point's samples (steal.go),
+	// Resampled how many samples were measured again because of it.
+	StealMax           float64 `json:"steal_max"`
+	Resampled          int     `json:"resampled"`
 	PolicyEntries      int     `json:"policy_entries,omitempty"`
 	PolicyBytesPerEnt  float64 `json:"policy_bytes_per_entry,omitempty"`  // memlock loaded / entries
 	IPCacheBytesPerEnt float64 `json:"ipcache_bytes_per_entry,omitempty"` // memlock loaded / entries
@@ -257,16 +263,27 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		for i := range all {
 			l := all[(i+rep)%len(all)] // rotate the order every repetition
 			var s sample
-			if s.rr, err = r.client(l.t, "rr"); err != nil {
-				return nil, fmt.Errorf("%s: TCP_RR: %w", l.cfg, err)
-			}
-			if s.crr, err = r.client(l.t, "crr"); err != nil {
-				return nil, fmt.Errorf("%s: TCP_CRR: %w", l.cfg, err)
-			}
-			if r.opts.Iperf > 0 {
-				if s.bulk, err = r.iperf(l.t); err != nil {
-					return nil, fmt.Errorf("%s: iperf3: %w", l.cfg, err)
+			for attempt := 0; ; attempt++ {
+				sm := newStealMeter(runtime.NumCPU())
+				if s.rr, err = r.client(l.t, "rr"); err != nil {
+					return nil, fmt.Errorf("%s: TCP_RR: %w", l.cfg, err)
 				}
+				if s.crr, err = r.client(l.t, "crr"); err != nil {
+					return nil, fmt.Errorf("%s: TCP_CRR: %w", l.cfg, err)
+				}
+				if r.opts.Iperf > 0 {
+					if s.bulk, err = r.iperf(l.t); err != nil {
+						return nil, fmt.Errorf("%s: iperf3: %w", l.cfg, err)
+					}
+				}
+				stolen := sm.share()
+				if stolen <= maxSteal || attempt == stealRetries {
+					l.pt.StealMax = max(l.pt.StealMax, stolen) // of the samples kept
+					break
+				}
+				l.pt.Resampled++
+				r.logf("N=%d rep %d/%d %s: the hypervisor took %.1f%% of the CPU time during the sample: measuring it again",
+					n, rep+1, r.opts.Reps, l.cfg, 100*stolen)
 			}
 			got[l.cfg] = s
 		}
