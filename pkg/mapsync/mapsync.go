@@ -263,6 +263,10 @@ func (s Stats) Writes() int {
 type Syncer struct {
 	maps     Maps
 	realized *State // nil until the first Reconcile
+	// temps are the temporary identities (TempIdentityBase and up) the
+	// realized maps hold: only what a dump found, left by an update that
+	// was interrupted. A completed update leaves none.
+	temps map[datapath.Identity]bool
 }
 
 // New returns a Syncer writing to m. The first call must be Reconcile:
@@ -276,6 +280,7 @@ func (s *Syncer) Reconcile(desired State) (Stats, error) {
 		return Stats{}, err
 	}
 	s.realized = &realized
+	s.temps = tempsIn(realized)
 	st, err := s.apply(desired)
 	if err != nil {
 		return st, err
@@ -668,15 +673,8 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 	// Temporary identities are numbered from TempIdentityBase in prefix
 	// order, skipping any the maps hold.
 	used := map[datapath.Identity]bool{}
-	for _, v := range r.IPCache {
-		if v.Identity >= TempIdentityBase {
-			used[v.Identity] = true
-		}
-	}
-	for k := range r.Policy {
-		if k.PeerId >= TempIdentityBase {
-			used[k.PeerId] = true
-		}
+	for t := range s.temps {
+		used[t] = true
 	}
 	temps := map[datapath.Identity]datapath.Identity{}
 	var tempIDs []datapath.Identity
@@ -714,6 +712,26 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 		freezePol = append(freezePol, entry[datapath.PolicyKey, datapath.PolicyVal]{k, v})
 	}
 	return freezePol, freezeIPC
+}
+
+// tempsIn returns the temporary identities st names.
+func tempsIn(st State) map[datapath.Identity]bool {
+	var out map[datapath.Identity]bool
+	add := func(id datapath.Identity) {
+		if id >= TempIdentityBase {
+			if out == nil {
+				out = map[datapath.Identity]bool{}
+			}
+			out[id] = true
+		}
+	}
+	for _, v := range st.IPCache {
+		add(v.Identity)
+	}
+	for k := range st.Policy {
+		add(k.PeerId)
+	}
+	return out
 }
 
 // lookupPrefix returns the identity addresses of pfx resolve to in m (the
@@ -813,8 +831,11 @@ func (s *Syncer) applyWith(desired State, d *Delta) (Stats, error) {
 }
 
 // commit records that the maps now hold desired: a large update copies
-// it, a small one patches the cache.
+// it, a small one patches the cache. Desired holds no temporary identity
+// (the compiler never numbers one that high) and step 6 removed the
+// update's own, so none is left.
 func (s *Syncer) commit(desired State, p *plan) {
+	s.temps = nil
 	if n := p.changes(); n > 0 && 4*n > len(desired.IPCache)+len(desired.Policy)+len(desired.Endpoints) {
 		c := desired.clone()
 		s.realized = &c

@@ -832,3 +832,42 @@ func isolatesAny(eps map[uint32]datapath.Endpoint) bool {
 	}
 	return false
 }
+
+// TestFreezeSkipsLeftTemporaries: temporary identities an interrupted
+// update left in the maps are found by the dump, and the next update parks
+// its prefixes on other numbers.
+func TestFreezeSkipsLeftTemporaries(t *testing.T) {
+	left := netip.MustParsePrefix("203.0.113.7/32")
+	frozen := 0
+	for seed := range uint64(40) {
+		w := newWorld(seed)
+		f := newFake()
+		s := New(f.maps())
+		if _, err := s.Apply(w.desired(t)); err != nil {
+			t.Fatal(err)
+		}
+		w.mutate()
+		want := w.desired(t)
+		// What an update interrupted between steps 1 and 6 leaves behind.
+		f.st.IPCache[left] = datapath.IPCacheVal{Identity: TempIdentityBase}
+		f.st.Policy[datapath.PolicyKey{Prefixlen: 72, EpId: 1, PeerId: TempIdentityBase}] = datapath.PolicyVal{RuleId: 1, Action: datapath.ActionAllow}
+		f.check = func(st State) {
+			for p, v := range st.IPCache {
+				if p != left && v.Identity == TempIdentityBase {
+					t.Fatalf("seed %d: %s parked on %#x, the number a left-over entry holds", seed, p, v.Identity)
+				}
+			}
+		}
+		st, err := s.Reconcile(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		frozen += st.Frozen
+		if !equalState(f.st, want) {
+			t.Fatalf("seed %d: maps differ from the desired state after the reconcile", seed)
+		}
+	}
+	if frozen == 0 {
+		t.Error("no reconcile parked a prefix: the test misses the path")
+	}
+}
