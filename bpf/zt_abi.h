@@ -89,8 +89,8 @@
  * Verdict cache. Every forward packet of an isolated direction is checked
  * against current policy, but the answer for an established flow only
  * changes when the maps do. Userspace increments polgen after every write
- * to ipcache, policy or endpoints (pkg/datapath does it for every write
- * it makes). A forward packet that the policy allows stamps its conntrack
+ * to ipcache, policy, endpoints or config (pkg/datapath does it for every
+ * write it makes). A forward packet that the policy allows stamps its conntrack
  * entry with the generation it was decided at (verified_gen, plus
  * ZT_CT_VIA_HOST when the allow was the allow-from-host flag); the next
  * forward packet of that entry, while polgen still holds that number,
@@ -103,6 +103,18 @@
  * verified": a conntrack entry written by an older version (the value
  * grew by verified_gen; migration zero-extends it) or by the netfilter
  * program is decided from the maps.
+ *
+ * Lookup order. A packet whose source port is above its destination port
+ * (a client's ephemeral port; an echo request) is likely the forward
+ * packet of its flow: tc looks up its forward entry first, and a live,
+ * unrevoked one passes it at once where its direction is not isolated,
+ * or where it is, when verified at the current generation. The reverse
+ * entry could not change that verdict (a live one would pass it as a
+ * reply, a revoked one yields to a live forward entry), so it is not
+ * looked up: one conntrack lookup per packet of an established flow
+ * instead of two. When a flow has entries both ways (each side opened
+ * the same tuple), such a packet is counted ALLOWED or NOT_ISOLATED
+ * rather than REPLY. Every other packet looks up the reverse entry first.
  *
  * Service egress. NetworkPolicy egress applies to the pod a Service
  * address is translated to, and kube-proxy translates it (DNAT in the

@@ -101,6 +101,31 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = zt_ct_now();
+	struct zt_ct_val *cached = NULL, *fwd = NULL;
+	__u64 gen = 0;
+
+	/* (0) a likely forward packet of an established flow whose entry
+	 * passes it whatever the reverse entry says (zt_ct_fwd_live): one
+	 * conntrack lookup instead of two. Only a verdict verified at the
+	 * current generation is taken, as in (3); the generation also moves
+	 * on with any config change, so a flow verified before Service
+	 * egress was deferred to the NAT (2) is decided again. */
+	if (zt_ct_likely_fwd(&f) && (fwd = zt_ct_fwd_live(cfg, v.ep_id, dir, &f, now))) {
+		if (!(ep->flags & isolated_flag)) {
+			v.reason = ZT_REASON_NOT_ISOLATED;
+			goto pass;
+		}
+		gen = zt_polgen();
+		if (gen && fwd->verified_gen == gen) {
+			v.reason = (fwd->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
+			v.rule_id = fwd->rule_id;
+			cached = fwd;
+			goto pass;
+		}
+		fwd = NULL;
+		gen = 0;
+	}
+
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
 	 * error about one; the reply of a flow policy cut since is cut too */
 	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
@@ -135,9 +160,6 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	 * isolated direction, or by an event. An established flow whose
 	 * verdict was taken at the current policy generation takes it again
 	 * without the lookups (zt_abi.h, "Verdict cache"). */
-	struct zt_ct_val *cached = NULL;
-	__u64 gen = 0;
-
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
 	} else if ((cached = zt_ct_verified(cfg, v.ep_id, dir, &f, now, zt_polgen()))) {
@@ -161,11 +183,17 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 		return zt_finish(cfg, &f, &v, 1);
 	}
 
+pass:
 	/* Allowed (or audited): track it so replies pass the other direction's
 	 * isolation. Audited flows are tracked too, so only the first
 	 * offending direction reports; only allows are cached. */
 	if (cached) {
 		zt_ct_touch(cached, now);
+		created = 0;
+	} else if (fwd) {
+		/* (0) in a direction that is not isolated: as zt_ct_upsert does
+		 * with a live entry */
+		zt_ct_refresh(fwd, 0, now, 0, 0);
 		created = 0;
 	} else {
 		int verified = gen && v.verdict == ZT_VERDICT_ALLOW;

@@ -171,6 +171,48 @@ static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *
 	return v;
 }
 
+/* Refresh a live forward entry with the verdict just taken; fields are
+ * written only when they change. */
+static __always_inline void zt_ct_refresh(struct zt_ct_val *v, __u32 rule_id, __u64 now,
+					  __u64 verified_gen, __u32 via_host)
+{
+	zt_ct_touch(v, now);
+	if (v->rule_id != rule_id)
+		v->rule_id = rule_id;
+	if ((v->flags & ZT_CT_VIA_HOST) != via_host)
+		v->flags = (v->flags & ~ZT_CT_VIA_HOST) | via_host;
+	if (v->verified_gen != verified_gen)
+		v->verified_gen = verified_gen;
+}
+
+/* The live, unrevoked forward entry of this packet, or NULL. Whatever the
+ * reverse entry holds, such a packet passes where its direction is not
+ * isolated, and where it is, passes on a verdict verified at the current
+ * generation: a live reverse entry would pass it as a reply, a revoked one
+ * yields to a live forward entry (zt_ct_is_reply). So a likely forward
+ * packet looks this up first and skips the reverse lookup when it hits. */
+static __always_inline struct zt_ct_val *zt_ct_fwd_live(const struct zt_config *cfg, __u32 ep_id,
+							__u8 dir, const struct zt_flow *f, __u64 now)
+{
+	struct zt_ct_key k;
+	struct zt_ct_val *v;
+
+	zt_ct_key_fwd(&k, ep_id, dir, f);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (!v || (v->flags & ZT_CT_REVOKED) || !zt_ct_live(cfg, v, now))
+		return NULL;
+	return v;
+}
+
+/* Likely a forward packet of its flow at this endpoint: its source port is
+ * the higher (a client's ephemeral port towards a service's; an echo
+ * request carries (id, 0)). A guess only orders the lookups: a wrong one
+ * costs the lookup it meant to save, never a different verdict. */
+static __always_inline int zt_ct_likely_fwd(const struct zt_flow *f)
+{
+	return !f->icmp_err && bpf_ntohs(f->sport) > bpf_ntohs(f->dport);
+}
+
 /* Create or refresh the forward entry; returns 1 if it was created.
  * verified_gen (0: none) and via_host (ZT_CT_VIA_HOST or 0) record the
  * verdict for the cache; fields are written only when they change, so a
@@ -185,13 +227,7 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 	zt_ct_key_fwd(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
-		zt_ct_touch(v, now);
-		if (v->rule_id != rule_id)
-			v->rule_id = rule_id;
-		if ((v->flags & ZT_CT_VIA_HOST) != via_host)
-			v->flags = (v->flags & ~ZT_CT_VIA_HOST) | via_host;
-		if (v->verified_gen != verified_gen)
-			v->verified_gen = verified_gen;
+		zt_ct_refresh(v, rule_id, now, verified_gen, via_host);
 		return 0;
 	}
 	nv.last_seen_ns = now;

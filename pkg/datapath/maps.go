@@ -11,8 +11,8 @@ import (
 
 // Typed access to the maps. pkg/mapsync is the only writer in the agent;
 // these methods are the primitive operations it composes. Every write to
-// ipcache, endpoints or policy ends by moving the policy generation on
-// (changed), so no cached verdict outlives it.
+// ipcache, endpoints, policy or config ends by moving the policy
+// generation on (changed), so no cached verdict outlives it.
 
 // ipcacheMap is the map a key lives in: ipcache for a host address,
 // ipcidr for any shorter prefix.
@@ -298,9 +298,11 @@ func (d *Datapath) SetConfig(c Config) error {
 	}
 	var zero uint32
 	if err := d.tc.Config.Put(&zero, &c); err != nil {
-		return mapErr("config", err)
+		return d.changed(mapErr("config", err))
 	}
-	return nil
+	// svc_mark decides which packets tc leaves to the netfilter program:
+	// no verdict cached before a change may be taken after it.
+	return d.changed(nil)
 }
 
 // Config reads the datapath configuration.

@@ -156,3 +156,19 @@ func ctLookup(d *Datapath, k CTKey) (CTVal, error) {
 	err := d.tc.Conntrack.Lookup(&k, &v)
 	return v, err
 }
+
+// TestConfigMovesGeneration: a config write can change which packets tc
+// decides (svc_mark), so it moves the policy generation on like a map
+// write: no verdict cached before it is taken after it.
+func TestConfigMovesGeneration(t *testing.T) {
+	d := newTestDatapath(t, Options{})
+	before := must[uint64](t)(d.PolicyGeneration())
+	cfg := must[Config](t)(d.Config())
+	cfg.SvcMark = 0x200
+	if err := d.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if after := must[uint64](t)(d.PolicyGeneration()); after == before {
+		t.Errorf("policy generation %d unchanged by a config write", after)
+	}
+}
