@@ -105,8 +105,8 @@
  * program is decided from the maps.
  *
  * Lookup order. A packet whose source port is above its destination port
- * (a client's ephemeral port; an echo request) is likely the forward
- * packet of its flow: tc looks up its forward entry first, and a live,
+ * (a client's ephemeral port; an echo request), other than a TCP SYN, is
+ * likely a forward packet of an established flow: tc looks up its forward entry first, and a live,
  * unrevoked one passes it at once where its direction is not isolated,
  * or where it is, when verified at the current generation. The reverse
  * entry could not change that verdict (a live one would pass it as a

@@ -103,6 +103,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	now = zt_ct_now();
 	struct zt_ct_val *cached = NULL, *fwd = NULL;
 	__u64 gen = 0;
+	int fwd_seen = 0;
 
 	/* (0) a likely forward packet of an established flow whose entry
 	 * passes it whatever the reverse entry says (zt_ct_fwd_live): one
@@ -110,7 +111,11 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	 * current generation is taken, as in (3); the generation also moves
 	 * on with any config change, so a flow verified before Service
 	 * egress was deferred to the NAT (2) is decided again. */
-	if (zt_ct_likely_fwd(&f) && (fwd = zt_ct_fwd_live(cfg, v.ep_id, dir, &f, now))) {
+	if (zt_ct_likely_fwd(&f)) {
+		fwd_seen = 1;
+		fwd = zt_ct_fwd_live(cfg, v.ep_id, dir, &f, now);
+	}
+	if (fwd) {
 		if (!(ep->flags & isolated_flag)) {
 			v.reason = ZT_REASON_NOT_ISOLATED;
 			goto pass;
@@ -162,7 +167,8 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	 * without the lookups (zt_abi.h, "Verdict cache"). */
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
-	} else if ((cached = zt_ct_verified(cfg, v.ep_id, dir, &f, now, zt_polgen()))) {
+	} else if (!fwd_seen /* else (0) found no verified entry */ &&
+		   (cached = zt_ct_verified(cfg, v.ep_id, dir, &f, now, zt_polgen()))) {
 		v.reason = (cached->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
 		v.rule_id = cached->rule_id;
 	} else {

@@ -204,13 +204,16 @@ static __always_inline struct zt_ct_val *zt_ct_fwd_live(const struct zt_config *
 	return v;
 }
 
-/* Likely a forward packet of its flow at this endpoint: its source port is
- * the higher (a client's ephemeral port towards a service's; an echo
- * request carries (id, 0)). A guess only orders the lookups: a wrong one
- * costs the lookup it meant to save, never a different verdict. */
+/* Likely a forward packet of an established flow at this endpoint: its
+ * source port is the higher (a client's ephemeral port towards a
+ * service's; an echo request carries (id, 0)), and it is no TCP SYN (a new
+ * connection has no entry yet). A guess only orders the lookups: a wrong
+ * one costs the lookup it meant to save, never a different verdict. */
 static __always_inline int zt_ct_likely_fwd(const struct zt_flow *f)
 {
-	return !f->icmp_err && bpf_ntohs(f->sport) > bpf_ntohs(f->dport);
+	if (f->icmp_err || (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02))
+		return 0;
+	return bpf_ntohs(f->sport) > bpf_ntohs(f->dport);
 }
 
 /* Create or refresh the forward entry; returns 1 if it was created.
