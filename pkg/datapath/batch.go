@@ -195,7 +195,7 @@ func PolicyKeyRank(k *PolicyKey) [2]uint64 {
 	}
 }
 
-// IPCacheKeyRank places an ipcache key in the byte order of the ipcache
+// IPCacheKeyRank places an ipcache key in the byte order of the ipcidr
 // LPM trie (family, address, then prefix length) as three words compared
 // in turn. For masked prefixes it is identity.ComparePrefix's order.
 func IPCacheKeyRank(k *IPCacheKey) [3]uint64 {

@@ -6,7 +6,7 @@ import (
 	"math/bits"
 )
 
-// LPM prefix lengths of policy keys (bits after the prefixlen field).
+// Prefix lengths of policy keys (bits after the prefixlen field).
 const (
 	policyPrefixAny   = 72 // ep_id, peer_id, dir
 	policyPrefixProto = 80 // + protocol
@@ -25,7 +25,7 @@ type PortRule struct {
 	EndPort    uint16
 }
 
-// PolicyKeys returns the minimal set of LPM keys covering r: one key for
+// PolicyKeys returns the minimal set of policy keys covering r: one key for
 // any-protocol and any-port rules, and for a port range the aligned
 // power-of-two blocks that tile [Port, EndPort] exactly (at most 30 keys).
 func PolicyKeys(r PortRule) ([]PolicyKey, error) {

@@ -7,7 +7,8 @@ import (
 )
 
 // IPCache maps prefixes to identities and answers longest-prefix lookups,
-// as the kernel's ipcache LPM trie does. The zero value is empty and ready.
+// as the kernel's ipcache and ipcidr maps do together. The zero value is
+// empty and ready.
 type IPCache struct {
 	entries map[netip.Prefix]ID
 	// refs counts the prefixes of each length, per family, so Lookup only

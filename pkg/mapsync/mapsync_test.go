@@ -210,7 +210,7 @@ func clone[K comparable, V any](m map[K]V) map[K]V {
 
 // allowed models the kernel's forward-packet decision on State: the
 // endpoint's isolation flag, the ipcache longest-prefix match, then the
-// policy LPM for (peer identity) and (any).
+// longest-prefix policy entry for (peer identity), then (any).
 func allowed(s State, ifindex uint32, dir policy.Direction, peer netip.Addr, proto uint8, port uint16) bool {
 	ep, ok := s.Endpoints[ifindex]
 	if !ok {

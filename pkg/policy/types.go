@@ -102,7 +102,7 @@ type Rule struct {
 
 // Matches reports whether the rule allows traffic with peer identity peer,
 // protocol proto and destination port port. It is the one definition of a
-// match, mirrored by the kernel's LPM lookup (peer, then Any).
+// match, mirrored by the kernel's policy lookup (peer, then Any).
 func (r Rule) Matches(peer identity.ID, proto Protocol, port uint16) bool {
 	if r.Peer != identity.Any && r.Peer != peer {
 		return false
