@@ -115,6 +115,10 @@
  * instead of two. When a flow has entries both ways (each side opened
  * the same tuple), such a packet is counted ALLOWED or NOT_ISOLATED
  * rather than REPLY. Every other packet looks up the reverse entry first.
+ * zt_tc.c's fast path (zt_handle) takes these two cases for TCP, UDP and
+ * SCTP: a likely forward packet its forward entry passes, any other but a
+ * SYN whose reverse entry is live and unrevoked (a reply). Everything else
+ * goes to zt_slow, a separate function told what was already looked up.
  *
  * Service egress. NetworkPolicy egress applies to the pod a Service
  * address is translated to, and kube-proxy translates it (DNAT in the
@@ -234,6 +238,7 @@ struct zt_ipcache_key {
 	__u8 addr[16];
 };
 _Static_assert(sizeof(struct zt_ipcache_key) == 24, "zt_ipcache_key size");
+_Static_assert(__builtin_offsetof(struct zt_ipcache_key, addr) % 4 == 0, "zt_ipcache_key addr alignment");
 
 struct zt_ipcache_val {
 	enum zt_identity identity;
@@ -247,6 +252,7 @@ struct zt_ep_ip {
 	__u8 addr[16];
 };
 _Static_assert(sizeof(struct zt_ep_ip) == 20, "zt_ep_ip size");
+_Static_assert(__builtin_offsetof(struct zt_ep_ip, addr) % 4 == 0, "zt_ep_ip addr alignment");
 
 struct zt_endpoint {
 	__u32 ep_id;
@@ -256,6 +262,7 @@ struct zt_endpoint {
 	struct zt_ep_ip ips[ZT_MAX_IPS];
 };
 _Static_assert(sizeof(struct zt_endpoint) == 92, "zt_endpoint size");
+_Static_assert(__builtin_offsetof(struct zt_endpoint, ips) % 4 == 0, "zt_endpoint ips alignment");
 
 #define ZT_POLICY_PREFIX_ANY   72 /* ep_id + peer_id + dir */
 #define ZT_POLICY_PREFIX_PROTO 80 /* + proto */
@@ -297,6 +304,7 @@ struct zt_ct_key {
 	__u8 daddr[16];
 };
 _Static_assert(sizeof(struct zt_ct_key) == 44, "zt_ct_key size");
+_Static_assert(__builtin_offsetof(struct zt_ct_key, saddr) % 4 == 0 && __builtin_offsetof(struct zt_ct_key, daddr) % 4 == 0, "zt_ct_key address alignment");
 
 /* Bit 0 is unused: ZT_CT_REVOKED has always been written as 1 << 1 (a
  * macro of lib/ct.h once shadowed this enum), so pinned entries keep it. */
@@ -340,6 +348,7 @@ struct zt_flow_event {
 	__u32 len;
 };
 _Static_assert(sizeof(struct zt_flow_event) == 72, "zt_flow_event size");
+_Static_assert(__builtin_offsetof(struct zt_flow_event, saddr) % 4 == 0 && __builtin_offsetof(struct zt_flow_event, daddr) % 4 == 0, "zt_flow_event address alignment");
 
 /* Conntrack entries refresh last_seen_ns at most this often; an idle entry
  * expires between ct_timeout_ns and ct_timeout_ns + ZT_CT_REFRESH_NS after

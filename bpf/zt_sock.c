@@ -143,7 +143,7 @@ static __always_inline int zt_sock4(struct bpf_sock_addr *ctx)
 
 	f.family = ZT_AF_INET;
 	f.proto = zt_sock_proto(ctx);
-	__builtin_memcpy(f.daddr, &ip, 4);
+	__builtin_memcpy(ZT_ALIGNED4(f.daddr), &ip, 4);
 	f.dport = (__be16)ctx->user_port;
 	f.pol_port = f.dport;
 	return zt_sock_check(ctx, &f);
@@ -164,10 +164,10 @@ static __always_inline int zt_sock6(struct bpf_sock_addr *ctx)
 	/* v4-mapped (::ffff:a.b.c.d) goes out as IPv4 */
 	if (!a[0] && !a[1] && a[2] == bpf_htonl(0xffff)) {
 		f.family = ZT_AF_INET;
-		__builtin_memcpy(f.daddr, &a[3], 4);
+		__builtin_memcpy(ZT_ALIGNED4(f.daddr), &a[3], 4);
 	} else {
 		f.family = ZT_AF_INET6;
-		__builtin_memcpy(f.daddr, a, 16);
+		__builtin_memcpy(ZT_ALIGNED4(f.daddr), a, 16);
 	}
 	return zt_sock_check(ctx, &f);
 }

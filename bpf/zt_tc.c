@@ -43,28 +43,41 @@ static __always_inline int zt_finish(struct zt_config *cfg, struct zt_flow *f,
 	return v->verdict == ZT_VERDICT_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }
 
-static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
+/* What the fast path hands zt_slow. */
+struct zt_pre {
+	__u8 dir;
+	__u8 parse;     /* zt_parse's result */
+	__u8 fwd_tried; /* its forward entry was looked up: none passes it */
+	__u8 no_rev;    /* its reverse entry was looked up: there is none */
+};
+
+/* Everything but the fast path (zt_handle): the packet as parsed (pre->parse
+ * is zt_parse's result), with what the fast path already looked up. Not
+ * inlined, so that the fast path's instructions stay together, and global,
+ * so that the verifier checks it once, with its arguments as their types
+ * say, rather than once for every way the fast path can end. */
+__noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_flow *fp,
+		       const struct zt_pre *pre)
 {
-	struct zt_verdict_info v = { .ifindex = skb->ifindex, .dir = dir, .hook = ZT_HOOK_TC };
-	struct zt_flow f = {};
+	struct zt_verdict_info v = { .hook = ZT_HOOK_TC };
 	struct zt_config *cfg;
-	struct zt_endpoint *ep;
+	struct zt_flow f;
 	__u32 isolated_flag;
 	__u64 now;
 	int rc, created;
+	__u8 dir;
 
-	ep = zt_endpoint_get(skb->ifindex);
-	if (!ep) {
-		f.len = skb->len;
-		v.reason = ZT_REASON_NO_ENDPOINT;
-		zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NO_ENDPOINT, f.len);
-		return TC_ACT_UNSPEC;
-	}
+	if (!skb || !ep || !fp || !pre)
+		return TC_ACT_SHOT; /* never: zt_handle passes all of them */
+	dir = pre->dir;
+	f = *fp;
+	v.ifindex = skb->ifindex;
+	v.dir = dir;
 	v.ep_id = ep->ep_id;
 	cfg = zt_config_get();
 	isolated_flag = dir == ZT_DIR_INGRESS ? ZT_EP_INGRESS_ISOLATED : ZT_EP_EGRESS_ISOLATED;
 
-	rc = zt_parse(skb, &f);
+	rc = pre->parse;
 	switch (rc) {
 	case ZT_PARSE_OK:
 		break;
@@ -111,7 +124,9 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 	 * current generation is taken, as in (3); the generation also moves
 	 * on with any config change, so a flow verified before Service
 	 * egress was deferred to the NAT (2) is decided again. */
-	if (zt_ct_likely_fwd(&f)) {
+	if (pre->fwd_tried) {
+		fwd_seen = 1; /* the fast path found no entry that passes it */
+	} else if (zt_ct_likely_fwd(&f)) {
 		fwd_seen = 1;
 		fwd = zt_ct_fwd_live(cfg, v.ep_id, dir, &f, now);
 	}
@@ -133,7 +148,7 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
 	 * error about one; the reply of a flow policy cut since is cut too */
-	rc = zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
+	rc = pre->no_rev ? ZT_CT_IS_NONE : zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
 	if (rc == ZT_CT_IS_REVOKED) {
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		zt_deny(ep, &v, ZT_REASON_POLICY_DENIED);
@@ -210,14 +225,68 @@ pass:
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_finish(cfg, &f, &v, 1);
 	if (cfg && (cfg->flags & ZT_CFG_EVENTS_ALLOWED)) {
-		int new_conn = f.proto == ZT_IPPROTO_TCP
-				       ? ((f.tcp_flags & 0x12) == 0x02) /* SYN without ACK */
-				       : created;
+		int new_conn = f.proto == ZT_IPPROTO_TCP ? zt_tcp_syn(&f) : created;
 		if (new_conn && (v.reason == ZT_REASON_NOT_ISOLATED || cached))
 			v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		return zt_finish(cfg, &f, &v, new_conn);
 	}
 	return zt_finish(cfg, &f, &v, 0);
+}
+
+/* The fast path: a TCP, UDP or SCTP packet of an established flow, decided
+ * by one conntrack lookup as zt_slow would decide it (zt_abi.h, "Lookup
+ * order"): a likely forward packet by its live, unrevoked forward entry
+ * where its direction is not isolated or the entry's verdict was verified
+ * at the current generation; any other packet but a TCP SYN by a live,
+ * unrevoked reverse entry (a reply). Such packets emit no event. Every
+ * other packet goes to zt_slow, with what was looked up here, so that no
+ * lookup is made twice. */
+static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct zt_pre pre = { .dir = dir };
+	struct zt_flow f = {};
+	struct zt_endpoint *ep;
+
+	ep = zt_endpoint_get(skb->ifindex);
+	if (!ep) {
+		zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NO_ENDPOINT, skb->len);
+		return TC_ACT_UNSPEC;
+	}
+	pre.parse = zt_parse(skb, &f);
+	if (pre.parse == ZT_PARSE_OK &&
+	    (f.proto == ZT_IPPROTO_TCP || f.proto == ZT_IPPROTO_UDP || f.proto == ZT_IPPROTO_SCTP) &&
+	    (dir == ZT_DIR_INGRESS || zt_ip_is_endpoint(ep, &f))) {
+		__u32 isolated_flag = dir == ZT_DIR_INGRESS ? ZT_EP_INGRESS_ISOLATED : ZT_EP_EGRESS_ISOLATED;
+		struct zt_config *cfg = zt_config_get();
+		__u64 now = zt_ct_now(), gen;
+		struct zt_ct_val *e;
+
+		if (zt_ct_likely_fwd(&f)) {
+			pre.fwd_tried = 1;
+			e = zt_ct_fwd_live(cfg, ep->ep_id, dir, &f, now);
+			if (e && !(ep->flags & isolated_flag)) {
+				zt_ct_refresh(e, 0, now, 0, 0);
+				zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NOT_ISOLATED, f.len);
+				return TC_ACT_UNSPEC;
+			}
+			if (e && (gen = zt_polgen()) && e->verified_gen == gen) {
+				zt_ct_touch(e, now);
+				zt_count(dir, ZT_VERDICT_ALLOW,
+					 (e->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED, f.len);
+				return TC_ACT_UNSPEC;
+			}
+		} else if (!zt_tcp_syn(&f)) {
+			e = zt_ct_rev_get(ep->ep_id, dir, &f);
+			if (!e) {
+				pre.no_rev = 1;
+			} else if (!(e->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, e, now)) {
+				zt_ct_touch(e, now);
+				zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_REPLY, f.len);
+				return TC_ACT_UNSPEC;
+			}
+		}
+	}
+	return zt_slow(skb, ep, &f, &pre);
 }
 
 SEC("tc")

@@ -70,6 +70,22 @@ static __always_inline void zt_ct_touch(struct zt_ct_val *v, __u64 now)
 		v->last_seen_ns = now;
 }
 
+/* A TCP SYN without ACK: it opens a connection. */
+static __always_inline int zt_tcp_syn(const struct zt_flow *f)
+{
+	return f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02;
+}
+
+/* The reverse entry of this packet (of the flow it would answer), or NULL. */
+static __always_inline struct zt_ct_val *zt_ct_rev_get(__u32 ep_id, __u8 dir,
+						       const struct zt_flow *f)
+{
+	struct zt_ct_key k;
+
+	zt_ct_key_rev(&k, ep_id, dir, f);
+	return bpf_map_lookup_elem(&conntrack, &k);
+}
+
 /* What zt_ct_is_reply found. (Not ZT_CT_*: those are the entry flags of
  * zt_abi.h, which a macro of that name would silently replace.) */
 #define ZT_CT_IS_NONE    0
@@ -87,7 +103,7 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	/* A TCP SYN without ACK opens a connection: it is never a reply, even
 	 * when the reversed tuple is known (a reused source port towards a
 	 * port the pod sent from would otherwise slip past ingress policy). */
-	if (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02)
+	if (zt_tcp_syn(f))
 		return ZT_CT_IS_NONE;
 	zt_ct_key_rev(&k, ep_id, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
@@ -211,7 +227,7 @@ static __always_inline struct zt_ct_val *zt_ct_fwd_live(const struct zt_config *
  * one costs the lookup it meant to save, never a different verdict. */
 static __always_inline int zt_ct_likely_fwd(const struct zt_flow *f)
 {
-	if (f->icmp_err || (f->proto == ZT_IPPROTO_TCP && (f->tcp_flags & 0x12) == 0x02))
+	if (f->icmp_err || zt_tcp_syn(f))
 		return 0;
 	return bpf_ntohs(f->sport) > bpf_ntohs(f->dport);
 }

@@ -252,6 +252,29 @@ func testVerdicts(t *testing.T, v6 bool, proto uint8) {
 		f.expect("spoofed", DirEgress, p.bytes(), VerdictDrop, ReasonSpoofed)
 		f.expect("own", DirEgress, f.out(f.peer, proto, 40000, 80).bytes(), VerdictAllow, ReasonNotIsolated)
 	})
+	t.Run("an address the endpoint gave up is spoofed, in its live flows too", func(t *testing.T) {
+		f := newFixture(t, v6)
+		f.setEndpoint(0)
+		out := f.out(f.peer, proto, 40000, 80) // likely forward: its own entry
+		in := f.in(f.peer, proto, 40001, 80)
+		reply := pkt{src: f.pod, dst: f.peer, proto: proto, sport: 80, dport: 40001, tcpFlags: tcpACK, icmpID: 77}
+		if proto == protoICMP {
+			reply.icmpType = 255 // echo reply
+		} else if proto == protoICMPv6 {
+			reply.icmpType = 129
+		}
+		f.expect("out", DirEgress, out.bytes(), VerdictAllow, ReasonNotIsolated)
+		f.expect("in", DirIngress, in.bytes(), VerdictAllow, ReasonNotIsolated)
+		out.tcpFlags = tcpACK
+		f.expect("out, established", DirEgress, out.bytes(), VerdictAllow, ReasonNotIsolated)
+		f.expect("reply", DirEgress, reply.bytes(), VerdictAllow, ReasonReply)
+		// The interface now has another address: its old one is spoofed,
+		// whatever conntrack holds.
+		f.pod = f.spoofed
+		f.setEndpoint(0)
+		f.expect("old address, established", DirEgress, out.bytes(), VerdictDrop, ReasonSpoofed)
+		f.expect("old address, reply", DirEgress, reply.bytes(), VerdictDrop, ReasonSpoofed)
+	})
 	t.Run("host allowed with ALLOW_HOST only", func(t *testing.T) {
 		f := newFixture(t, v6)
 		f.setEndpoint(EndpointIngressIsolated | EndpointAllowHost)
