@@ -30,7 +30,9 @@
  *              set bit, longest first, so the longest prefix wins as in
  *              an LPM trie. Userspace sets a bit before writing a key of
  *              its length and clears it only when no such key is left.
- *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (24)
+ *   conntrack  LRU_HASH  zt_ct_key (44)       -> zt_ct_val (32)
+ *              keyed by the endpoint's host ifindex (the agent's
+ *              ep_id), so a packet finds its flow before its endpoint.
  *   counters   PERCPU_ARRAY __u32 idx         -> zt_counter (16)
  *              idx = ZT_CTR_IDX(dir, verdict, reason)
  *   events     RINGBUF   zt_flow_event (72) records
@@ -42,7 +44,7 @@
  *              key layout as ipcache.
  *   svcpend    LRU_HASH  zt_ct_key (44)       -> __u32 source host ifindex
  *              egress to a Service address whose verdict waits for the
- *              NAT (see "Service egress" below); key ep_id 0, dir EGRESS,
+ *              NAT (see "Service egress" below); key ifindex 0, dir EGRESS,
  *              the tuple as the pod sent it.
  *   polgen     ARRAY     __u32 0              -> __u64 policy generation
  *              (see "Verdict cache" below); written by userspace only.
@@ -56,10 +58,10 @@
  *                    13:1 proto, 14:2 port (BE) }
  *   zt_policy_val  { 0:4 rule_id, 4:1 action (zt_action), 5:3 pad }
  *   zt_polmask     { 0:4 plens[INGRESS], 4:4 plens[EGRESS] }
- *   zt_ct_key      { 0:4 ep_id, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
+ *   zt_ct_key      { 0:4 ifindex, 4:1 family, 5:1 proto, 6:1 dir, 7:1 pad,
  *                    8:2 sport (BE), 10:2 dport (BE), 12:16 saddr, 28:16 daddr }
  *   zt_ct_val      { 0:8 last_seen_ns, 8:4 rule_id, 12:4 flags (zt_ct_flags),
- *                    16:8 verified_gen }
+ *                    16:8 verified_gen, 24:8 reply_gen }
  *   zt_counter     { 0:8 packets, 8:8 bytes }
  *   zt_flow_event  { 0:8 ts_ns, 8:4 ep_id, 12:4 ifindex, 16:4 peer_id,
  *                    20:4 rule_id, 24:1 family, 25:1 proto, 26:1 dir,
@@ -293,7 +295,7 @@ struct zt_polmask {
 _Static_assert(sizeof(struct zt_polmask) == 8, "zt_polmask size");
 
 struct zt_ct_key {
-	__u32 ep_id;
+	__u32 ifindex; /* the endpoint's host interface */
 	enum zt_family family;
 	__u8 proto;
 	enum zt_dir dir;
@@ -311,6 +313,7 @@ _Static_assert(__builtin_offsetof(struct zt_ct_key, saddr) % 4 == 0 && __builtin
 enum zt_ct_flags : __u32 {
 	ZT_CT_REVOKED  = 1 << 1, /* policy dropped the flow: cut both ways */
 	ZT_CT_VIA_HOST = 1 << 2, /* verified_gen's verdict: allowed from the host */
+	ZT_CT_NOT_ISOLATED = 1 << 3, /* verified_gen's verdict: direction not isolated */
 };
 
 struct zt_ct_val {
@@ -318,8 +321,9 @@ struct zt_ct_val {
 	__u32 rule_id;
 	enum zt_ct_flags flags;
 	__u64 verified_gen; /* polgen the forward verdict was taken at; 0: none */
+	__u64 reply_gen;    /* polgen its replies were last passed at; 0: none */
 };
-_Static_assert(sizeof(struct zt_ct_val) == 24, "zt_ct_val size");
+_Static_assert(sizeof(struct zt_ct_val) == 32, "zt_ct_val size");
 
 struct zt_counter {
 	__u64 packets;

@@ -175,7 +175,7 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 		return zt_nf_finish(cfg, &f, &v, 1);
 	}
 	v.ep_id = ep->ep_id;
-	v.ifindex = *ifindex;
+	v.ifindex = *ifindex; /* conntrack's key, as tc's */
 	v.peer_id = zt_identity(f.family, f.daddr);
 
 	if (!(ep->flags & ZT_EP_EGRESS_ISOLATED)) {
@@ -186,13 +186,13 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 
 	if (v.verdict == ZT_VERDICT_DROP) {
 		/* continuous verification: a revoked allow cuts the live flow */
-		zt_ct_revoke(v.ep_id, ZT_DIR_EGRESS, &orig);
+		zt_ct_revoke(v.ifindex, ZT_DIR_EGRESS, &orig);
 		return zt_nf_finish(cfg, &f, &v, 1);
 	}
 
 	/* Track the connection as the pod sees it, so the reply from the
 	 * Service address passes the endpoint's ingress isolation. */
-	created = zt_ct_upsert(cfg, v.ep_id, ZT_DIR_EGRESS, &orig, v.rule_id,
+	created = zt_ct_upsert(cfg, v.ifindex, ZT_DIR_EGRESS, &orig, v.rule_id,
 			       /* netfilter programs have no coarse clock; the
 				* precise one is at most a tick ahead of it */
 			       bpf_ktime_get_ns(), 0, 0);

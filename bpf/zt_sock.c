@@ -39,8 +39,8 @@ static __always_inline int zt_is_own_ip(const struct zt_endpoint *ep, __u8 famil
  * destination here and its destination port the socket's local port. The
  * local address is one of the endpoint's own of the family (the socket may
  * be bound to the wildcard address). */
-static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, const struct zt_endpoint *ep,
-					    const struct zt_flow *f)
+static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, __u32 ifindex,
+					    const struct zt_endpoint *ep, const struct zt_flow *f)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct zt_config *cfg;
@@ -56,7 +56,7 @@ static __always_inline int zt_sock_is_reply(struct bpf_sock_addr *ctx, const str
 		return 0; /* not bound yet: a new flow */
 	cfg = zt_config_get();
 	now = zt_ct_now();
-	k.ep_id = ep->ep_id;
+	k.ifindex = ifindex;
 	k.family = f->family;
 	k.proto = f->proto;
 	k.dir = ZT_DIR_INGRESS;
@@ -117,7 +117,7 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 	zt_policy_verdict(ep, f->proto, f->dport, &v);
 	if (v.verdict != ZT_VERDICT_DROP)
 		return ZT_SOCK_ALLOW; /* allowed, or audited: tc counts and reports it */
-	if (zt_sock_is_reply(ctx, ep, f))
+	if (zt_sock_is_reply(ctx, v.ifindex, ep, f))
 		return ZT_SOCK_ALLOW; /* tc passes it as a reply */
 
 	/* tc drops it: refused here, under the socket hook's own reason */

@@ -45,10 +45,12 @@ static __always_inline int zt_finish(struct zt_config *cfg, struct zt_flow *f,
 
 /* What the fast path hands zt_slow. */
 struct zt_pre {
+	__u64 gen;      /* the policy generation, read (ordered) before the endpoint */
 	__u8 dir;
 	__u8 parse;     /* zt_parse's result */
 	__u8 fwd_tried; /* its forward entry was looked up: none passes it */
 	__u8 no_rev;    /* its reverse entry was looked up: there is none */
+	__u8 pad[4];
 };
 
 /* Everything but the fast path (zt_handle): the packet as parsed (pre->parse
@@ -62,14 +64,16 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 	struct zt_verdict_info v = { .hook = ZT_HOOK_TC };
 	struct zt_config *cfg;
 	struct zt_flow f;
-	__u32 isolated_flag;
-	__u64 now;
+	__u32 isolated_flag, ifindex;
+	__u64 now, gen;
 	int rc, created;
 	__u8 dir;
 
 	if (!skb || !ep || !fp || !pre)
 		return TC_ACT_SHOT; /* never: zt_handle passes all of them */
 	dir = pre->dir;
+	gen = pre->gen;
+	ifindex = skb->ifindex;
 	f = *fp;
 	v.ifindex = skb->ifindex;
 	v.dir = dir;
@@ -115,7 +119,6 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 
 	now = zt_ct_now();
 	struct zt_ct_val *cached = NULL, *fwd = NULL;
-	__u64 gen = 0;
 	int fwd_seen = 0;
 
 	/* (0) a likely forward packet of an established flow whose entry
@@ -128,33 +131,31 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 		fwd_seen = 1; /* the fast path found no entry that passes it */
 	} else if (zt_ct_likely_fwd(&f)) {
 		fwd_seen = 1;
-		fwd = zt_ct_fwd_live(cfg, v.ep_id, dir, &f, now);
+		fwd = zt_ct_fwd_live(cfg, ifindex, dir, &f, now);
 	}
 	if (fwd) {
 		if (!(ep->flags & isolated_flag)) {
 			v.reason = ZT_REASON_NOT_ISOLATED;
 			goto pass;
 		}
-		gen = zt_polgen();
-		if (gen && fwd->verified_gen == gen) {
+		if (gen && fwd->verified_gen == gen && !(fwd->flags & ZT_CT_NOT_ISOLATED)) {
 			v.reason = (fwd->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
 			v.rule_id = fwd->rule_id;
 			cached = fwd;
 			goto pass;
 		}
 		fwd = NULL;
-		gen = 0;
 	}
 
 	/* (1) reply of a flow allowed earlier at this endpoint, or an ICMP
 	 * error about one; the reply of a flow policy cut since is cut too */
-	rc = pre->no_rev ? ZT_CT_IS_NONE : zt_ct_is_reply(cfg, v.ep_id, dir, &f, now, &v.rule_id);
+	rc = pre->no_rev ? ZT_CT_IS_NONE : zt_ct_is_reply(cfg, ifindex, dir, &f, now, gen, &v.rule_id);
 	if (rc == ZT_CT_IS_REVOKED) {
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		zt_deny(ep, &v, ZT_REASON_POLICY_DENIED);
 		return zt_finish(cfg, &f, &v, 1);
 	}
-	if (rc == ZT_CT_IS_REPLY || zt_ct_is_related(cfg, v.ep_id, dir, skb, &f, now)) {
+	if (rc == ZT_CT_IS_REPLY || zt_ct_is_related(cfg, ifindex, dir, skb, &f, now)) {
 		v.rule_id = 0;
 		v.reason = ZT_REASON_REPLY;
 		return zt_finish(cfg, &f, &v, 0);
@@ -165,7 +166,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 	if (dir == ZT_DIR_EGRESS && (ep->flags & ZT_EP_EGRESS_ISOLATED) && cfg && cfg->svc_mark &&
 	    !f.icmp_err && zt_svc_proto(f.proto) && zt_is_service(f.family, f.daddr)) {
 		struct zt_ct_key pk;
-		__u32 *pend, ifindex = skb->ifindex;
+		__u32 *pend;
 
 		zt_ct_key_fwd(&pk, 0, ZT_DIR_EGRESS, &f);
 		pend = bpf_map_lookup_elem(&svcpend, &pk);
@@ -183,11 +184,10 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
 	} else if (!fwd_seen /* else (0) found no verified entry */ &&
-		   (cached = zt_ct_verified(cfg, v.ep_id, dir, &f, now, zt_polgen()))) {
+		   (cached = zt_ct_verified(cfg, ifindex, dir, &f, now, gen))) {
 		v.reason = (cached->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
 		v.rule_id = cached->rule_id;
 	} else {
-		gen = zt_polgen_ordered();
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
 		    (ep->flags & ZT_EP_ALLOW_HOST)) {
@@ -200,7 +200,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 	if (v.verdict == ZT_VERDICT_DROP) {
 		/* continuous verification: a revoked allow cuts the live flow,
 		 * both ways */
-		zt_ct_revoke(v.ep_id, dir, &f);
+		zt_ct_revoke(ifindex, dir, &f);
 		return zt_finish(cfg, &f, &v, 1);
 	}
 
@@ -214,13 +214,16 @@ pass:
 	} else if (fwd) {
 		/* (0) in a direction that is not isolated: as zt_ct_upsert does
 		 * with a live entry */
-		zt_ct_refresh(fwd, 0, now, 0, 0);
+		zt_ct_refresh(fwd, 0, now, gen, ZT_CT_NOT_ISOLATED);
 		created = 0;
 	} else {
-		int verified = gen && v.verdict == ZT_VERDICT_ALLOW;
+		int verified = v.verdict == ZT_VERDICT_ALLOW;
+		__u32 how = v.reason == ZT_REASON_HOST	       ? ZT_CT_VIA_HOST
+			    : v.reason == ZT_REASON_NOT_ISOLATED ? ZT_CT_NOT_ISOLATED
+								  : 0;
 
-		created = zt_ct_upsert(cfg, v.ep_id, dir, &f, v.rule_id, now, verified ? gen : 0,
-				       verified && v.reason == ZT_REASON_HOST ? ZT_CT_VIA_HOST : 0);
+		created = zt_ct_upsert(cfg, ifindex, dir, &f, v.rule_id, now, verified ? gen : 0,
+				       verified ? how : 0);
 	}
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_finish(cfg, &f, &v, 1);
@@ -233,57 +236,84 @@ pass:
 	return zt_finish(cfg, &f, &v, 0);
 }
 
-/* The fast path: a TCP, UDP or SCTP packet of an established flow, decided
- * by one conntrack lookup as zt_slow would decide it (zt_abi.h, "Lookup
- * order"): a likely forward packet by its live, unrevoked forward entry
- * where its direction is not isolated or the entry's verdict was verified
- * at the current generation; any other packet but a TCP SYN by a live,
- * unrevoked reverse entry (a reply). Such packets emit no event. Every
- * other packet goes to zt_slow, with what was looked up here, so that no
- * lookup is made twice. */
+/* The fast path: a TCP, UDP or SCTP packet of an established flow, passed
+ * by one conntrack lookup while the policy generation holds, without its
+ * endpoint (zt_abi.h, "Fast path"): a likely forward packet whose forward
+ * entry's verdict was verified at the current generation, any other but a
+ * TCP SYN whose reverse entry passed a reply at it. Both entries must be
+ * live and unrevoked. Otherwise its endpoint is looked up, after the
+ * generation is read with an ordered read: a live entry in a direction
+ * that is not isolated, or a reply, passes here and is stamped with that
+ * generation; every other packet goes to zt_slow, with what was looked up
+ * here, so that no lookup is made twice. These packets emit no event. */
 static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 {
+	__u32 isolated_flag = dir == ZT_DIR_INGRESS ? ZT_EP_INGRESS_ISOLATED : ZT_EP_EGRESS_ISOLATED;
+	struct zt_ct_val *fwd = NULL, *rev = NULL;
 	struct zt_pre pre = { .dir = dir };
+	__u32 ifindex = skb->ifindex;
 	struct zt_flow f = {};
 	struct zt_endpoint *ep;
+	struct zt_config *cfg;
+	__u64 now = 0;
+	int live = 0; /* fwd or rev is a live, unrevoked entry */
 
-	ep = zt_endpoint_get(skb->ifindex);
+	pre.parse = zt_parse(skb, &f);
+	if (pre.parse == ZT_PARSE_OK &&
+	    (f.proto == ZT_IPPROTO_TCP || f.proto == ZT_IPPROTO_UDP || f.proto == ZT_IPPROTO_SCTP)) {
+		__u64 gen = zt_polgen();
+
+		cfg = zt_config_get();
+		now = zt_ct_now();
+		if (zt_ct_likely_fwd(&f)) {
+			pre.fwd_tried = 1;
+			fwd = zt_ct_fwd_live(cfg, ifindex, dir, &f, now);
+			live = fwd != NULL;
+			if (fwd && gen && fwd->verified_gen == gen) {
+				__u8 reason = (fwd->flags & ZT_CT_NOT_ISOLATED) ? ZT_REASON_NOT_ISOLATED
+					      : (fwd->flags & ZT_CT_VIA_HOST)  ? ZT_REASON_HOST
+									   : ZT_REASON_ALLOWED;
+
+				zt_ct_touch(fwd, now);
+				zt_count(dir, ZT_VERDICT_ALLOW, reason, f.len);
+				return TC_ACT_UNSPEC;
+			}
+		} else if (!zt_tcp_syn(&f)) {
+			rev = zt_ct_rev_get(ifindex, dir, &f);
+			if (!rev) {
+				pre.no_rev = 1;
+			} else if ((rev->flags & ZT_CT_REVOKED) || !zt_ct_live(cfg, rev, now)) {
+				rev = NULL; /* zt_slow decides (and looks it up again) */
+			} else if (gen && rev->reply_gen == gen) {
+				zt_ct_touch(rev, now);
+				zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_REPLY, f.len);
+				return TC_ACT_UNSPEC;
+			} else {
+				live = 1;
+			}
+		}
+	}
+
+	/* Read before the endpoint, so that whatever is stamped with it was
+	 * decided on maps at least as new (zt_abi.h, "Verdict cache"). */
+	pre.gen = zt_polgen_ordered();
+	ep = zt_endpoint_get(ifindex);
 	if (!ep) {
 		zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NO_ENDPOINT, skb->len);
 		return TC_ACT_UNSPEC;
 	}
-	pre.parse = zt_parse(skb, &f);
-	if (pre.parse == ZT_PARSE_OK &&
-	    (f.proto == ZT_IPPROTO_TCP || f.proto == ZT_IPPROTO_UDP || f.proto == ZT_IPPROTO_SCTP) &&
-	    (dir == ZT_DIR_INGRESS || zt_ip_is_endpoint(ep, &f))) {
-		__u32 isolated_flag = dir == ZT_DIR_INGRESS ? ZT_EP_INGRESS_ISOLATED : ZT_EP_EGRESS_ISOLATED;
-		struct zt_config *cfg = zt_config_get();
-		__u64 now = zt_ct_now(), gen;
-		struct zt_ct_val *e;
-
-		if (zt_ct_likely_fwd(&f)) {
-			pre.fwd_tried = 1;
-			e = zt_ct_fwd_live(cfg, ep->ep_id, dir, &f, now);
-			if (e && !(ep->flags & isolated_flag)) {
-				zt_ct_refresh(e, 0, now, 0, 0);
-				zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NOT_ISOLATED, f.len);
-				return TC_ACT_UNSPEC;
-			}
-			if (e && (gen = zt_polgen()) && e->verified_gen == gen) {
-				zt_ct_touch(e, now);
-				zt_count(dir, ZT_VERDICT_ALLOW,
-					 (e->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED, f.len);
-				return TC_ACT_UNSPEC;
-			}
-		} else if (!zt_tcp_syn(&f)) {
-			e = zt_ct_rev_get(ep->ep_id, dir, &f);
-			if (!e) {
-				pre.no_rev = 1;
-			} else if (!(e->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, e, now)) {
-				zt_ct_touch(e, now);
-				zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_REPLY, f.len);
-				return TC_ACT_UNSPEC;
-			}
+	if (live && (dir == ZT_DIR_INGRESS || zt_ip_is_endpoint(ep, &f))) {
+		if (fwd && !(ep->flags & isolated_flag)) {
+			zt_ct_refresh(fwd, 0, now, pre.gen, ZT_CT_NOT_ISOLATED);
+			zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_NOT_ISOLATED, f.len);
+			return TC_ACT_UNSPEC;
+		}
+		if (rev) {
+			zt_ct_touch(rev, now);
+			if (rev->reply_gen != pre.gen)
+				rev->reply_gen = pre.gen;
+			zt_count(dir, ZT_VERDICT_ALLOW, ZT_REASON_REPLY, f.len);
+			return TC_ACT_UNSPEC;
 		}
 	}
 	return zt_slow(skb, ep, &f, &pre);

@@ -8,10 +8,13 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline void zt_ct_key_fwd(struct zt_ct_key *k, __u32 ep_id, __u8 dir,
+/* The flags that say how verified_gen's verdict was taken. */
+#define ZT_CT_VERDICT (ZT_CT_VIA_HOST | ZT_CT_NOT_ISOLATED)
+
+static __always_inline void zt_ct_key_fwd(struct zt_ct_key *k, __u32 ifindex, __u8 dir,
 					  const struct zt_flow *f)
 {
-	k->ep_id = ep_id;
+	k->ifindex = ifindex;
 	k->family = f->family;
 	k->proto = f->proto;
 	k->dir = dir;
@@ -22,10 +25,10 @@ static __always_inline void zt_ct_key_fwd(struct zt_ct_key *k, __u32 ep_id, __u8
 	zt_addr_copy(k->daddr, f->daddr);
 }
 
-static __always_inline void zt_ct_key_rev(struct zt_ct_key *k, __u32 ep_id, __u8 dir,
+static __always_inline void zt_ct_key_rev(struct zt_ct_key *k, __u32 ifindex, __u8 dir,
 					  const struct zt_flow *f)
 {
-	k->ep_id = ep_id;
+	k->ifindex = ifindex;
 	k->family = f->family;
 	k->proto = f->proto;
 	k->dir = dir ^ 1;
@@ -77,12 +80,12 @@ static __always_inline int zt_tcp_syn(const struct zt_flow *f)
 }
 
 /* The reverse entry of this packet (of the flow it would answer), or NULL. */
-static __always_inline struct zt_ct_val *zt_ct_rev_get(__u32 ep_id, __u8 dir,
+static __always_inline struct zt_ct_val *zt_ct_rev_get(__u32 ifindex, __u8 dir,
 						       const struct zt_flow *f)
 {
 	struct zt_ct_key k;
 
-	zt_ct_key_rev(&k, ep_id, dir, f);
+	zt_ct_key_rev(&k, ifindex, dir, f);
 	return bpf_map_lookup_elem(&conntrack, &k);
 }
 
@@ -93,9 +96,12 @@ static __always_inline struct zt_ct_val *zt_ct_rev_get(__u32 ep_id, __u8 dir,
 #define ZT_CT_IS_REVOKED 2 /* reply of a flow policy has since cut */
 
 /* Is this packet the reply of a flow allowed earlier at this endpoint
- * (ZT_CT_IS_REPLY), or of one that policy cut since (ZT_CT_IS_REVOKED)? */
-static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
-					  const struct zt_flow *f, __u64 now, __u32 *rule_id)
+ * (ZT_CT_IS_REPLY), or of one that policy cut since (ZT_CT_IS_REVOKED)?
+ * A reply stamps the entry's reply_gen with gen (read before the endpoint
+ * was), so that the fast path passes the next ones while it holds. */
+static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ifindex, __u8 dir,
+					  const struct zt_flow *f, __u64 now, __u64 gen,
+					  __u32 *rule_id)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v, *fwd;
@@ -105,7 +111,7 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	 * port the pod sent from would otherwise slip past ingress policy). */
 	if (zt_tcp_syn(f))
 		return ZT_CT_IS_NONE;
-	zt_ct_key_rev(&k, ep_id, dir, f);
+	zt_ct_key_rev(&k, ifindex, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!v)
 		return ZT_CT_IS_NONE;
@@ -116,7 +122,7 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 	if (v->flags & ZT_CT_REVOKED) {
 		/* Unless this direction opened a flow of its own since (a live,
 		 * not revoked forward entry): then it is a forward packet. */
-		zt_ct_key_fwd(&k, ep_id, dir, f);
+		zt_ct_key_fwd(&k, ifindex, dir, f);
 		fwd = bpf_map_lookup_elem(&conntrack, &k);
 		if (fwd && !(fwd->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, fwd, now))
 			return ZT_CT_IS_NONE;
@@ -124,6 +130,8 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
 		return ZT_CT_IS_REVOKED;
 	}
 	zt_ct_touch(v, now);
+	if (v->reply_gen != gen)
+		v->reply_gen = gen; /* the fast path passes its next replies */
 	return ZT_CT_IS_REPLY;
 }
 
@@ -133,7 +141,7 @@ static __always_inline int zt_ct_is_reply(const struct zt_config *cfg, __u32 ep_
  * answers and quotes that flow's first packet as it was sent, so the quoted
  * tuple is a forward entry of the other direction. An error is no sign of
  * life: the entry is not refreshed. */
-static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
+static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 ifindex, __u8 dir,
 					    struct __sk_buff *skb, const struct zt_flow *f,
 					    __u64 now)
 {
@@ -143,7 +151,7 @@ static __always_inline int zt_ct_is_related(const struct zt_config *cfg, __u32 e
 
 	if (zt_parse_icmp_inner(skb, f, &in))
 		return 0;
-	zt_ct_key_fwd(&k, ep_id, dir ^ 1, &in);
+	zt_ct_key_fwd(&k, ifindex, dir ^ 1, &in);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	return v && !(v->flags & ZT_CT_REVOKED) && zt_ct_live(cfg, v, now);
 }
@@ -171,7 +179,7 @@ static __always_inline __u64 zt_polgen_ordered(void)
 
 /* The live, unrevoked forward entry of this packet whose verdict was
  * taken at generation gen (non-zero), or NULL. */
-static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *cfg, __u32 ep_id,
+static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *cfg, __u32 ifindex,
 							__u8 dir, const struct zt_flow *f, __u64 now,
 							__u64 gen)
 {
@@ -180,9 +188,10 @@ static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *
 
 	if (!gen)
 		return NULL;
-	zt_ct_key_fwd(&k, ep_id, dir, f);
+	zt_ct_key_fwd(&k, ifindex, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
-	if (!v || v->verified_gen != gen || (v->flags & ZT_CT_REVOKED) || !zt_ct_live(cfg, v, now))
+	if (!v || v->verified_gen != gen || (v->flags & (ZT_CT_REVOKED | ZT_CT_NOT_ISOLATED)) ||
+	    !zt_ct_live(cfg, v, now))
 		return NULL;
 	return v;
 }
@@ -190,13 +199,13 @@ static __always_inline struct zt_ct_val *zt_ct_verified(const struct zt_config *
 /* Refresh a live forward entry with the verdict just taken; fields are
  * written only when they change. */
 static __always_inline void zt_ct_refresh(struct zt_ct_val *v, __u32 rule_id, __u64 now,
-					  __u64 verified_gen, __u32 via_host)
+					  __u64 verified_gen, __u32 verdict)
 {
 	zt_ct_touch(v, now);
 	if (v->rule_id != rule_id)
 		v->rule_id = rule_id;
-	if ((v->flags & ZT_CT_VIA_HOST) != via_host)
-		v->flags = (v->flags & ~ZT_CT_VIA_HOST) | via_host;
+	if ((v->flags & ZT_CT_VERDICT) != verdict)
+		v->flags = (v->flags & ~ZT_CT_VERDICT) | verdict;
 	if (v->verified_gen != verified_gen)
 		v->verified_gen = verified_gen;
 }
@@ -207,13 +216,13 @@ static __always_inline void zt_ct_refresh(struct zt_ct_val *v, __u32 rule_id, __
  * generation: a live reverse entry would pass it as a reply, a revoked one
  * yields to a live forward entry (zt_ct_is_reply). So a likely forward
  * packet looks this up first and skips the reverse lookup when it hits. */
-static __always_inline struct zt_ct_val *zt_ct_fwd_live(const struct zt_config *cfg, __u32 ep_id,
+static __always_inline struct zt_ct_val *zt_ct_fwd_live(const struct zt_config *cfg, __u32 ifindex,
 							__u8 dir, const struct zt_flow *f, __u64 now)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v;
 
-	zt_ct_key_fwd(&k, ep_id, dir, f);
+	zt_ct_key_fwd(&k, ifindex, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!v || (v->flags & ZT_CT_REVOKED) || !zt_ct_live(cfg, v, now))
 		return NULL;
@@ -233,25 +242,25 @@ static __always_inline int zt_ct_likely_fwd(const struct zt_flow *f)
 }
 
 /* Create or refresh the forward entry; returns 1 if it was created.
- * verified_gen (0: none) and via_host (ZT_CT_VIA_HOST or 0) record the
+ * verified_gen (0: none) and verdict (ZT_CT_VIA_HOST, ZT_CT_NOT_ISOLATED or 0) record the
  * verdict for the cache; fields are written only when they change, so a
  * busy flow does not dirty its entry. */
-static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id, __u8 dir,
+static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ifindex, __u8 dir,
 					const struct zt_flow *f, __u32 rule_id, __u64 now,
-					__u64 verified_gen, __u32 via_host)
+					__u64 verified_gen, __u32 verdict)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v, nv = {};
 
-	zt_ct_key_fwd(&k, ep_id, dir, f);
+	zt_ct_key_fwd(&k, ifindex, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
-		zt_ct_refresh(v, rule_id, now, verified_gen, via_host);
+		zt_ct_refresh(v, rule_id, now, verified_gen, verdict);
 		return 0;
 	}
 	nv.last_seen_ns = now;
 	nv.rule_id = rule_id;
-	nv.flags = via_host;
+	nv.flags = verdict;
 	nv.verified_gen = verified_gen;
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 	return 1;
@@ -259,12 +268,12 @@ static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ep_id
 
 /* Policy drops this forward packet: mark its flow revoked (see zt_abi.h,
  * "Revoked flows"), so neither direction passes as a reply any more. */
-static __always_inline void zt_ct_revoke(__u32 ep_id, __u8 dir, const struct zt_flow *f)
+static __always_inline void zt_ct_revoke(__u32 ifindex, __u8 dir, const struct zt_flow *f)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v;
 
-	zt_ct_key_fwd(&k, ep_id, dir, f);
+	zt_ct_key_fwd(&k, ifindex, dir, f);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (v)
 		v->flags |= ZT_CT_REVOKED;

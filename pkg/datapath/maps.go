@@ -214,15 +214,16 @@ func (d *Datapath) NetnsList() (map[uint64]NetnsVal, error) {
 	return out, nil
 }
 
-// ConntrackFlushEndpoint deletes every conntrack entry of an endpoint, for
-// when an endpoint goes away and its id may be reused.
-func (d *Datapath) ConntrackFlushEndpoint(epID uint32) (int, error) {
+// ConntrackFlushEndpoint deletes every conntrack entry of the endpoint
+// behind host interface ifindex (conntrack's key), for when the endpoint
+// goes away and the interface index may be reused.
+func (d *Datapath) ConntrackFlushEndpoint(ifindex uint32) (int, error) {
 	var keys []CTKey
 	var k CTKey
 	var v CTVal
 	it := d.tc.Conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if k.EpId == epID {
+		if k.Ifindex == ifindex {
 			keys = append(keys, k)
 		}
 	}

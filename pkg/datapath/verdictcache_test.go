@@ -3,6 +3,7 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"testing"
 
@@ -102,19 +103,26 @@ func TestVerdictCacheAudit(t *testing.T) {
 }
 
 // TestMigrateGrownValue: a pinned map whose value has grown at its end
-// (conntrack, by verified_gen) keeps its entries with a zero tail.
+// (conntrack, by verified_gen, then by reply_gen) keeps its entries with a
+// zero tail.
 func TestMigrateGrownValue(t *testing.T) {
+	for _, size := range []uint32{16, 24} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) { testMigrateGrownValue(t, size) })
+	}
+}
+
+func testMigrateGrownValue(t *testing.T, size uint32) {
 	root := testRoot(t)
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 44, ValueSize: 16, MaxEntries: 262144})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 44, ValueSize: size, MaxEntries: 262144})
 	if err != nil {
 		t.Fatal(err)
 	}
 	k := make([]byte, 44)
 	k[0] = 9
-	v := bytes.Repeat([]byte{0xab}, 16)
+	v := bytes.Repeat([]byte{0xab}, int(size))
 	if err := old.Put(k, v); err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +143,57 @@ func TestMigrateGrownValue(t *testing.T) {
 	if err := d.tc.Conntrack.Lookup(&key, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.LastSeenNs != 0xabababababababab || got.RuleId != 0xabababab || got.VerifiedGen != 0 {
-		t.Fatalf("migrated entry %+v, want the old bytes and a zero verified_gen", got)
+	wantGen := uint64(0)
+	if size == 24 {
+		wantGen = 0xabababababababab
+	}
+	if got.LastSeenNs != 0xabababababababab || got.RuleId != 0xabababab || got.VerifiedGen != wantGen || got.ReplyGen != 0 {
+		t.Fatalf("migrated entry %+v, want the old bytes and a zero tail", got)
+	}
+}
+
+// TestFastPathWithoutEndpoint: a packet of an established flow whose
+// verdict (forward) or reply was passed at the current policy generation
+// passes on its conntrack entry alone, without its endpoint: made visible
+// by deleting the endpoint behind the Datapath's back (no bump). Any write
+// through Datapath ends it: the endpoint is looked up again (here: none).
+func TestFastPathWithoutEndpoint(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		f := newFixture(t, v6)
+		f.setEndpoint(EndpointIngressIsolated)
+		f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+		g := must[uint64](t)(f.d.PolicyGeneration())
+		in := f.in(f.peer, protoTCP, 40000, 80)
+		reply := pkt{src: f.pod, dst: f.peer, proto: protoTCP, sport: 80, dport: 40000, tcpFlags: tcpSYN | tcpACK}
+		out := f.out(f.peer, protoTCP, 40001, 443) // egress is not isolated
+		f.expect("in", DirIngress, in.bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("reply", DirEgress, reply.bytes(), VerdictAllow, ReasonReply)
+		f.expect("out", DirEgress, out.bytes(), VerdictAllow, ReasonNotIsolated)
+		if val := must[CTVal](t)(ctLookup(f.d, ctKeyOf(f, in))); val.ReplyGen != g || val.VerifiedGen != g {
+			t.Fatalf("entry %+v, want verified and replied at generation %d", val, g)
+		}
+		outKey := ctKeyOf(f, out)
+		outKey.Dir = DirEgress
+		if val := must[CTVal](t)(ctLookup(f.d, outKey)); val.VerifiedGen != g || val.Flags != ztTcZtCtFlagsZT_CT_NOT_ISOLATED {
+			t.Fatalf("egress entry %+v, want not isolated at generation %d", val, g)
+		}
+
+		ifindex := uint32(testIfindex)
+		if err := f.d.tc.Endpoints.Delete(&ifindex); err != nil {
+			t.Fatal(err)
+		}
+		in.tcpFlags, reply.tcpFlags, out.tcpFlags = tcpACK, tcpACK, tcpACK
+		f.expect("in, no endpoint", DirIngress, in.bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("reply, no endpoint", DirEgress, reply.bytes(), VerdictAllow, ReasonReply)
+		f.expect("out, no endpoint", DirEgress, out.bytes(), VerdictAllow, ReasonNotIsolated)
+		f.expect("a new flow", DirIngress, f.in(f.peer, protoTCP, 40002, 80).bytes(), VerdictAllow, ReasonNoEndpoint)
+
+		if err := f.d.PolicyDelete(PolicyKey{}); err != nil { // any write
+			t.Fatal(err)
+		}
+		f.expect("in after the bump", DirIngress, in.bytes(), VerdictAllow, ReasonNoEndpoint)
+		f.expect("reply after the bump", DirEgress, reply.bytes(), VerdictAllow, ReasonNoEndpoint)
+		f.expect("out after the bump", DirEgress, out.bytes(), VerdictAllow, ReasonNoEndpoint)
 	}
 }
 
@@ -147,7 +204,7 @@ func ctKeyOf(f *fixture, p pkt) CTKey {
 	if p.src.Is6() {
 		fam = FamilyIPv6
 	}
-	return CTKey{EpId: testEpID, Family: fam, Proto: p.proto, Dir: DirIngress, Sport: be16(p.sport), Dport: be16(p.dport),
+	return CTKey{Ifindex: testIfindex, Family: fam, Proto: p.proto, Dir: DirIngress, Sport: be16(p.sport), Dport: be16(p.dport),
 		Saddr: addrBytes(p.src), Daddr: addrBytes(p.dst)}
 }
 

@@ -51,21 +51,22 @@ type ztTcZtCounter struct {
 type ztTcZtCtFlags uint32
 
 const (
-	ztTcZtCtFlagsZT_CT_REVOKED  ztTcZtCtFlags = 2
-	ztTcZtCtFlagsZT_CT_VIA_HOST ztTcZtCtFlags = 4
+	ztTcZtCtFlagsZT_CT_REVOKED      ztTcZtCtFlags = 2
+	ztTcZtCtFlagsZT_CT_VIA_HOST     ztTcZtCtFlags = 4
+	ztTcZtCtFlagsZT_CT_NOT_ISOLATED ztTcZtCtFlags = 8
 )
 
 type ztTcZtCtKey struct {
-	_      structs.HostLayout
-	EpId   uint32
-	Family ztTcZtFamily
-	Proto  uint8
-	Dir    ztTcZtDir
-	Pad    uint8
-	Sport  uint16
-	Dport  uint16
-	Saddr  [16]uint8
-	Daddr  [16]uint8
+	_       structs.HostLayout
+	Ifindex uint32
+	Family  ztTcZtFamily
+	Proto   uint8
+	Dir     ztTcZtDir
+	Pad     uint8
+	Sport   uint16
+	Dport   uint16
+	Saddr   [16]uint8
+	Daddr   [16]uint8
 }
 
 type ztTcZtCtVal struct {
@@ -74,6 +75,7 @@ type ztTcZtCtVal struct {
 	RuleId      uint32
 	Flags       ztTcZtCtFlags
 	VerifiedGen uint64
+	ReplyGen    uint64
 }
 
 type ztTcZtDir uint8
