@@ -92,35 +92,51 @@
  * against current policy, but the answer for an established flow only
  * changes when the maps do. Userspace increments polgen after every write
  * to ipcache, policy, endpoints or config (pkg/datapath does it for every
- * write it makes). A forward packet that the policy allows stamps its conntrack
- * entry with the generation it was decided at (verified_gen, plus
- * ZT_CT_VIA_HOST when the allow was the allow-from-host flag); the next
- * forward packet of that entry, while polgen still holds that number,
- * takes the same verdict and rule without the ipcache and policy lookups.
- * Any map write makes every stamp stale, so the first packet after it
- * is decided from the maps again (and a revoked allow cuts the flow as
- * before). The generation the slow path stamps is read with an atomic
- * (fully ordered) operation before its lookups, so they see the maps at
- * least as new as that generation on any CPU architecture. 0 means "never
- * verified": a conntrack entry written by an older version (the value
- * grew by verified_gen; migration zero-extends it) or by the netfilter
- * program is decided from the maps.
+ * write it makes). A forward packet that passes stamps its conntrack
+ * entry with the generation it was decided at (verified_gen), and how:
+ * allowed by a rule (rule_id), ZT_CT_VIA_HOST (the allow-from-host flag)
+ * or ZT_CT_NOT_ISOLATED (its direction is not isolated). A reply that
+ * passes stamps the entry it answers (reply_gen). While polgen still
+ * holds that number, the next packet of the flow takes the same verdict
+ * without the endpoint, ipcache and policy lookups, and replies pass
+ * without the endpoint. Any map write makes every stamp stale, so the
+ * first packet after it is decided from the maps again (and a revoked
+ * allow cuts the flow as before); so does a new endpoint behind a reused
+ * interface index, or an address an endpoint gave up (anti-spoofing).
+ * The generation a stamp carries is read with an atomic (fully ordered)
+ * operation before the endpoint and every map the verdict reads, so they
+ * are at least as new as that generation on any CPU architecture. 0
+ * means "never": a conntrack entry written by an older version (the
+ * value grew by verified_gen, then by reply_gen; migration zero-extends
+ * it) or by the netfilter program is decided from the maps.
+ *
+ * Conntrack is keyed by the endpoint's host ifindex, not its ep_id, so
+ * that a packet finds its flow before its endpoint. The agent has always
+ * used the host ifindex as ep_id, so pinned entries keep their meaning.
  *
  * Lookup order. A packet whose source port is above its destination port
  * (a client's ephemeral port; an echo request), other than a TCP SYN, is
- * likely a forward packet of an established flow: tc looks up its forward entry first, and a live,
- * unrevoked one passes it at once where its direction is not isolated,
- * or where it is, when verified at the current generation. The reverse
- * entry could not change that verdict (a live one would pass it as a
- * reply, a revoked one yields to a live forward entry), so it is not
- * looked up: one conntrack lookup per packet of an established flow
- * instead of two. When a flow has entries both ways (each side opened
- * the same tuple), such a packet is counted ALLOWED or NOT_ISOLATED
- * rather than REPLY. Every other packet looks up the reverse entry first.
- * zt_tc.c's fast path (zt_handle) takes these two cases for TCP, UDP and
- * SCTP: a likely forward packet its forward entry passes, any other but a
- * SYN whose reverse entry is live and unrevoked (a reply). Everything else
- * goes to zt_slow, a separate function told what was already looked up.
+ * likely a forward packet of an established flow: tc looks up its forward
+ * entry first, and a live, unrevoked one passes it at once where its
+ * direction is not isolated, or where it is, when verified at the current
+ * generation. The reverse entry could not change that verdict (a live one
+ * would pass it as a reply, a revoked one yields to a live forward entry),
+ * so it is not looked up: one conntrack lookup per packet of an
+ * established flow instead of two. When a flow has entries both ways
+ * (each side opened the same tuple), such a packet is counted ALLOWED or
+ * NOT_ISOLATED rather than REPLY. Every other packet looks up the reverse
+ * entry first.
+ *
+ * Fast path. zt_tc.c's zt_handle parses the packet and, for TCP, UDP and
+ * SCTP, makes that one conntrack lookup before anything else: a live,
+ * unrevoked entry stamped at the current generation (verified_gen for a
+ * forward packet, reply_gen for a reply) passes the packet, counted under
+ * the stamped reason. Otherwise it reads the generation (ordered) and the
+ * endpoint; a live forward entry of a direction that is not isolated, or
+ * a reply, passes there and is stamped. Everything else goes to zt_slow,
+ * a separate function told what was already looked up, so nothing is
+ * looked up twice. A packet passed without its endpoint is counted, but
+ * raises no event (none of these packets ever did).
  *
  * Service egress. NetworkPolicy egress applies to the pod a Service
  * address is translated to, and kube-proxy translates it (DNAT in the
