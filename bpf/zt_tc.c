@@ -139,7 +139,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 			goto pass;
 		}
 		if (gen && fwd->verified_gen == gen && !(fwd->flags & ZT_CT_NOT_ISOLATED)) {
-			v.reason = (fwd->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
+			v.reason = zt_ct_reason(fwd);
 			v.rule_id = fwd->rule_id;
 			cached = fwd;
 			goto pass;
@@ -185,7 +185,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 		v.reason = ZT_REASON_NOT_ISOLATED;
 	} else if (!fwd_seen /* else (0) found no verified entry */ &&
 		   (cached = zt_ct_verified(cfg, ifindex, dir, &f, now, gen))) {
-		v.reason = (cached->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
+		v.reason = zt_ct_reason(cached);
 		v.rule_id = cached->rule_id;
 	} else {
 		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
@@ -218,12 +218,9 @@ pass:
 		created = 0;
 	} else {
 		int verified = v.verdict == ZT_VERDICT_ALLOW;
-		__u32 how = v.reason == ZT_REASON_HOST	       ? ZT_CT_VIA_HOST
-			    : v.reason == ZT_REASON_NOT_ISOLATED ? ZT_CT_NOT_ISOLATED
-								  : 0;
 
 		created = zt_ct_upsert(cfg, ifindex, dir, &f, v.rule_id, now, verified ? gen : 0,
-				       verified ? how : 0);
+				       verified ? zt_ct_how(v.reason) : 0);
 	}
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_finish(cfg, &f, &v, 1);
@@ -270,12 +267,8 @@ static __always_inline int zt_handle(struct __sk_buff *skb, __u8 dir)
 			fwd = zt_ct_fwd_live(cfg, ifindex, dir, &f, now);
 			live = fwd != NULL;
 			if (fwd && gen && fwd->verified_gen == gen) {
-				__u8 reason = (fwd->flags & ZT_CT_NOT_ISOLATED) ? ZT_REASON_NOT_ISOLATED
-					      : (fwd->flags & ZT_CT_VIA_HOST)  ? ZT_REASON_HOST
-									   : ZT_REASON_ALLOWED;
-
 				zt_ct_touch(fwd, now);
-				zt_count(dir, ZT_VERDICT_ALLOW, reason, f.len);
+				zt_count(dir, ZT_VERDICT_ALLOW, zt_ct_reason(fwd), f.len);
 				return TC_ACT_UNSPEC;
 			}
 		} else if (!zt_tcp_syn(&f)) {

@@ -37,10 +37,10 @@ struct zt_flow {
 };
 
 /* A pointer known to be 4-byte aligned. Clang copies memory of unknown
- * alignment one byte at a time for BPF (a load, a shift and an or per byte),
- * which made most of the programs' instructions; every address in the ABI
- * and in struct zt_flow sits at a 4-byte offset of a 4-byte aligned struct
- * (zt_abi.h asserts the offsets), so copies of them are word copies. */
+ * alignment one byte at a time for BPF (a load, a shift and an or per
+ * byte); every address in the ABI and in struct zt_flow sits at a 4-byte
+ * offset of a 4-byte aligned struct (zt_abi.h asserts the offsets), so
+ * copies of them are word copies. */
 #define ZT_ALIGNED4(p) __builtin_assume_aligned((p), 4)
 
 _Static_assert(_Alignof(struct zt_flow) >= 4 && __builtin_offsetof(struct zt_flow, saddr) % 4 == 0 &&

@@ -73,6 +73,22 @@ static __always_inline void zt_ct_touch(struct zt_ct_val *v, __u64 now)
 		v->last_seen_ns = now;
 }
 
+/* The reason a verdict stamped on a forward entry (verified_gen) passes
+ * its packets under, and the flags that stamp it. */
+static __always_inline __u8 zt_ct_reason(const struct zt_ct_val *v)
+{
+	if (v->flags & ZT_CT_NOT_ISOLATED)
+		return ZT_REASON_NOT_ISOLATED;
+	return (v->flags & ZT_CT_VIA_HOST) ? ZT_REASON_HOST : ZT_REASON_ALLOWED;
+}
+
+static __always_inline __u32 zt_ct_how(__u8 reason)
+{
+	if (reason == ZT_REASON_NOT_ISOLATED)
+		return ZT_CT_NOT_ISOLATED;
+	return reason == ZT_REASON_HOST ? ZT_CT_VIA_HOST : 0;
+}
+
 /* A TCP SYN without ACK: it opens a connection. */
 static __always_inline int zt_tcp_syn(const struct zt_flow *f)
 {

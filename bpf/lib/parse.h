@@ -28,8 +28,7 @@ enum zt_parse {
  * headers after it start on a 4-byte boundary where the CPU needs it (the
  * stack's NET_IP_ALIGN; the verifier checks every such access on those
  * architectures and refuses the program if it cannot prove it), and where
- * it does not (x86, arm64) the unaligned loads cost what aligned ones do.
- * A byte-wise copy was a third of the fast path's instructions. */
+ * it does not (x86, arm64) the unaligned loads cost what aligned ones do. */
 static __always_inline int zt_load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
 {
 	void *data = (void *)(long)skb->data;
