@@ -85,9 +85,12 @@ func DefaultWorld(namespaces int) World {
 			Keys:   []string{"team", "env"},
 			Values: map[string][]string{"team": {"a", "b", "c"}, "env": {"prod", "dev"}},
 		},
+		// pod-template-hash is a volatile label: in a pod's identity only
+		// while some selector tests it (pkg/policy).
 		PodLabels: LabelSpace{
-			Keys:   []string{"app", "tier", "role"},
-			Values: map[string][]string{"app": {"web", "db", "api"}, "tier": {"fe", "be"}, "role": {"x", "y"}},
+			Keys: []string{"app", "tier", "role", "pod-template-hash"},
+			Values: map[string][]string{"app": {"web", "db", "api"}, "tier": {"fe", "be"}, "role": {"x", "y"},
+				"pod-template-hash": {"1", "2", "3"}},
 		},
 		PortNames:   []string{"http", "dns", "metrics", "web"},
 		PortNumbers: []int32{53, 80, 81, 443, 8080, 9000},

@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ztnet/zt/internal/benchworld"
 	"github.com/ztnet/zt/pkg/policy"
@@ -184,5 +188,77 @@ func BenchmarkClusterNamespaceRelabel(b *testing.B) {
 		c.SetNamespace(ns)
 		c.Sync()
 		i++
+	}
+}
+
+// BenchmarkReferenceChange: a policy that references something no policy
+// did (a volatile label key its peer selector tests, an ipBlock, an egress
+// named port) is added, then deleted, each followed by Sync, on the node view of
+// a generated cluster. Only the pods carrying what came or went
+// are relabelled; the baseline, alternating in the same run, is the same
+// change with every pod relabelled (RelabelEveryPod), as an ipBlock or a
+// named port did before. (Volatile label keys came after that: the first
+// policy testing one costs a scan of the pods, and relabels those carrying
+// it.)
+// ratio = every / touched time.
+func BenchmarkReferenceChange(b *testing.B) {
+	tcp := corev1.ProtocolTCP
+	named := intstr.FromString("not-yet-named")
+	for _, pods := range []int{10_000, 100_000} {
+		w := benchworld.Generate(pods, 1_000)
+		c := policy.Build(w, policy.Options{NodeName: w.Pods[0].NodeName})
+		for _, tc := range []struct {
+			name string
+			peer networkingv1.NetworkPolicyPeer
+			port []networkingv1.NetworkPolicyPort
+		}{
+			// a volatile label key no pod carries: the scan alone
+			{"volatile-key-on-no-pod", networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"job-name": "migrate"}}}, nil},
+			// benchworld's ipBlocks are /16 and /24: 128 pod addresses
+			{"ipblock-128-pods", networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.1.128/25"}}, nil},
+			{"named-port-on-no-pod", networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{}},
+				[]networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &named}}},
+		} {
+			np := &networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: w.Pods[0].Namespace, Name: "new-reference"},
+				Spec: networkingv1.NetworkPolicySpec{
+					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+					Egress:      []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{tc.peer}, Ports: tc.port}},
+				},
+			}
+			b.Run(fmt.Sprintf("pods=%d/%s", pods, tc.name), func(b *testing.B) {
+				var touched, every time.Duration
+				i := 0
+				for b.Loop() {
+					for j := range 2 {
+						all := (i+j)%2 == 1
+						t0 := time.Now()
+						if err := c.SetPolicy(np); err != nil {
+							b.Fatal(err)
+						}
+						if all {
+							c.RelabelEveryPod()
+						}
+						c.Sync()
+						c.DeletePolicy(policy.PolicyKey{Namespace: np.Namespace, Name: np.Name})
+						if all {
+							c.RelabelEveryPod()
+						}
+						c.Sync()
+						if all {
+							every += time.Since(t0)
+						} else {
+							touched += time.Since(t0)
+						}
+					}
+					i++
+				}
+				ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+				b.ReportMetric(0, "ns/op")
+				b.ReportMetric(ms(touched), "touched-ms/op")
+				b.ReportMetric(ms(every), "every-ms/op")
+				b.ReportMetric(float64(every)/float64(touched), "ratio")
+			})
+		}
 	}
 }

@@ -208,10 +208,12 @@ type Compiler struct {
 	ipOwners    map[netip.Addr][]PodKey     // pods claiming an address, sorted
 	hostIPs     set[netip.Addr]
 
-	// referenced CIDRs and egress named ports, counted per policy
-	cidrRefs  map[netip.Prefix]int
-	namedRefs map[namedRef]int
-	cidrIDs   map[netip.Prefix]identity.ID
+	// referenced CIDRs, egress named ports and volatile pod label keys
+	// (tested by peer pod selectors), counted per policy
+	cidrRefs   map[netip.Prefix]int
+	namedRefs  map[namedRef]int
+	podKeyRefs map[string]int
+	cidrIDs    map[netip.Prefix]identity.ID
 
 	ruleIDs  map[RuleRef]RuleID
 	ruleRefs map[RuleID]RuleRef
@@ -242,6 +244,10 @@ type Compiler struct {
 
 	// batch defers relabelling while Build loads a snapshot.
 	batch, needRelabel bool
+	// What the next relabel must redo: every identity (all), or only the
+	// CIDR identities and those of the pods that carry a reference that
+	// came or went.
+	pending relabelWork
 	// deferMatch: Build matches identities to policies once all are set.
 	deferMatch bool
 	// deferIDs: with IdentityHints, no identity is acquired before the
@@ -279,6 +285,7 @@ func New(opts Options) *Compiler {
 		hostIPs:     set[netip.Addr]{},
 		cidrRefs:    map[netip.Prefix]int{},
 		namedRefs:   map[namedRef]int{},
+		podKeyRefs:  map[string]int{},
 		cidrIDs:     map[netip.Prefix]identity.ID{},
 		ruleIDs:     map[RuleRef]RuleID{},
 		ruleRefs:    map[RuleID]RuleRef{},
@@ -295,6 +302,7 @@ func New(opts Options) *Compiler {
 	c.ids.Reserve(opts.FirstIdentity)
 	c.deferIDs = len(opts.IdentityHints) > 0
 	c.generation = 1
+	c.pending.all = true
 	return c
 }
 
@@ -324,19 +332,28 @@ func Build(s Snapshot, opts Options) *Compiler {
 			c.addRefs(cp, +1)
 		}
 	}
-	c.relabel()
+	// Namespaces make their cluster-default-deny policies, counted too.
 	for _, ns := range s.Namespaces {
 		c.SetNamespace(ns)
 	}
+	c.relabel()
+	// The references identities were made with: if setting the policies
+	// below ends with others, they are made again.
+	labelled := [3][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs), refKeys(c.podKeyRefs)}
 	c.SetHostIPs(s.HostIPs)
 	pods := slices.Clone(s.Pods)
 	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
 	for _, p := range pods {
 		c.SetPod(p)
 	}
-	labelled := [2][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs)}
 	clear(c.cidrRefs)
 	clear(c.namedRefs)
+	clear(c.podKeyRefs)
+	// Counted again as policies are set; the cluster-default-deny ones
+	// SetNamespace made are kept as they are below, so count them here.
+	for _, ps := range c.policies {
+		c.addRefs(ps.cp, +1)
+	}
 	for name := range c.namespaces {
 		c.syncDefaultDeny(name)
 	}
@@ -360,10 +377,11 @@ func Build(s Snapshot, opts Options) *Compiler {
 		c.forCandidates(ident, func(ps *policyState) { c.matchIdentity(ps, ident, gen) })
 	}
 	c.batch = false
-	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) {
+	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) ||
+		!slices.Equal(labelled[2], refKeys(c.podKeyRefs)) {
 		c.relabel()
 	}
-	c.needRelabel = false
+	c.needRelabel, c.pending = false, relabelWork{}
 	c.Sync()
 	return c
 }
@@ -732,32 +750,15 @@ func (c *Compiler) Rule(id RuleID) (RuleRef, bool) {
 	return r, ok
 }
 
-// addRefs counts the CIDRs and named ports cp references; when the set of
-// referenced ones changes, identities are recomputed.
+// addRefs counts the CIDRs, named ports and pod label keys cp references;
+// when the set of referenced ones changes, identities are recomputed.
 func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
-	changed := false
-	for _, p := range cp.cidrs {
-		n := c.cidrRefs[p] + delta
-		if n <= 0 {
-			delete(c.cidrRefs, p)
-			changed = true
-			continue
-		}
-		c.cidrRefs[p] = n
-		changed = changed || n == delta
-	}
-	for _, r := range cp.named {
-		n := c.namedRefs[r] + delta
-		if n <= 0 {
-			delete(c.namedRefs, r)
-			changed = true
-			continue
-		}
-		c.namedRefs[r] = n
-		changed = changed || n == delta
-	}
+	w := &c.pending
+	changed := countRefs(c.cidrRefs, cp.cidrs, delta, &w.cidrs)
+	changed = countRefs(c.namedRefs, cp.named, delta, &w.named) || changed
+	changed = countRefs(c.podKeyRefs, cp.podKeys, delta, &w.keys) || changed
 	if changed {
-		// Relabelling touches every pod: defer it to Sync, so a burst of
+		// Relabelling scans every pod: defer it to Sync, so a burst of
 		// policies (an agent's first sync, a kubectl apply of a folder)
 		// relabels once, not once per policy. Until then new identities
 		// carry stale references; the relabel's new identities are matched
@@ -766,14 +767,83 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 	}
 }
 
-// relabel recomputes every identity after the set of referenced CIDRs or
-// named ports changed.
+// relabelWork is what references came or went since the last relabel.
+type relabelWork struct {
+	all   bool // every identity: the first numbering, or after a restart
+	cidrs set[netip.Prefix]
+	named set[namedRef]
+	keys  set[string]
+}
+
+// touches reports whether the identities of pod p may differ for the
+// references in w: it carries a label key, has an address in a prefix, or
+// declares a named port that came or went.
+func (w *relabelWork) touches(p *Pod) bool {
+	for k := range w.keys {
+		if _, ok := p.Labels[k]; ok {
+			return true
+		}
+	}
+	for pfx := range w.cidrs {
+		for _, ip := range p.IPs {
+			if pfx.Contains(ip) {
+				return true
+			}
+		}
+	}
+	for _, cport := range p.Ports {
+		if cport.Name != "" && w.named.has(namedRef{cport.Name, cport.Protocol}) {
+			return true
+		}
+	}
+	return false
+}
+
+// countRefs adds delta to the count of each of keys (distinct) in refs,
+// dropping those that reach 0, and reports whether a key appeared or went;
+// those are added to *toggled.
+func countRefs[K comparable](refs map[K]int, keys []K, delta int, toggled *set[K]) bool {
+	changed := false
+	for _, k := range keys {
+		n := refs[k] + delta
+		if n > 0 {
+			refs[k] = n
+		} else {
+			delete(refs, k)
+		}
+		if n <= 0 || n == delta {
+			changed = true
+			if *toggled == nil {
+				*toggled = set[K]{}
+			}
+			(*toggled).add(k)
+		}
+	}
+	return changed
+}
+
+// relabel recomputes the identities that the referenced CIDRs, named
+// ports or pod label keys that came or went since the last one may change
+// (c.pending): the CIDR identities, and the pods those touch.
 func (c *Compiler) relabel() {
 	if c.deferIDs {
 		c.needRelabel = true // numbered at the first Sync, all at once
+		c.pending.all = true
 		return
 	}
+	w := c.pending
+	c.pending = relabelWork{}
+	w.all = w.all || c.opts.IdentityHints != nil
 	// CIDR identities: one per referenced prefix.
+	if w.all || len(w.cidrs) > 0 {
+		c.relabelCIDRs()
+	}
+	c.relabelPods(w)
+}
+
+// relabelCIDRs recomputes the identities of the referenced prefixes, each
+// labelled with every referenced prefix containing it.
+func (c *Compiler) relabelCIDRs() {
 	for p, id := range c.cidrIDs {
 		if _, ok := c.cidrRefs[p]; !ok {
 			delete(c.cidrIDs, p)
@@ -797,6 +867,11 @@ func (c *Compiler) relabel() {
 		}
 		c.refreshPrefix(p)
 	}
+}
+
+// relabelPods recomputes the identities of the pods w touches (every pod
+// with w.all).
+func (c *Compiler) relabelPods(w relabelWork) {
 	// With hints (the first sync after a restart), every label set an
 	// owned address showed in the adopted ipcache is created first, with
 	// that number, so no other address of the same label set (one shared
@@ -812,7 +887,17 @@ func (c *Compiler) relabel() {
 			}
 		}
 	}
-	for _, pk := range sortedKeys(c.pods, comparePodKey) {
+	// Only the pods a reference that came or went touches may change
+	// label set (a policy testing a new label key, or a new ipBlock,
+	// relabels the pods carrying it, not the cluster).
+	var todo []PodKey
+	for pk, st := range c.pods {
+		if w.all || w.touches(&st.pod) {
+			todo = append(todo, pk)
+		}
+	}
+	slices.SortFunc(todo, comparePodKey)
+	for _, pk := range todo {
 		c.updateIdentities(c.pods[pk])
 	}
 	for _, id := range held {
@@ -848,7 +933,7 @@ func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
 	l := identity.Labels{
 		Kind:      identity.KindPod,
 		Namespace: p.Namespace,
-		PodLabels: p.Labels,
+		PodLabels: c.identityLabels(p.Labels),
 		CIDRs:     c.containing(ip, ip.BitLen()),
 	}
 	if ns := c.namespaces[p.Namespace]; ns != nil {
@@ -875,11 +960,48 @@ func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
 	return l
 }
 
+// identityLabels returns the labels of pl that are part of its pod
+// identity (pl itself when that is all of them): all but the volatile ones
+// (volatileLabels) no peer pod selector tests. Pods differing only in
+// those are told apart by no policy, so they share an identity: a
+// Deployment's rollout (a new pod-template-hash) or a StatefulSet's pods
+// (each with its own statefulset.kubernetes.io/pod-name) make no new
+// identities, and no policy entries on any node, until a policy tests
+// those labels. A policy that starts or stops testing one relabels the
+// pods carrying it (addRefs, relabelPods).
+func (c *Compiler) identityLabels(pl map[string]string) map[string]string {
+	n := 0
+	for k := range pl {
+		if c.inIdentity(k) {
+			n++
+		}
+	}
+	if n == len(pl) {
+		return pl
+	}
+	out := make(map[string]string, n)
+	for k, v := range pl {
+		if c.inIdentity(k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func (c *Compiler) inIdentity(key string) bool {
+	if !volatileLabels[key] {
+		return true
+	}
+	_, ok := c.podKeyRefs[key]
+	return ok
+}
+
 // updateIdentities recomputes a pod's identities and the address entries
 // that point at them.
 func (c *Compiler) updateIdentities(st *podState) {
 	if c.deferIDs {
 		c.needRelabel = true // the first Sync numbers every pod
+		c.pending.all = true
 		return
 	}
 	var next []identity.ID
@@ -1192,7 +1314,7 @@ func (c *Compiler) markSelected(ps *policyState) {
 // Sync rebuilds the endpoints that changed and says which did.
 func (c *Compiler) Sync() Changes {
 	if c.deferIDs && !c.batch {
-		c.deferIDs, c.needRelabel = false, true
+		c.deferIDs, c.needRelabel, c.pending.all = false, true, true
 	}
 	if c.needRelabel && !c.batch {
 		c.needRelabel = false

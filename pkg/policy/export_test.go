@@ -36,3 +36,8 @@ func (c *Compiler) SelectionUsers(pk PolicyKey, d Direction, i int) (int, []iden
 	s := ps.peers[d][i]
 	return s.refs, s.list()
 }
+
+// RelabelEveryPod makes the next Sync recompute the identity of every pod,
+// as any change of what policies reference once did (the baseline of
+// BenchmarkReferenceChange).
+func (c *Compiler) RelabelEveryPod() { c.pending.all, c.needRelabel = true, true }

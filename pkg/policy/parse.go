@@ -33,8 +33,35 @@ type compiledPolicy struct {
 	rules  [2][]compiledRule
 	cidrs  []netip.Prefix // every prefix the policy references
 	named  []namedRef     // egress named ports it references
+	// podKeys are the volatile pod label keys its peers' pod selectors
+	// test: a volatile label is part of a pod identity only while some
+	// policy tests it.
+	podKeys []string
 	// synthetic marks policies zt makes itself (cluster-default-deny).
 	synthetic bool
+}
+
+// volatileLabels are the pod labels that controllers set to a value of
+// their own per rollout, revision, pod or run: a Deployment's
+// pod-template-hash, a StatefulSet's or DaemonSet's revision hash and
+// StatefulSet pod names and indexes, a Job's uid, name and completion
+// index (a CronJob's jobs are named per run). In a pod identity they would
+// make a new identity per rollout (and rewrite every rule naming the app,
+// on every node) or per pod, so a volatile label is in a pod's identity
+// only while some peer pod selector tests its key; no policy tells apart
+// pods that differ only in labels no selector tests, so verdicts are the
+// same. Other labels are always in it: a policy that starts testing one
+// costs no relabelling.
+var volatileLabels = map[string]bool{
+	"pod-template-hash":                        true,
+	"controller-revision-hash":                 true,
+	"statefulset.kubernetes.io/pod-name":       true,
+	"apps.kubernetes.io/pod-index":             true,
+	"controller-uid":                           true,
+	"job-name":                                 true,
+	"batch.kubernetes.io/controller-uid":       true,
+	"batch.kubernetes.io/job-name":             true,
+	"batch.kubernetes.io/job-completion-index": true,
 }
 
 type compiledRule struct {
@@ -153,6 +180,8 @@ func compile(np *networkingv1.NetworkPolicy, ruleID func(RuleRef) RuleID) (*comp
 		return identity.CompareNamedPort(identity.NamedPort{Name: a.name, Protocol: a.proto}, identity.NamedPort{Name: b.name, Protocol: b.proto})
 	})
 	cp.named = slices.Compact(cp.named)
+	slices.Sort(cp.podKeys)
+	cp.podKeys = slices.Compact(cp.podKeys)
 	return cp, nil
 }
 
@@ -223,6 +252,12 @@ func (cp *compiledPolicy) compilePeer(path string, p networkingv1.NetworkPolicyP
 	if p.PodSelector != nil {
 		if out.podSel, err = selector(path+".podSelector", p.PodSelector); err != nil {
 			return out, err
+		}
+		reqs, _ := out.podSel.Requirements()
+		for _, r := range reqs {
+			if volatileLabels[r.Key()] {
+				cp.podKeys = append(cp.podKeys, r.Key())
+			}
 		}
 	}
 	if p.NamespaceSelector != nil {
