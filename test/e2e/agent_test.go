@@ -484,6 +484,71 @@ func TestAgent(t *testing.T) {
 		t.Logf("metrics of the restarted agent: %v syncs (mean %.2f ms), %v propagations (mean %.2f ms), policy-denied drops %v, zt_errors_total %v",
 			sc, 1000*ss/max(sc, 1), pc, 1000*ps/max(pc, 1), drops, errs)
 	})
+
+	// ---- 6j. a rollout: volatile labels ----
+	t.Run("j rollout", func(t *testing.T) {
+		// syncs counts the agent's syncs; synced waits for one after
+		// syncs returned n0, and for any a burst of events brings (they
+		// are at least 100 ms apart).
+		syncs := func() float64 {
+			n, _ := agent.metrics().sum("zt_sync_duration_seconds_count")
+			return n
+		}
+		synced := func(n0 float64) {
+			t.Helper()
+			if _, ok := poll(time.Now(), 5*time.Second, 20*time.Millisecond, func() bool { return syncs() > n0 }); !ok {
+				t.Fatalf("no agent sync within 5 s")
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		state := func() (float64, float64) {
+			m := agent.metrics()
+			w, _ := m.sum("zt_map_writes_total", "map", "policy")
+			ids, _ := m.sum("zt_identities")
+			return w, ids
+		}
+		w0, ids0 := state()
+		n0 := syncs()
+		// Each pod as if its ReplicaSet rolled: a pod-template-hash of its
+		// own, tested by no policy.
+		c.mustKubectl("", "label", "pod", "-n", nsA, "client", "pod-template-hash=aaa")
+		c.mustKubectl("", "label", "pod", "-n", nsA, "client2", "pod-template-hash=bbb")
+		c.mustKubectl("", "label", "pod", "-n", nsA, "other", "pod-template-hash=bbb")
+		synced(n0)
+		w1, ids1 := state()
+		t.Logf("pod-template-hash on 3 pods: %v policy map writes, identities %v -> %v", w1-w0, ids0, ids1)
+		if w1 != w0 || ids1 != ids0 {
+			t.Errorf("an untested pod-template-hash wrote %v policy entries and changed identities %v -> %v, want none",
+				w1-w0, ids0, ids1)
+		}
+		expect(t, flow{client, server, tcp, true}, flow{client2, server, tcp, true}, flow{other, server, tcp, true},
+			flow{client, server, udp, false}, flow{client2, server, udp, false})
+
+		// A policy testing the hash tells the pods apart.
+		hashPolicy := strings.Replace(strings.Replace(allowGrantedNSEchoYAML, "allow-granted-ns-echo", "allow-hash-bbb-echo", 1),
+			"namespaceSelector:\n            matchLabels: {access: granted}", "podSelector:\n            matchLabels: {pod-template-hash: bbb}", 1)
+		n0 = syncs()
+		measure(t, "kubectl apply allow pod-template-hash=bbb udp echo (client2->server udp passes)",
+			c.kubectlFn(hashPolicy, "apply", "-f", "-"),
+			func() bool { return probe(client2, server, udp, 300*time.Millisecond) == nil })
+		expect(t, flow{client2, server, udp, true}, flow{other, server, udp, true}, flow{client, server, udp, false},
+			flow{client, server, tcp, true}, flow{client2, server, tcp, true})
+		synced(n0)
+		_, ids2 := state()
+		if ids2 <= ids0 {
+			t.Errorf("with pod-template-hash tested, identities %v, want more than %v", ids2, ids0)
+		}
+		n0 = syncs()
+		measure(t, "kubectl delete that policy (client2->server udp dropped)",
+			c.kubectlFn("", "delete", "networkpolicy", "-n", nsA, "allow-hash-bbb-echo"),
+			func() bool { return probe(client2, server, udp, 150*time.Millisecond) != nil })
+		synced(n0)
+		if _, ids3 := state(); ids3 != ids0 {
+			t.Errorf("with the policy gone, identities %v, want %v again", ids3, ids0)
+		}
+		t.Logf("identities: %v untested, %v with pod-template-hash tested", ids0, ids2)
+		expect(t, flow{client, server, tcp, true}, flow{client2, server, tcp, true}, flow{client2, server, udp, false})
+	})
 }
 
 // etcdPut writes value at key in the test API server's etcd, bypassing the
