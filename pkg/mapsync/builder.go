@@ -1,6 +1,7 @@
 package mapsync
 
 import (
+	"cmp"
 	"errors"
 	"net/netip"
 	"slices"
@@ -28,6 +29,7 @@ type Builder struct {
 	eps  map[uint32]*builtEndpoint
 
 	patched int  // endpoints patched (for tests)
+	hinted  int  // of which the compiler named the peers to look at
 	check   bool // the next Update compares the patched state with Desired's
 }
 
@@ -187,11 +189,19 @@ func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
 	if err != nil {
 		return false
 	}
+	// The compiler patched ep from the endpoint written, recomputing some
+	// peers' rules: only those can differ.
+	peers, hinted := ep.PatchedFrom(e.ep)
 	var runs [2][]peerRun
 	for dir := range 2 {
-		var ok bool
-		if runs[dir], ok = changedPeers(e.ep.Dir(policy.Direction(dir)).Rules, ep.Dir(policy.Direction(dir)).Rules); !ok {
-			return false
+		old, new := e.ep.Dir(policy.Direction(dir)).Rules, ep.Dir(policy.Direction(dir)).Rules
+		if hinted {
+			runs[dir] = peerRuns(old, new, peers)
+		} else {
+			var ok bool
+			if runs[dir], ok = changedPeers(old, new); !ok {
+				return false
+			}
 		}
 		for _, r := range runs[dir] {
 			for _, rule := range r.new {
@@ -219,7 +229,31 @@ func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
 	}
 	e.ep = ep
 	b.patched++
+	if hinted {
+		b.hinted++
+	}
 	return true
+}
+
+// peerRuns returns the runs of peers (sorted) whose rules differ between
+// old and new, both sorted by peer first: a binary search each, rather
+// than changedPeers' walk of both lists.
+func peerRuns(old, new []policy.Rule, peers []identity.ID) []peerRun {
+	var out []peerRun
+	run := func(rs []policy.Rule, p identity.ID) []policy.Rule {
+		lo, _ := slices.BinarySearchFunc(rs, p, func(r policy.Rule, p identity.ID) int { return cmp.Compare(r.Peer, p) })
+		hi := lo
+		for hi < len(rs) && rs[hi].Peer == p {
+			hi++
+		}
+		return rs[lo:hi]
+	}
+	for _, p := range peers {
+		if o, n := run(old, p), run(new, p); !slices.Equal(o, n) {
+			out = append(out, peerRun{o, n})
+		}
+	}
+	return out
 }
 
 // peerRun is one peer's rules before and after.

@@ -267,6 +267,33 @@ type Syncer struct {
 	// realized maps hold: only what a dump found, left by an update that
 	// was interrupted. A completed update leaves none.
 	temps map[datapath.Identity]bool
+	// byPeer indexes the realized policy keys by peer identity, for
+	// freeze: every key put since it was built, so also keys deleted since
+	// and keys put twice (byPeerLen counts them all). Built by the first
+	// freeze that needs it (one pass, as a freeze without it made every
+	// time), kept by commit, and dropped whenever the realized state is
+	// replaced or it holds more than twice the realized keys.
+	byPeer    map[datapath.Identity][]datapath.PolicyKey
+	byPeerLen int
+}
+
+// setRealized replaces the realized state (nil: unknown).
+func (s *Syncer) setRealized(r *State) {
+	s.realized, s.byPeer, s.byPeerLen = r, nil, 0
+}
+
+// peerKeys returns the policy keys of peer identity id put since the
+// index was built (building it): a superset of the realized ones, which
+// the caller tells by looking them up in the realized state.
+func (s *Syncer) peerKeys(id datapath.Identity) []datapath.PolicyKey {
+	if s.byPeer == nil {
+		s.byPeer = map[datapath.Identity][]datapath.PolicyKey{}
+		for k := range s.realized.Policy {
+			s.byPeer[k.PeerId] = append(s.byPeer[k.PeerId], k)
+		}
+		s.byPeerLen = len(s.realized.Policy)
+	}
+	return s.byPeer[id]
 }
 
 // New returns a Syncer writing to m. The first call must be Reconcile:
@@ -279,7 +306,7 @@ func (s *Syncer) Reconcile(desired State) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	s.realized = &realized
+	s.setRealized(&realized)
 	s.temps = tempsIn(realized)
 	st, err := s.apply(desired)
 	if err != nil {
@@ -693,15 +720,24 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 		}
 		freezeIPC = append(freezeIPC, entry[netip.Prefix, datapath.IPCacheVal]{m.pfx, datapath.IPCacheVal{Identity: t}})
 	}
-	// One pass over the realized allows copies those of every frozen
-	// identity and the wildcard's to each temporary identity.
+	// The realized allows of every frozen identity, and the wildcard's,
+	// are copied to each temporary identity (from the index by peer, not
+	// a pass over every allow of the node).
+	// A key of the frozen identity's own wins over the wildcard's copy at
+	// the same place, as the kernel looks up the peer before the wildcard.
 	copies := map[datapath.PolicyKey]datapath.PolicyVal{}
-	for k, v := range r.Policy {
-		if t, ok := temps[k.PeerId]; ok {
-			k.PeerId = t
-			copies[k] = v
-		} else if k.PeerId == datapath.IdentityAny {
-			for _, t := range tempIDs {
+	for _, k := range s.peerKeys(datapath.IdentityAny) {
+		v, ok := r.Policy[k]
+		for _, t := range tempIDs {
+			if ok {
+				k.PeerId = t
+				copies[k] = v
+			}
+		}
+	}
+	for from, t := range temps {
+		for _, k := range s.peerKeys(from) {
+			if v, ok := r.Policy[k]; ok {
 				k.PeerId = t
 				copies[k] = v
 			}
@@ -757,7 +793,7 @@ func (s *Syncer) applyWith(desired State, d *Delta) (Stats, error) {
 	if err != nil {
 		if d != nil {
 			// The caller's next Delta will not name these keys again.
-			s.realized = nil
+			s.setRealized(nil)
 		}
 		return st, fmt.Errorf("refused, previous state kept: %w", err)
 	}
@@ -776,7 +812,7 @@ func (s *Syncer) applyWith(desired State, d *Delta) (Stats, error) {
 	} {
 		if c.max > 0 && c.have+c.add > int(c.max) {
 			if d != nil {
-				s.realized = nil // as above
+				s.setRealized(nil) // as above
 			}
 			return st, fmt.Errorf("map %s: update needs %d entries (%d present + %d new), capacity %d: refused, previous state kept: %w",
 				c.name, c.have+c.add, c.have, c.add, c.max, ErrMapFull)
@@ -821,7 +857,7 @@ func (s *Syncer) applyWith(desired State, d *Delta) (Stats, error) {
 			// A failed write leaves the cache unsure of the kernel: the
 			// next Apply reconciles from a dump (which also removes
 			// temporary entries).
-			s.realized = nil
+			s.setRealized(nil)
 			return st, err
 		}
 	}
@@ -838,7 +874,7 @@ func (s *Syncer) commit(desired State, p *plan) {
 	s.temps = nil
 	if n := p.changes(); n > 0 && 4*n > len(desired.IPCache)+len(desired.Policy)+len(desired.Endpoints) {
 		c := desired.clone()
-		s.realized = &c
+		s.setRealized(&c)
 		return
 	}
 	r := s.realized
@@ -852,9 +888,16 @@ func (s *Syncer) commit(desired State, p *plan) {
 	}
 	for i, k := range p.polPut.keys {
 		r.Policy[k] = p.polPut.vals[i]
+		if s.byPeer != nil {
+			s.byPeer[k.PeerId] = append(s.byPeer[k.PeerId], k)
+			s.byPeerLen++
+		}
 	}
 	for _, k := range p.polDel {
 		delete(r.Policy, k)
+	}
+	if s.byPeerLen > 2*len(r.Policy)+4096 {
+		s.byPeer, s.byPeerLen = nil, 0 // mostly deleted keys: built again when needed
 	}
 	for i, pfx := range p.ipcPut.pfxs {
 		r.IPCache[pfx] = p.ipcPut.vals[i]

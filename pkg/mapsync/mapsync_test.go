@@ -3,8 +3,10 @@ package mapsync
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -262,6 +264,11 @@ type world struct {
 	// numbers are never reused for another label set.
 	c       *policy.Compiler
 	applied map[policy.PolicyKey]bool
+	// what c was last given, so that only changes are set again (as the
+	// agent does: an unchanged pod set again would be rebuilt, not patched)
+	setPods map[policy.PodKey]policy.Pod
+	setNS   map[string]map[string]string
+	setFor  *policy.Compiler // the compiler they were given to
 }
 
 var apps = []string{"web", "api", "db"}
@@ -382,12 +389,21 @@ func (w *world) desired(t *testing.T) State {
 // bindings of its pods, in random order.
 func (w *world) compile(t *testing.T) []Binding {
 	t.Helper()
+	if w.setFor != w.c { // a new compiler (a restart) is given everything
+		w.setFor, w.setPods, w.setNS = w.c, map[policy.PodKey]policy.Pod{}, map[string]map[string]string{}
+	}
 	for ns, l := range w.nsLabels {
-		w.c.SetNamespace(policy.Namespace{Name: ns, Labels: l})
+		if old, ok := w.setNS[ns]; !ok || !maps.Equal(old, l) {
+			w.c.SetNamespace(policy.Namespace{Name: ns, Labels: l})
+			w.setNS[ns] = l
+		}
 	}
 	var binds []Binding
 	for k, p := range w.pods {
-		w.c.SetPod(p)
+		if old, ok := w.setPods[k]; !ok || !reflect.DeepEqual(old, p) {
+			w.c.SetPod(p)
+			w.setPods[k] = p
+		}
 		binds = append(binds, Binding{Pod: k, Ifindex: w.ifindex[k]})
 	}
 	for k := range w.applied {
@@ -424,7 +440,7 @@ func (w *world) probes() []probe {
 	for k, p := range w.pods {
 		for _, peer := range addrs {
 			{
-				for _, port := range []uint16{80, 81, 82} {
+				for _, port := range []uint16{80, 81, 82, 83} {
 					for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 						out = append(out, probe{w.ifindex[k], d, peer, port})
 					}
@@ -869,5 +885,84 @@ func TestFreezeSkipsLeftTemporaries(t *testing.T) {
 	}
 	if frozen == 0 {
 		t.Error("no reconcile parked a prefix: the test misses the path")
+	}
+}
+
+// TestFreezeCopiesOnlyRealizedAllows: the index of realized allows by peer
+// that freeze reads (built by the first freeze, kept since) still lists
+// an allow deleted after it was built; a later freeze must not park a
+// prefix on a copy of it. Update 1 moves p1 off X while X loses port 81
+// and gains 83 (a freeze: the index is built); update 2 moves p2 off X
+// while X gains port 82: port 81 from p2 is denied before, after, and at
+// every write between, and 83, which X gained after the index was built,
+// allowed.
+func TestFreezeCopiesOnlyRealizedAllows(t *testing.T) {
+	bothWays(t, testFreezeCopiesOnlyRealizedAllows)
+}
+
+func testFreezeCopiesOnlyRealizedAllows(t *testing.T) {
+	const ifindex = 100
+	const x, y, z, w datapath.Identity = 1000, 1001, 1002, 1003
+	p1, p2 := netip.MustParsePrefix("10.1.0.1/32"), netip.MustParsePrefix("10.1.0.2/32")
+	key := func(peer datapath.Identity, port uint16) datapath.PolicyKey {
+		keys, err := ruleKeys(ifindex, policy.Ingress, policy.Rule{Peer: identity.ID(peer), Protocol: policy.ProtoTCP, Port: port, EndPort: port, ID: 1})
+		if err != nil || len(keys) != 1 {
+			t.Fatalf("ruleKeys: %v %v", keys, err)
+		}
+		return keys[0]
+	}
+	state := func(ipc map[netip.Prefix]datapath.Identity, pol ...datapath.PolicyKey) State {
+		st := newState()
+		st.Endpoints[ifindex] = datapath.Endpoint{EpId: ifindex, Flags: datapath.EndpointIngressIsolated}
+		for p, id := range ipc {
+			st.IPCache[p] = datapath.IPCacheVal{Identity: id}
+		}
+		// Allows of another identity: the updates are small beside the
+		// state, so the Syncer keeps its realized state (and the index)
+		// rather than copying the desired one.
+		for port := range uint16(40) {
+			pol = append(pol, key(w, 1000+port))
+		}
+		for _, k := range pol {
+			st.Policy[k] = datapath.PolicyVal{RuleId: 1, Action: datapath.ActionAllow}
+		}
+		return st
+	}
+	steps := []struct {
+		st   State
+		peer netip.Addr // the address that moves
+	}{
+		{state(map[netip.Prefix]datapath.Identity{p1: x, p2: x}, key(x, 80), key(x, 81)), netip.Addr{}},
+		{state(map[netip.Prefix]datapath.Identity{p1: y, p2: x}, key(x, 80), key(x, 83), key(y, 80)), p1.Addr()},
+		{state(map[netip.Prefix]datapath.Identity{p1: y, p2: z}, key(x, 80), key(x, 82), key(x, 83), key(y, 80), key(z, 80), key(z, 83)), p2.Addr()},
+	}
+	f := newFake()
+	s := New(f.maps())
+	if _, err := s.Reconcile(steps[0].st); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(steps); i++ {
+		before, after, peer := steps[i-1].st, steps[i].st, steps[i].peer
+		f.check = func(mid State) {
+			for _, port := range []uint16{80, 81, 82, 83} {
+				a, b, m := allowed(before, ifindex, policy.Ingress, peer, 6, port), allowed(after, ifindex, policy.Ingress, peer, 6, port),
+					allowed(mid, ifindex, policy.Ingress, peer, 6, port)
+				if a == b && m != a {
+					t.Fatalf("update %d: %s to port %d was %v before and after, %v in between\nmid:%s", i, peer, port, a, m,
+						dumpFor(mid, ifindex, uint8(policy.Ingress), peer))
+				}
+			}
+		}
+		st, err := s.Apply(after)
+		f.check = nil
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Frozen == 0 {
+			t.Fatalf("update %d parked no prefix: the test misses freeze", i)
+		}
+		if !equalState(f.st, after) {
+			t.Fatalf("update %d: maps differ from desired", i)
+		}
 	}
 }

@@ -220,6 +220,8 @@ type Compiler struct {
 	nextRule RuleID
 
 	endpoints map[PodKey]*Endpoint
+	// endpointSeq numbers the endpoints built (Endpoint.PatchedFrom).
+	endpointSeq uint64
 	// dirty endpoints are rebuilt by Sync; peerDirty ones (of which only
 	// the peer sets of the policies selecting them changed) are patched:
 	// only their rules naming an identity in changedIDs (created or
@@ -1325,7 +1327,7 @@ func (c *Compiler) Sync() Changes {
 	// Endpoints selected by the same policies (and declaring the same
 	// ports, for ingress named ports) have the same rules: compute them
 	// once per Sync and share them (endpoints are immutable).
-	memo := map[string]*[2]DirectionPolicy{}
+	memo := map[string]*memoEntry{}
 	// Endpoints whose policies' peer sets alone changed are patched: their
 	// rules of the identities created or released since the last Sync are
 	// recomputed, the others kept. A change of many identities (a relabel
@@ -1382,8 +1384,9 @@ var patchMaxChanged = 256
 // as of the last Sync, when nothing but the peer sets of its policies has
 // changed since), only base's rules of the identities in changed (sorted)
 // are recomputed.
-func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPolicy, base *Endpoint, changed []identity.ID) *Endpoint {
-	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids)}
+func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base *Endpoint, changed []identity.ID) *Endpoint {
+	c.endpointSeq++
+	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids), seq: c.endpointSeq}
 	selectedBy := sortedKeys(st.selectedBy, comparePolicyKey)
 	var key strings.Builder
 	for _, pk := range selectedBy {
@@ -1401,11 +1404,25 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 		key.WriteString(strconv.Itoa(int(cp.Port)))
 		key.WriteByte(',')
 	}
-	if dp := memo[key.String()]; dp != nil {
-		ep.Ingress, ep.Egress = dp[Ingress], dp[Egress]
+	if m := memo[key.String()]; m != nil {
+		ep.Ingress, ep.Egress = m.dirs[Ingress], m.dirs[Egress]
+		// Patched from rules the same as this endpoint's: the same
+		// peers' rules were recomputed.
+		if m.patched && base != nil && sameRules(base.Ingress.Rules, m.base[Ingress]) && sameRules(base.Egress.Rules, m.base[Egress]) {
+			ep.from, ep.changed = base.seq, changed
+		}
 		return ep
 	}
-	defer func() { memo[key.String()] = &[2]DirectionPolicy{ep.Ingress, ep.Egress} }()
+	if base != nil {
+		ep.from, ep.changed = base.seq, changed
+	}
+	defer func() {
+		m := &memoEntry{dirs: [2]DirectionPolicy{ep.Ingress, ep.Egress}, patched: base != nil}
+		if base != nil {
+			m.base = [2][]Rule{base.Ingress.Rules, base.Egress.Rules}
+		}
+		memo[key.String()] = m
+	}()
 	if base == nil {
 		c.reserveRules(ep, selectedBy)
 	}
@@ -1444,6 +1461,20 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*[2]DirectionPoli
 		}
 	}
 	return ep
+}
+
+// memoEntry is the policy of the endpoints of one Sync selected by the same
+// policies; patched: computed from base's rules by recomputing the rules of
+// the identities that changed.
+type memoEntry struct {
+	dirs    [2]DirectionPolicy
+	patched bool
+	base    [2][]Rule
+}
+
+// sameRules reports whether a and b are the same slice (not only equal).
+func sameRules(a, b []Rule) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // reserveRules gives ep's rule lists room for every allow its policies
@@ -1665,10 +1696,7 @@ func dirEqual(a, b *DirectionPolicy) bool {
 // slice: a patched endpoint keeps its unchanged direction's rules (see
 // patchRules), thousands of them at scale.
 func rulesEqual(a, b []Rule) bool {
-	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
-		return true
-	}
-	return slices.Equal(a, b)
+	return sameRules(a, b) || slices.Equal(a, b)
 }
 
 // Endpoints returns the compiled endpoints, sorted by pod. Call Sync first.

@@ -232,6 +232,12 @@ func TestIncrementalEqualsFull(t *testing.T) {
 	seed := testSeed(t)
 	g := newGen(seed)
 	runs := worldCount(60)
+	patched := 0
+	defer func() {
+		if !t.Failed() && patched == 0 {
+			t.Errorf("no endpoint was patched: the test misses Endpoint.PatchedFrom")
+		}
+	}()
 	for run := range runs {
 		w := g.world()
 		if g.chance(0.15) {
@@ -264,6 +270,24 @@ func TestIncrementalEqualsFull(t *testing.T) {
 			for pk, ep := range after {
 				if old, ok := before[pk]; (!ok || !endpointEqual(old, ep)) && !slices.Contains(ch.Endpoints, pk) {
 					fail("endpoint %s changed but Changes.Endpoints=%v", pk, ch.Endpoints)
+				}
+			}
+			// A patched endpoint kept every rule of the peers it does not
+			// name (mapsync rewrites those peers' keys alone).
+			for pk, ep := range after {
+				old := before[pk]
+				peers, ok := ep.PatchedFrom(old)
+				if !ok {
+					continue
+				}
+				patched++
+				for d := range 2 {
+					keep := func(rs []Rule) []Rule {
+						return slices.DeleteFunc(slices.Clone(rs), func(r Rule) bool { return slices.Contains(peers, r.Peer) })
+					}
+					if o, n := keep(old.Dir(Direction(d)).Rules), keep(ep.Dir(Direction(d)).Rules); !slices.Equal(o, n) {
+						fail("endpoint %s, patched from its last for peers %v, changed %s rules of other peers:\n%v\n%v", pk, peers, Direction(d), o, n)
+					}
 				}
 			}
 			for pk := range before {

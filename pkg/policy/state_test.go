@@ -113,7 +113,7 @@ func checkIncrementalState(t *testing.T, c *Compiler) {
 		if !ok {
 			continue
 		}
-		want := c.buildEndpoint(st, map[string]*[2]DirectionPolicy{}, nil, nil)
+		want := c.buildEndpoint(st, map[string]*memoEntry{}, nil, nil)
 		if !endpointEqual(ep, want) {
 			t.Errorf("endpoint %s differs from a rebuild:\n  have %+v\n  want %+v", k, ep, want)
 		}

@@ -178,6 +178,24 @@ type Endpoint struct {
 	Identities []identity.ID
 	Ingress    DirectionPolicy
 	Egress     DirectionPolicy
+
+	// seq numbers the endpoint among those its compiler built; from is
+	// the seq of the endpoint it was patched from (0: built anew), whose
+	// rules it kept but those of the peers in changed.
+	seq, from uint64
+	changed   []identity.ID
+}
+
+// PatchedFrom reports whether e was made from old by recomputing the rules
+// of peers (sorted) alone: any rule of another peer is one of old's, in
+// the same place among them (rules are sorted by peer first). It is false
+// when e was built anew or from another endpoint; the rules then may
+// differ for any peer.
+func (e *Endpoint) PatchedFrom(old *Endpoint) (peers []identity.ID, ok bool) {
+	if old == nil || e.from == 0 || e.from != old.seq {
+		return nil, false
+	}
+	return e.changed, true
 }
 
 // Dir returns the policy of direction d.
