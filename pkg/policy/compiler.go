@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -220,8 +221,6 @@ type Compiler struct {
 	nextRule RuleID
 
 	endpoints map[PodKey]*Endpoint
-	// endpointSeq numbers the endpoints built (Endpoint.PatchedFrom).
-	endpointSeq uint64
 	// dirty endpoints are rebuilt by Sync; peerDirty ones (of which only
 	// the peer sets of the policies selecting them changed) are patched:
 	// only their rules naming an identity in changedIDs (created or
@@ -1385,8 +1384,7 @@ var patchMaxChanged = 256
 // changed since), only base's rules of the identities in changed (sorted)
 // are recomputed.
 func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base *Endpoint, changed []identity.ID) *Endpoint {
-	c.endpointSeq++
-	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids), seq: c.endpointSeq}
+	ep := &Endpoint{Pod: st.pod.Key(), IPs: slices.Clone(st.pod.IPs), Identities: slices.Clone(st.ids), seq: endpointSeq.Add(1)}
 	selectedBy := sortedKeys(st.selectedBy, comparePolicyKey)
 	var key strings.Builder
 	for _, pk := range selectedBy {
@@ -1462,6 +1460,10 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base 
 	}
 	return ep
 }
+
+// endpointSeq numbers the endpoints built, by every compiler of the process
+// (Endpoint.PatchedFrom).
+var endpointSeq atomic.Uint64
 
 // memoEntry is the policy of the endpoints of one Sync selected by the same
 // policies; patched: computed from base's rules by recomputing the rules of

@@ -179,7 +179,7 @@ type Endpoint struct {
 	Ingress    DirectionPolicy
 	Egress     DirectionPolicy
 
-	// seq numbers the endpoint among those its compiler built; from is
+	// seq numbers the endpoint among those built in the process; from is
 	// the seq of the endpoint it was patched from (0: built anew), whose
 	// rules it kept but those of the peers in changed.
 	seq, from uint64
