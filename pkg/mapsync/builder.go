@@ -1,7 +1,6 @@
 package mapsync
 
 import (
-	"cmp"
 	"errors"
 	"net/netip"
 	"slices"
@@ -240,16 +239,8 @@ func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
 // than changedPeers' walk of both lists.
 func peerRuns(old, new []policy.Rule, peers []identity.ID) []peerRun {
 	var out []peerRun
-	run := func(rs []policy.Rule, p identity.ID) []policy.Rule {
-		lo, _ := slices.BinarySearchFunc(rs, p, func(r policy.Rule, p identity.ID) int { return cmp.Compare(r.Peer, p) })
-		hi := lo
-		for hi < len(rs) && rs[hi].Peer == p {
-			hi++
-		}
-		return rs[lo:hi]
-	}
 	for _, p := range peers {
-		if o, n := run(old, p), run(new, p); !slices.Equal(o, n) {
+		if o, n := policy.PeerRules(old, p), policy.PeerRules(new, p); !slices.Equal(o, n) {
 			out = append(out, peerRun{o, n})
 		}
 	}

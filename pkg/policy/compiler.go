@@ -1575,12 +1575,7 @@ func patchRules(old, fresh []Rule, changed []identity.ID) []Rule {
 	var cut []run
 	removed := 0
 	for _, p := range changed {
-		lo, _ := slices.BinarySearchFunc(old, p, func(r Rule, p identity.ID) int { return cmpU(uint64(r.Peer), uint64(p)) })
-		hi := lo
-		for hi < len(old) && old[hi].Peer == p {
-			hi++
-		}
-		if hi > lo {
+		if lo, hi := peerRange(old, p); hi > lo {
 			cut = append(cut, run{lo, hi})
 			removed += hi - lo
 		}

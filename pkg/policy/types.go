@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/ztnet/zt/pkg/identity"
 )
@@ -129,6 +130,24 @@ func (r Rule) String() string {
 		}
 	}
 	return s + fmt.Sprintf(" rule=%d", r.ID)
+}
+
+// PeerRules returns the rules of peer p among rules sorted as an
+// Endpoint's are (by peer first): one binary search.
+func PeerRules(rules []Rule, p identity.ID) []Rule {
+	lo, hi := peerRange(rules, p)
+	return rules[lo:hi]
+}
+
+// peerRange is where the rules of peer p are in rules (sorted by peer
+// first): rules[lo:hi].
+func peerRange(rules []Rule, p identity.ID) (lo, hi int) {
+	lo, _ = slices.BinarySearchFunc(rules, p, func(r Rule, p identity.ID) int { return cmpU(uint64(r.Peer), uint64(p)) })
+	hi = lo
+	for hi < len(rules) && rules[hi].Peer == p {
+		hi++
+	}
+	return lo, hi
 }
 
 func compareRule(a, b Rule) int {
