@@ -722,17 +722,18 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 	}
 	// The realized allows of every frozen identity, and the wildcard's,
 	// are copied to each temporary identity (from the index by peer, not
-	// a pass over every allow of the node).
-	// A key of the frozen identity's own wins over the wildcard's copy at
-	// the same place, as the kernel looks up the peer before the wildcard.
+	// a pass over every allow of the node). A key of the frozen identity's
+	// own wins over the wildcard's copy at the same place, as the kernel
+	// looks up the peer before the wildcard.
 	copies := map[datapath.PolicyKey]datapath.PolicyVal{}
 	for _, k := range s.peerKeys(datapath.IdentityAny) {
 		v, ok := r.Policy[k]
+		if !ok {
+			continue // deleted since the index was built
+		}
 		for _, t := range tempIDs {
-			if ok {
-				k.PeerId = t
-				copies[k] = v
-			}
+			k.PeerId = t
+			copies[k] = v
 		}
 	}
 	for from, t := range temps {

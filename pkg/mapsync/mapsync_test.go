@@ -440,7 +440,7 @@ func (w *world) probes() []probe {
 	for k, p := range w.pods {
 		for _, peer := range addrs {
 			{
-				for _, port := range []uint16{80, 81, 82, 83} {
+				for _, port := range []uint16{80, 81, 82, 83, 84} {
 					for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 						out = append(out, probe{w.ifindex[k], d, peer, port})
 					}
@@ -895,7 +895,8 @@ func TestFreezeSkipsLeftTemporaries(t *testing.T) {
 // and gains 83 (a freeze: the index is built); update 2 moves p2 off X
 // while X gains port 82: port 81 from p2 is denied before, after, and at
 // every write between, and 83, which X gained after the index was built,
-// allowed.
+// allowed. The same for the wildcard: its port 84, gone in update 1, is
+// not copied in update 2.
 func TestFreezeCopiesOnlyRealizedAllows(t *testing.T) {
 	bothWays(t, testFreezeCopiesOnlyRealizedAllows)
 }
@@ -932,7 +933,7 @@ func testFreezeCopiesOnlyRealizedAllows(t *testing.T) {
 		st   State
 		peer netip.Addr // the address that moves
 	}{
-		{state(map[netip.Prefix]datapath.Identity{p1: x, p2: x}, key(x, 80), key(x, 81)), netip.Addr{}},
+		{state(map[netip.Prefix]datapath.Identity{p1: x, p2: x}, key(x, 80), key(x, 81), key(datapath.IdentityAny, 84)), netip.Addr{}},
 		{state(map[netip.Prefix]datapath.Identity{p1: y, p2: x}, key(x, 80), key(x, 83), key(y, 80)), p1.Addr()},
 		{state(map[netip.Prefix]datapath.Identity{p1: y, p2: z}, key(x, 80), key(x, 82), key(x, 83), key(y, 80), key(z, 80), key(z, 83)), p2.Addr()},
 	}
@@ -944,7 +945,7 @@ func testFreezeCopiesOnlyRealizedAllows(t *testing.T) {
 	for i := 1; i < len(steps); i++ {
 		before, after, peer := steps[i-1].st, steps[i].st, steps[i].peer
 		f.check = func(mid State) {
-			for _, port := range []uint16{80, 81, 82, 83} {
+			for _, port := range []uint16{80, 81, 82, 83, 84} {
 				a, b, m := allowed(before, ifindex, policy.Ingress, peer, 6, port), allowed(after, ifindex, policy.Ingress, peer, 6, port),
 					allowed(mid, ifindex, policy.Ingress, peer, 6, port)
 				if a == b && m != a {

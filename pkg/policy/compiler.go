@@ -211,10 +211,10 @@ type Compiler struct {
 
 	// referenced CIDRs, egress named ports and volatile pod label keys
 	// (tested by peer pod selectors), counted per policy
-	cidrRefs   map[netip.Prefix]int
-	namedRefs  map[namedRef]int
-	podKeyRefs map[string]int
-	cidrIDs    map[netip.Prefix]identity.ID
+	cidrRefs     map[netip.Prefix]int
+	namedRefs    map[namedRef]int
+	volatileRefs map[string]int
+	cidrIDs      map[netip.Prefix]identity.ID
 
 	ruleIDs  map[RuleRef]RuleID
 	ruleRefs map[RuleID]RuleRef
@@ -271,34 +271,34 @@ type Changes struct {
 // New returns an empty compiler.
 func New(opts Options) *Compiler {
 	c := &Compiler{
-		opts:        opts,
-		ids:         identity.NewAllocator(),
-		namespaces:  map[string]*nsState{},
-		pods:        map[PodKey]*podState{},
-		policies:    map[PolicyKey]*policyState{},
-		problems:    map[PolicyKey]Problem{},
-		user:        map[PolicyKey]*networkingv1.NetworkPolicy{},
-		synthetic:   map[PolicyKey]*networkingv1.NetworkPolicy{},
-		nsIdents:    map[string]set[identity.ID]{},
-		namedIdents: map[namedRef]*peerSet{},
-		cidrIdents:  set[identity.ID]{},
-		ipOwners:    map[netip.Addr][]PodKey{},
-		hostIPs:     set[netip.Addr]{},
-		cidrRefs:    map[netip.Prefix]int{},
-		namedRefs:   map[namedRef]int{},
-		podKeyRefs:  map[string]int{},
-		cidrIDs:     map[netip.Prefix]identity.ID{},
-		ruleIDs:     map[RuleRef]RuleID{},
-		ruleRefs:    map[RuleID]RuleRef{},
-		nextRule:    1,
-		endpoints:   map[PodKey]*Endpoint{},
-		dirty:       set[PodKey]{},
-		peerDirty:   set[PodKey]{},
-		changedIDs:  set[identity.ID]{},
-		nsPolicies:  map[string]set[PolicyKey]{},
-		peerIndex:   map[ixKey]set[*policyState]{},
-		peerScan:    set[*policyState]{},
-		selections:  map[string]*peerSelection{},
+		opts:         opts,
+		ids:          identity.NewAllocator(),
+		namespaces:   map[string]*nsState{},
+		pods:         map[PodKey]*podState{},
+		policies:     map[PolicyKey]*policyState{},
+		problems:     map[PolicyKey]Problem{},
+		user:         map[PolicyKey]*networkingv1.NetworkPolicy{},
+		synthetic:    map[PolicyKey]*networkingv1.NetworkPolicy{},
+		nsIdents:     map[string]set[identity.ID]{},
+		namedIdents:  map[namedRef]*peerSet{},
+		cidrIdents:   set[identity.ID]{},
+		ipOwners:     map[netip.Addr][]PodKey{},
+		hostIPs:      set[netip.Addr]{},
+		cidrRefs:     map[netip.Prefix]int{},
+		namedRefs:    map[namedRef]int{},
+		volatileRefs: map[string]int{},
+		cidrIDs:      map[netip.Prefix]identity.ID{},
+		ruleIDs:      map[RuleRef]RuleID{},
+		ruleRefs:     map[RuleID]RuleRef{},
+		nextRule:     1,
+		endpoints:    map[PodKey]*Endpoint{},
+		dirty:        set[PodKey]{},
+		peerDirty:    set[PodKey]{},
+		changedIDs:   set[identity.ID]{},
+		nsPolicies:   map[string]set[PolicyKey]{},
+		peerIndex:    map[ixKey]set[*policyState]{},
+		peerScan:     set[*policyState]{},
+		selections:   map[string]*peerSelection{},
 	}
 	c.ids.Reserve(opts.FirstIdentity)
 	c.deferIDs = len(opts.IdentityHints) > 0
@@ -340,7 +340,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 	c.relabel()
 	// The references identities were made with: if setting the policies
 	// below ends with others, they are made again.
-	labelled := [3][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs), refKeys(c.podKeyRefs)}
+	labelled := [3][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs), refKeys(c.volatileRefs)}
 	c.SetHostIPs(s.HostIPs)
 	pods := slices.Clone(s.Pods)
 	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
@@ -349,7 +349,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 	}
 	clear(c.cidrRefs)
 	clear(c.namedRefs)
-	clear(c.podKeyRefs)
+	clear(c.volatileRefs)
 	// Counted again as policies are set; the cluster-default-deny ones
 	// SetNamespace made are kept as they are below, so count them here.
 	for _, ps := range c.policies {
@@ -379,7 +379,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 	}
 	c.batch = false
 	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) ||
-		!slices.Equal(labelled[2], refKeys(c.podKeyRefs)) {
+		!slices.Equal(labelled[2], refKeys(c.volatileRefs)) {
 		c.relabel()
 	}
 	c.needRelabel, c.pending = false, relabelWork{}
@@ -757,7 +757,7 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 	w := &c.pending
 	changed := countRefs(c.cidrRefs, cp.cidrs, delta, &w.cidrs)
 	changed = countRefs(c.namedRefs, cp.named, delta, &w.named) || changed
-	changed = countRefs(c.podKeyRefs, cp.podKeys, delta, &w.keys) || changed
+	changed = countRefs(c.volatileRefs, cp.volatileKeys, delta, &w.keys) || changed
 	if changed {
 		// Relabelling scans every pod: defer it to Sync, so a burst of
 		// policies (an agent's first sync, a kubectl apply of a folder)
@@ -993,7 +993,7 @@ func (c *Compiler) inIdentity(key string) bool {
 	if !volatileLabels[key] {
 		return true
 	}
-	_, ok := c.podKeyRefs[key]
+	_, ok := c.volatileRefs[key]
 	return ok
 }
 

@@ -33,10 +33,10 @@ type compiledPolicy struct {
 	rules  [2][]compiledRule
 	cidrs  []netip.Prefix // every prefix the policy references
 	named  []namedRef     // egress named ports it references
-	// podKeys are the volatile pod label keys its peers' pod selectors
+	// volatileKeys are the volatile pod label keys its peers' pod selectors
 	// test: a volatile label is part of a pod identity only while some
 	// policy tests it.
-	podKeys []string
+	volatileKeys []string
 	// synthetic marks policies zt makes itself (cluster-default-deny).
 	synthetic bool
 }
@@ -180,8 +180,8 @@ func compile(np *networkingv1.NetworkPolicy, ruleID func(RuleRef) RuleID) (*comp
 		return identity.CompareNamedPort(identity.NamedPort{Name: a.name, Protocol: a.proto}, identity.NamedPort{Name: b.name, Protocol: b.proto})
 	})
 	cp.named = slices.Compact(cp.named)
-	slices.Sort(cp.podKeys)
-	cp.podKeys = slices.Compact(cp.podKeys)
+	slices.Sort(cp.volatileKeys)
+	cp.volatileKeys = slices.Compact(cp.volatileKeys)
 	return cp, nil
 }
 
@@ -256,7 +256,7 @@ func (cp *compiledPolicy) compilePeer(path string, p networkingv1.NetworkPolicyP
 		reqs, _ := out.podSel.Requirements()
 		for _, r := range reqs {
 			if volatileLabels[r.Key()] {
-				cp.podKeys = append(cp.podKeys, r.Key())
+				cp.volatileKeys = append(cp.volatileKeys, r.Key())
 			}
 		}
 	}
