@@ -35,8 +35,8 @@ func (r *Report) Markdown(w io.Writer) error {
 		"three pods with network namespaces; the other pods exist in the API only, on other nodes. "+
 		"Each flip is `kubectl apply -f -` of a policy letting client reach the isolated server, then `kubectl delete` of it, "+
 		"then the same create and delete through client-go; "+
-		"the time runs from starting kubectl (or the call) to the start of the first real TCP connection attempt from client's network namespace "+
-		"whose verdict changed (attempts start every 10 ms and overlap; each waits 300 ms, below TCP's 1 s SYN retransmission, so a pass means the first SYN passed; a block counts once 3 attempts in a row failed with none passing after). "+
+		"the time runs from starting kubectl (or the call) to the moment the first real TCP connection attempt from client's network namespace "+
+		"whose verdict changed sent its SYN (attempts start every 10 ms and overlap; an attempt passes when its handshake completes within 300 ms, below TCP's 1 s SYN retransmission, so a pass means the first SYN passed; a block counts once 3 attempts in a row failed with none passing after). "+
 		"*node* is the agent's `zt_policy_propagation_seconds` for the same changes: first watch event of a batch to its map writes done. "+
 		"%d flips per size.\n\n", r.AgentSyncInterval, r.Flips)
 	fmt.Fprintf(&b, "| pods | policies | kubectl apply p50 / p99 | kubectl delete p50 / p99 | client create p50 / p99 | client delete p50 / p99 | node p50 / p99 / max |\n")

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -24,48 +23,50 @@ const (
 	confirmBlocked = 3
 )
 
-// dial connects from the network namespace at nsPath to dst and checks
-// the server's echo.
-func dial(nsPath string, src netip.Addr, dst netip.AddrPort) (bool, error) {
+// dial makes one TCP connection attempt from the network namespace at
+// nsPath to dst. passed says the handshake completed: the SYN was let
+// through, so policy allowed the flow when sent. Only the handshake
+// counts: zt checks a live flow's later packets against the current
+// policy, so a probe whose data went out after the change (a goroutine
+// descheduled between connect and write) would otherwise count as
+// blocked although it started while the flow was allowed. sent is when
+// the attempt began, taken after the goroutine was scheduled and had
+// entered the namespace, which on a busy machine can be many milliseconds
+// after dial was called.
+func dial(nsPath string, src netip.Addr, dst netip.AddrPort) (passed bool, sent time.Time, err error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
-		return false, fmt.Errorf("current netns: %w", err)
+		return false, time.Time{}, fmt.Errorf("current netns: %w", err)
 	}
 	defer orig.Close()
 	target, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		runtime.UnlockOSThread()
-		return false, fmt.Errorf("open netns %s: %w", nsPath, err)
+		return false, time.Time{}, fmt.Errorf("open netns %s: %w", nsPath, err)
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
-		return false, fmt.Errorf("enter netns %s: %w", nsPath, err)
+		return false, time.Time{}, fmt.Errorf("enter netns %s: %w", nsPath, err)
 	}
-	deadline := time.Now().Add(probeTimeout)
-	d := net.Dialer{Deadline: deadline, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+	sent = time.Now()
+	d := net.Dialer{Deadline: sent.Add(probeTimeout), LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 	c, derr := d.Dial("tcp", dst.String())
 	// A thread that cannot go back stays locked and dies with the goroutine.
 	if err := netns.Set(orig); err != nil {
 		if c != nil {
 			c.Close()
 		}
-		return false, fmt.Errorf("return to the original netns: %w", err)
+		return false, sent, fmt.Errorf("return to the original netns: %w", err)
 	}
 	runtime.UnlockOSThread()
 	if derr != nil {
-		return false, nil
+		return false, sent, nil
 	}
-	defer c.Close()
-	_ = c.SetDeadline(deadline)
-	const msg = "zt-bench\n"
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return false, nil
-	}
-	got, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && got == msg, nil
+	c.Close()
+	return true, sent, nil
 }
 
 // probeTrain starts a probe from one lab pod to another every
@@ -127,16 +128,20 @@ func probeTrain(ctx context.Context, nsPath string, src netip.Addr, dst netip.Ad
 			}
 		}
 		i := len(results)
-		results = append(results, result{start: time.Now()})
+		results = append(results, result{})
 		mu.Unlock()
 		if time.Since(since) > timeout {
 			return 0, fmt.Errorf("probes to %s: not %s after %s", dst, map[bool]string{true: "passing", false: "blocked"}[want], timeout)
 		}
 		wg.Go(func() {
-			passed, err := dial(nsPath, src, dst)
+			// A probe's time is when its connection attempt began, not
+			// when it was launched: a goroutine scheduled late on a busy
+			// machine would otherwise date a block from before the change
+			// could have been enforced.
+			passed, sent, err := dial(nsPath, src, dst)
 			mu.Lock()
 			defer mu.Unlock()
-			results[i].done, results[i].passed = true, passed
+			results[i] = result{start: sent, done: true, passed: passed}
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}

@@ -446,7 +446,7 @@ func (bl *benchLab) holeWatch(ctx context.Context) (stop func() int) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			passed, derr := dial(src.Netns, src.Addrs()[0], netip.AddrPortFrom(dst.Addrs()[0], serverPort))
+			passed, _, derr := dial(src.Netns, src.Addrs()[0], netip.AddrPortFrom(dst.Addrs()[0], serverPort))
 			if derr != nil {
 				continue
 			}
