@@ -135,7 +135,7 @@ func compiledView(c *policy.Compiler) compiled {
 			for _, p := range dp.IsolatedBy {
 				dv.IsolatedBy = append(dv.IsolatedBy, p.String())
 			}
-			for _, r := range dp.Rules {
+			for r := range dp.Rules.All() {
 				s := r.String()
 				if ref, ok := c.Rule(r.ID); ok {
 					s += " (" + ref.String() + ")"

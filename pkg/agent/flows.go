@@ -269,7 +269,7 @@ func (a *Agent) flowsRefresh(changes k8swatch.Changes) {
 			for _, k := range dp.IsolatedBy {
 				info.IsolatedBy[d] = append(info.IsolatedBy[d], k.String())
 			}
-			for _, r := range dp.Rules {
+			for r := range dp.Rules.All() {
 				if _, done := t.Rules[uint32(r.ID)]; done || r.ID == 0 {
 					continue
 				}

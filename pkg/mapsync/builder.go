@@ -168,7 +168,7 @@ func (b *Builder) remove(id uint32, e *builtEndpoint, d *Delta) {
 		return
 	}
 	for _, dir := range []policy.Direction{policy.Ingress, policy.Egress} {
-		for _, r := range e.ep.Dir(dir).Rules {
+		for r := range e.ep.Dir(dir).Rules.All() {
 			keys, _ := ruleKeys(id, dir, r) // those that failed were never written
 			for _, k := range keys {
 				delete(b.st.Policy, k)
@@ -223,7 +223,7 @@ func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
 				}
 				d.Policy = append(d.Policy, keys...)
 			}
-			d.Policy, _ = putRules(b.st.Policy, d.Policy, e.b, policy.Direction(dir), r.new)
+			d.Policy, _ = putRules(b.st.Policy, d.Policy, e.b, policy.Direction(dir), slices.Values(r.new))
 		}
 	}
 	e.ep = ep
@@ -237,10 +237,10 @@ func (b *Builder) patch(e *builtEndpoint, ep *policy.Endpoint, d *Delta) bool {
 // peerRuns returns the runs of peers (sorted) whose rules differ between
 // old and new, both sorted by peer first: a binary search each, rather
 // than changedPeers' walk of both lists.
-func peerRuns(old, new []policy.Rule, peers []identity.ID) []peerRun {
+func peerRuns(old, new policy.Rules, peers []identity.ID) []peerRun {
 	var out []peerRun
 	for _, p := range peers {
-		if o, n := policy.PeerRules(old, p), policy.PeerRules(new, p); !slices.Equal(o, n) {
+		if o, n := old.Peer(p), new.Peer(p); !slices.Equal(o, n) {
 			out = append(out, peerRun{o, n})
 		}
 	}
@@ -253,10 +253,11 @@ type peerRun struct{ old, new []policy.Rule }
 // changedPeers returns the runs of the peers whose rules differ between
 // old and new, both sorted by peer first (policy.Endpoint's order); false
 // if one is not.
-func changedPeers(old, new []policy.Rule) ([]peerRun, bool) {
-	if len(old) == len(new) && (len(old) == 0 || &old[0] == &new[0]) {
-		return nil, true // the same list
+func changedPeers(oldRules, newRules policy.Rules) ([]peerRun, bool) {
+	if oldRules.Equal(newRules) { // cheap for lists sharing storage
+		return nil, true
 	}
+	old, new := oldRules.Slice(), newRules.Slice()
 	var out []peerRun
 	run := func(rs []policy.Rule, i int, p identity.ID) (int, bool) {
 		j := i

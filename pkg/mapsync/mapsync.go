@@ -44,6 +44,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -175,7 +176,7 @@ func addEndpoint(s State, ep *policy.Endpoint, b Binding, opts Options) ([]datap
 	var written []datapath.PolicyKey
 	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 		var err error
-		if written, err = putRules(s.Policy, written, b, d, ep.Dir(d).Rules); err != nil {
+		if written, err = putRules(s.Policy, written, b, d, ep.Dir(d).Rules.All()); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -185,9 +186,9 @@ func addEndpoint(s State, ep *policy.Endpoint, b Binding, opts Options) ([]datap
 // putRules puts the policy entries of rules (direction d of the endpoint
 // bound as b) into pol and appends their keys to written. A rule that
 // cannot be expressed is left out, and in the error.
-func putRules(pol map[datapath.PolicyKey]datapath.PolicyVal, written []datapath.PolicyKey, b Binding, d policy.Direction, rules []policy.Rule) ([]datapath.PolicyKey, error) {
+func putRules(pol map[datapath.PolicyKey]datapath.PolicyVal, written []datapath.PolicyKey, b Binding, d policy.Direction, rules iter.Seq[policy.Rule]) ([]datapath.PolicyKey, error) {
 	var errs []error
-	for _, r := range rules {
+	for r := range rules {
 		keys, err := ruleKeys(b.Ifindex, d, r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("endpoint %s rule %v: %w", b.Pod, r, err))

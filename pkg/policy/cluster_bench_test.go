@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"testing"
@@ -260,5 +261,70 @@ func BenchmarkReferenceChange(b *testing.B) {
 				b.ReportMetric(float64(every)/float64(touched), "ratio")
 			})
 		}
+	}
+}
+
+// BenchmarkRelabelSharedRules times a pod relabel + Sync in one node's view
+// of the benchworld cluster, as compilebench does, for two compilers of the
+// same world alternating in one run: one whose endpoints' rule lists are
+// cut into chunks that patches share (policy.Rules), and a baseline whose
+// lists are one chunk each, so that every patch copies its endpoint's
+// whole list (what a flat slice did). It reports the bytes each relabel
+// allocates, their p50/p99 times, and the ratios. The times of the two
+// are not independent: both compilers' garbage is collected by the same
+// runtime, so each pays for GC cycles the other's allocations caused
+// (compilebench runs one compiler per process).
+// ZT_BENCH_SIZES=100000x10000 adds larger worlds (default 10000x10000).
+func BenchmarkRelabelSharedRules(b *testing.B) {
+	sizes := [][2]int{{10_000, 10_000}}
+	if os.Getenv("ZT_BENCH_SIZES") == "100000x10000" {
+		sizes = append(sizes, [2]int{100_000, 10_000})
+	}
+	for _, size := range sizes {
+		w := benchworld.Generate(size[0], size[1])
+		p := w.Pods[0]
+		opts := policy.Options{NodeName: p.NodeName}
+		shared := policy.Build(w, opts)
+		def := policy.SetRuleChunk(1 << 30)
+		whole := policy.Build(w, opts)
+		policy.SetRuleChunk(def)
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", size[0], size[1]), func(b *testing.B) {
+			var times [2][]time.Duration
+			var bytes [2]uint64
+			sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+			allocated := func() uint64 {
+				metrics.Read(sample)
+				return sample[0].Value.Uint64()
+			}
+			i := 0
+			for b.Loop() {
+				for j := range 2 {
+					c, k := shared, (i+j)%2
+					if k == 1 {
+						c = whole
+						policy.SetRuleChunk(1 << 30)
+					}
+					a0, t0 := allocated(), time.Now()
+					c.SetPod(benchworld.Relabel(p, i))
+					c.Sync()
+					times[k] = append(times[k], time.Since(t0))
+					bytes[k] += allocated() - a0
+					policy.SetRuleChunk(def)
+				}
+				i++
+			}
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+			b.ReportMetric(0, "ns/op")
+			kib := func(n uint64) float64 { return float64(n) / 1024 / float64(len(times[0])) }
+			b.ReportMetric(kib(bytes[0]), "shared-KiB/relabel")
+			b.ReportMetric(kib(bytes[1]), "whole-KiB/relabel")
+			b.ReportMetric(float64(bytes[1])/float64(bytes[0]), "bytes-ratio")
+			b.ReportMetric(ms(pctl(times[0], 50)), "shared-p50-ms")
+			b.ReportMetric(ms(pctl(times[0], 99)), "shared-p99-ms")
+			b.ReportMetric(ms(pctl(times[1], 50)), "whole-p50-ms")
+			b.ReportMetric(ms(pctl(times[1], 99)), "whole-p99-ms")
+			b.ReportMetric(float64(pctl(times[1], 50))/float64(pctl(times[0], 50)), "p50-ratio")
+			b.ReportMetric(float64(pctl(times[1], 99))/float64(pctl(times[0], 99)), "p99-ratio")
+		})
 	}
 }

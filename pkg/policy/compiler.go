@@ -1406,7 +1406,7 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base 
 		ep.Ingress, ep.Egress = m.dirs[Ingress], m.dirs[Egress]
 		// Patched from rules the same as this endpoint's: the same
 		// peers' rules were recomputed.
-		if m.patched && base != nil && sameRules(base.Ingress.Rules, m.base[Ingress]) && sameRules(base.Egress.Rules, m.base[Egress]) {
+		if m.patched && base != nil && base.Ingress.Rules.same(m.base[Ingress]) && base.Egress.Rules.same(m.base[Egress]) {
 			ep.from, ep.changed = base.seq, changed
 		}
 		return ep
@@ -1417,12 +1417,15 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base 
 	defer func() {
 		m := &memoEntry{dirs: [2]DirectionPolicy{ep.Ingress, ep.Egress}, patched: base != nil}
 		if base != nil {
-			m.base = [2][]Rule{base.Ingress.Rules, base.Egress.Rules}
+			m.base = [2]Rules{base.Ingress.Rules, base.Egress.Rules}
 		}
 		memo[key.String()] = m
 	}()
+	// The rules of each direction as computed, before sorting: all of
+	// them, or with base those of the changed peers.
+	var buf [2][]Rule
 	if base == nil {
-		c.reserveRules(ep, selectedBy)
+		buf = c.reserveRules(selectedBy)
 	}
 	for _, pk := range selectedBy {
 		ps := c.policies[pk]
@@ -1435,7 +1438,7 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base 
 			dp.IsolatedBy = append(dp.IsolatedBy, pk)
 			if base != nil {
 				if c.peersChanged(ps) {
-					dp.Rules = c.appendChangedRules(dp.Rules, &st.pod, ps, d, changed)
+					buf[d] = c.appendChangedRules(buf[d], &st.pod, ps, d, changed)
 				}
 				continue
 			}
@@ -1444,18 +1447,20 @@ func (c *Compiler) buildEndpoint(st *podState, memo map[string]*memoEntry, base 
 				if !ps.cp.rules[d][i].allPeers {
 					peers = ps.peerList(d, i)
 				}
-				dp.Rules = c.appendRules(dp.Rules, &st.pod, Direction(d), &ps.cp.rules[d][i], peers)
+				buf[d] = c.appendRules(buf[d], &st.pod, Direction(d), &ps.cp.rules[d][i], peers)
 			}
 		}
 	}
 	for d := range 2 {
-		dp := ep.Dir(Direction(d))
-		slices.SortFunc(dp.Rules, compareRule)
-		dp.Rules = slices.CompactFunc(dp.Rules, func(a, b Rule) bool {
+		rules := buf[d]
+		slices.SortFunc(rules, compareRule)
+		rules = slices.CompactFunc(rules, func(a, b Rule) bool {
 			return a.Peer == b.Peer && a.Protocol == b.Protocol && a.Port == b.Port && a.EndPort == b.EndPort
 		})
 		if base != nil {
-			dp.Rules = patchRules(base.Dir(Direction(d)).Rules, dp.Rules, changed)
+			ep.Dir(Direction(d)).Rules = base.Dir(Direction(d)).Rules.patch(rules, changed)
+		} else {
+			ep.Dir(Direction(d)).Rules = MakeRules(rules)
 		}
 	}
 	return ep
@@ -1471,19 +1476,14 @@ var endpointSeq atomic.Uint64
 type memoEntry struct {
 	dirs    [2]DirectionPolicy
 	patched bool
-	base    [2][]Rule
+	base    [2]Rules
 }
 
-// sameRules reports whether a and b are the same slice (not only equal).
-func sameRules(a, b []Rule) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
-// reserveRules gives ep's rule lists room for every allow its policies
-// expand to before compaction (egress named ports counted as if every peer
-// resolved them): growing them by appending copies each list about twice
-// and leaves up to half of it unused.
-func (c *Compiler) reserveRules(ep *Endpoint, selectedBy []PolicyKey) {
+// reserveRules returns rule lists with room for every allow the policies
+// selectedBy expand to before compaction (egress named ports counted as if
+// every peer resolved them), per direction: growing them by appending
+// copies each list about twice and leaves up to half of it unused.
+func (c *Compiler) reserveRules(selectedBy []PolicyKey) (buf [2][]Rule) {
 	var n [2]int
 	for _, pk := range selectedBy {
 		ps := c.policies[pk]
@@ -1503,9 +1503,10 @@ func (c *Compiler) reserveRules(ep *Endpoint, selectedBy []PolicyKey) {
 	}
 	for d := range 2 {
 		if n[d] > 0 {
-			ep.Dir(Direction(d)).Rules = make([]Rule, 0, n[d])
+			buf[d] = make([]Rule, 0, n[d])
 		}
 	}
+	return buf
 }
 
 // peersChanged reports whether any peer set of ps may have changed since
@@ -1686,14 +1687,7 @@ func endpointEqual(a, b *Endpoint) bool {
 }
 
 func dirEqual(a, b *DirectionPolicy) bool {
-	return a.Isolated == b.Isolated && slices.Equal(a.IsolatedBy, b.IsolatedBy) && rulesEqual(a.Rules, b.Rules)
-}
-
-// rulesEqual is slices.Equal, without the walk when both are the same
-// slice: a patched endpoint keeps its unchanged direction's rules (see
-// patchRules), thousands of them at scale.
-func rulesEqual(a, b []Rule) bool {
-	return sameRules(a, b) || slices.Equal(a, b)
+	return a.Isolated == b.Isolated && slices.Equal(a.IsolatedBy, b.IsolatedBy) && a.Rules.Equal(b.Rules)
 }
 
 // Endpoints returns the compiled endpoints, sorted by pod. Call Sync first.

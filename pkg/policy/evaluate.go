@@ -98,7 +98,7 @@ func (c *Compiler) endpointFor(pk PodKey, ok bool) (*Endpoint, bool) {
 func (c *Compiler) decide(ep *Endpoint, d Direction, peer identity.ID, proto Protocol, port uint16) *DirVerdict {
 	dp := ep.Dir(d)
 	dv := &DirVerdict{Endpoint: ep.Pod, Isolated: dp.Isolated, IsolatedBy: dp.IsolatedBy, Allowed: !dp.Isolated}
-	for _, r := range dp.Rules {
+	for r := range dp.Rules.All() {
 		if r.Matches(peer, proto, port) {
 			dv.Allowed = true
 			if ref, ok := c.ruleRefs[r.ID]; ok {

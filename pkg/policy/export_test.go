@@ -41,3 +41,11 @@ func (c *Compiler) SelectionUsers(pk PolicyKey, d Direction, i int) (int, []iden
 // as any change of what policies reference once did (the baseline of
 // BenchmarkReferenceChange).
 func (c *Compiler) RelabelEveryPod() { c.pending.all, c.needRelabel = true, true }
+
+// SetRuleChunk sets the size Rules cuts lists into and returns the old
+// one. A size of at least every list's length holds each list in one
+// chunk, which a patch copies whole.
+func SetRuleChunk(n int) (old int) {
+	old, ruleChunk = ruleChunk, n
+	return old
+}

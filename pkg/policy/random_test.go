@@ -270,7 +270,7 @@ func checkInvariants(t *testing.T, c *Compiler) {
 			if dp.Isolated != (len(dp.IsolatedBy) > 0) {
 				t.Errorf("%s %s: isolated=%v but isolatedBy=%v", ep.Pod, Direction(d), dp.Isolated, dp.IsolatedBy)
 			}
-			for _, r := range dp.Rules {
+			for r := range dp.Rules.All() {
 				ref, ok := c.Rule(r.ID)
 				if !ok {
 					t.Errorf("%s %s: rule %s has no RuleRef", ep.Pod, Direction(d), r)
@@ -371,7 +371,11 @@ func TestRandomWorldsAgainstReference(t *testing.T) {
 	seed := testSeed(t)
 	g := newGen(seed)
 	n := worldCount(400)
+	chunks := rand.New(rand.NewPCG(seed, 99))
 	for i := range n {
+		// Half the worlds cut rule lists into chunks of a few rules, so
+		// that endpoints hold many (Rules).
+		setRuleChunk(t, []int{256, 1 + chunks.IntN(4)}[i%2])
 		w := g.world()
 		switch g.r.IntN(8) {
 		case 0:

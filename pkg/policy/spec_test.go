@@ -919,7 +919,7 @@ spec:
 		t.Errorf("rule refs after update: %v", after)
 	}
 	ep, _ := c.Endpoint(PodKey{"x", "a"})
-	for _, r := range ep.Ingress.Rules {
+	for r := range ep.Ingress.Rules.All() {
 		if ref, ok := c.Rule(r.ID); !ok || ref.Policy != (PolicyKey{"x", "p"}) {
 			t.Errorf("rule %s -> %v %v", r, ref, ok)
 		}

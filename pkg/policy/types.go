@@ -132,13 +132,6 @@ func (r Rule) String() string {
 	return s + fmt.Sprintf(" rule=%d", r.ID)
 }
 
-// PeerRules returns the rules of peer p among rules sorted as an
-// Endpoint's are (by peer first): one binary search.
-func PeerRules(rules []Rule, p identity.ID) []Rule {
-	lo, hi := peerRange(rules, p)
-	return rules[lo:hi]
-}
-
 // peerRange is where the rules of peer p are in rules (sorted by peer
 // first): rules[lo:hi].
 func peerRange(rules []Rule, p identity.ID) (lo, hi int) {
@@ -183,7 +176,7 @@ type DirectionPolicy struct {
 	IsolatedBy []PolicyKey
 	// Rules are the allows, sorted by (Peer, Protocol, Port, EndPort, ID),
 	// without duplicates of the same (Peer, Protocol, Port, EndPort).
-	Rules []Rule
+	Rules Rules
 }
 
 // Endpoint is the compiled policy of one pod. It is immutable: the compiler

@@ -868,7 +868,7 @@ func (r *worldRun) expect(b *boundEP, dir datapath.Dir, dv *policy.DirVerdict, p
 		e.slot = slotKey{dir, datapath.VerdictAllow, datapath.ReasonHost}
 	case dv.Allowed:
 		e.slot = slotKey{dir, datapath.VerdictAllow, datapath.ReasonAllowed}
-		for _, rule := range b.ep.Dir(policy.Direction(dir)).Rules {
+		for rule := range b.ep.Dir(policy.Direction(dir)).Rules.All() {
 			if rule.Matches(peer, proto, port) {
 				e.rules = append(e.rules, uint32(rule.ID))
 			}
@@ -964,7 +964,7 @@ func (r *worldRun) context(b *boundEP, dir datapath.Dir, pkt pkttest.Packet) str
 	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 		dp := b.ep.Dir(d)
 		fmt.Fprintf(&sb, "    %s isolated=%v by=%v\n", d, dp.Isolated, dp.IsolatedBy)
-		for _, rule := range dp.Rules {
+		for rule := range dp.Rules.All() {
 			ref, _ := c.Rule(rule.ID)
 			fmt.Fprintf(&sb, "      %s  (%s)\n", rule, ref)
 		}
