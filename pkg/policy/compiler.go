@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/google/btree"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
@@ -203,11 +204,17 @@ type Compiler struct {
 	synthetic map[PolicyKey]*networkingv1.NetworkPolicy
 
 	// indexes
-	nsIdents    map[string]set[identity.ID] // pod identities per namespace
-	namedIdents map[namedRef]*peerSet       // identities resolving a referenced name
-	cidrIdents  set[identity.ID]            // identities carrying some CIDR
-	ipOwners    map[netip.Addr][]PodKey     // pods claiming an address, sorted
+	nsIdents    map[string]set[identity.ID]       // pod identities per namespace
+	namedIdents map[namedRef]*peerSet             // identities resolving a referenced name
+	cidrIdents  map[netip.Prefix]set[identity.ID] // identities by CIDR label carried
+	ipOwners    map[netip.Addr][]PodKey           // pods claiming an address, sorted
 	hostIPs     set[netip.Addr]
+	// The pods a reference that comes or goes may relabel (touched): by
+	// volatile label key carried, by named port declared, and ipOwners'
+	// addresses in order, for the pods with an address in a prefix.
+	volatilePods map[string]set[PodKey]
+	namedPods    map[namedRef]set[PodKey]
+	addrs        *btree.BTreeG[netip.Addr]
 
 	// referenced CIDRs, egress named ports and volatile pod label keys
 	// (tested by peer pod selectors), counted per policy
@@ -281,8 +288,11 @@ func New(opts Options) *Compiler {
 		synthetic:    map[PolicyKey]*networkingv1.NetworkPolicy{},
 		nsIdents:     map[string]set[identity.ID]{},
 		namedIdents:  map[namedRef]*peerSet{},
-		cidrIdents:   set[identity.ID]{},
+		cidrIdents:   map[netip.Prefix]set[identity.ID]{},
 		ipOwners:     map[netip.Addr][]PodKey{},
+		volatilePods: map[string]set[PodKey]{},
+		namedPods:    map[namedRef]set[PodKey]{},
+		addrs:        btree.NewG(32, netip.Addr.Less),
 		hostIPs:      set[netip.Addr]{},
 		cidrRefs:     map[netip.Prefix]int{},
 		namedRefs:    map[namedRef]int{},
@@ -524,19 +534,18 @@ func (c *Compiler) SetPod(p Pod) {
 	}
 	if !slices.Equal(old.IPs, p.IPs) {
 		for _, ip := range old.IPs {
-			c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(k PodKey) bool { return k == key })
-			if len(c.ipOwners[ip]) == 0 {
-				delete(c.ipOwners, ip)
-			}
+			c.delOwner(ip, key)
 		}
 		if !p.HostNetwork {
 			for _, ip := range p.IPs {
 				owners := append(c.ipOwners[ip], key)
 				slices.SortFunc(owners, comparePodKey)
 				c.ipOwners[ip] = slices.Compact(owners)
+				c.addrs.ReplaceOrInsert(ip)
 			}
 		}
 	}
+	c.indexPod(key, &old, &p)
 	c.updateIdentities(st)
 	for _, ip := range old.IPs {
 		c.refreshAddr(ip)
@@ -562,11 +571,9 @@ func (c *Compiler) DeletePod(key PodKey) {
 	}
 	st.ids = nil
 	delete(c.pods, key)
+	c.indexPod(key, &st.pod, &Pod{})
 	for _, ip := range st.pod.IPs {
-		c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(k PodKey) bool { return k == key })
-		if len(c.ipOwners[ip]) == 0 {
-			delete(c.ipOwners, ip)
-		}
+		c.delOwner(ip, key)
 		c.refreshAddr(ip)
 	}
 	if ns := c.namespaces[key.Namespace]; ns != nil {
@@ -576,6 +583,48 @@ func (c *Compiler) DeletePod(key PodKey) {
 		}
 	}
 	c.markPod(key)
+}
+
+// delOwner removes pod key from the owners of ip.
+func (c *Compiler) delOwner(ip netip.Addr, key PodKey) {
+	owners, ok := c.ipOwners[ip]
+	if !ok {
+		return
+	}
+	if owners = slices.DeleteFunc(owners, func(k PodKey) bool { return k == key }); len(owners) > 0 {
+		c.ipOwners[ip] = owners
+		return
+	}
+	delete(c.ipOwners, ip)
+	c.addrs.Delete(ip)
+}
+
+// indexPod moves pod key in volatilePods and namedPods from what old
+// carries and declares to what p does (the zero Pod: nothing).
+func (c *Compiler) indexPod(key PodKey, old, p *Pod) {
+	for k := range old.Labels {
+		if _, still := p.Labels[k]; volatileLabels[k] && !still {
+			delFrom(c.volatilePods, k, key)
+		}
+	}
+	for k := range p.Labels {
+		if volatileLabels[k] {
+			addTo(c.volatilePods, k, key)
+		}
+	}
+	if slices.Equal(old.Ports, p.Ports) {
+		return
+	}
+	for _, cp := range old.Ports {
+		if cp.Name != "" {
+			delFrom(c.namedPods, namedRef{cp.Name, cp.Protocol}, key)
+		}
+	}
+	for _, cp := range p.Ports {
+		if cp.Name != "" {
+			addTo(c.namedPods, namedRef{cp.Name, cp.Protocol}, key)
+		}
+	}
 }
 
 // SetPolicy adds or updates a NetworkPolicy. An invalid policy is reported
@@ -776,28 +825,35 @@ type relabelWork struct {
 	keys  set[string]
 }
 
-// touches reports whether the identities of pod p may differ for the
-// references in w: it carries a label key, has an address in a prefix, or
-// declares a named port that came or went.
-func (w *relabelWork) touches(p *Pod) bool {
+// touched returns the pods whose identities may differ for the references
+// in w, sorted: those that carry a label key, have an address in a prefix,
+// or declare a named port that came or went. Indexes find them, not a scan
+// of every pod: a policy with a new ipBlock costs the pods in it.
+func (c *Compiler) touched(w *relabelWork) []PodKey {
+	seen := set[PodKey]{}
 	for k := range w.keys {
-		if _, ok := p.Labels[k]; ok {
-			return true
+		for pk := range c.volatilePods[k] {
+			seen.add(pk)
+		}
+	}
+	for ref := range w.named {
+		for pk := range c.namedPods[ref] {
+			seen.add(pk)
 		}
 	}
 	for pfx := range w.cidrs {
-		for _, ip := range p.IPs {
-			if pfx.Contains(ip) {
-				return true
+		pfx = pfx.Masked()
+		c.addrs.AscendGreaterOrEqual(pfx.Addr(), func(a netip.Addr) bool {
+			if !pfx.Contains(a) {
+				return false // addresses in a prefix are consecutive in order
 			}
-		}
-	}
-	for _, cport := range p.Ports {
-		if cport.Name != "" && w.named.has(namedRef{cport.Name, cport.Protocol}) {
+			for _, pk := range c.ipOwners[a] {
+				seen.add(pk)
+			}
 			return true
-		}
+		})
 	}
-	return false
+	return sortedKeys(seen, comparePodKey)
 }
 
 // countRefs adds delta to the count of each of keys (distinct) in refs,
@@ -892,12 +948,11 @@ func (c *Compiler) relabelPods(w relabelWork) {
 	// label set (a policy testing a new label key, or a new ipBlock,
 	// relabels the pods carrying it, not the cluster).
 	var todo []PodKey
-	for pk, st := range c.pods {
-		if w.all || w.touches(&st.pod) {
-			todo = append(todo, pk)
-		}
+	if w.all {
+		todo = sortedKeys(c.pods, comparePodKey)
+	} else {
+		todo = c.touched(&w)
 	}
-	slices.SortFunc(todo, comparePodKey)
 	for _, pk := range todo {
 		c.updateIdentities(c.pods[pk])
 	}
@@ -1064,8 +1119,8 @@ func (c *Compiler) acquireIdentity(l identity.Labels, at netip.Prefix) *identity
 	if !created {
 		return ident
 	}
-	if len(l.CIDRs) > 0 {
-		c.cidrIdents.add(ident.ID)
+	for _, p := range l.CIDRs {
+		addTo(c.cidrIdents, p, ident.ID)
 	}
 	if l.Kind == identity.KindPod {
 		addTo(c.nsIdents, l.Namespace, ident.ID)
@@ -1093,7 +1148,9 @@ func (c *Compiler) releaseIdentity(id identity.ID) {
 		return
 	}
 	l := ident.Labels
-	c.cidrIdents.del(id)
+	for _, p := range l.CIDRs {
+		delFrom(c.cidrIdents, p, id)
+	}
 	if l.Kind == identity.KindPod {
 		delFrom(c.nsIdents, l.Namespace, id)
 		for _, np := range l.NamedPorts {
@@ -1216,17 +1273,20 @@ func (c *Compiler) hostInBlock(p *compiledPeer) bool {
 
 // candidateIdentities returns the live identities some peer of rules (of a
 // policy of namespace polNS) could match, in no order: pod identities of the
-// namespaces its peers can select, and CIDR-carrying identities for ipBlock
-// peers.
+// namespaces its peers can select, and for ipBlock peers the identities
+// carrying their CIDR (a pod identity carries each referenced prefix holding
+// its address, a CIDR identity each holding its prefix).
 func (c *Compiler) candidateIdentities(polNS string, rules []*compiledRule) []identity.ID {
 	out := set[identity.ID]{}
 	allNS, ownNS, ipb := false, false, false
 	var nsSels []labels.Selector
+	var blocks []netip.Prefix
 	for _, r := range rules {
 		for _, p := range r.peers {
 			switch {
 			case p.ipBlock:
 				ipb = true
+				blocks = append(blocks, p.cidr)
 			case p.nsSel == nil:
 				ownNS = true
 			case p.nsSel.Empty():
@@ -1237,8 +1297,10 @@ func (c *Compiler) candidateIdentities(polNS string, rules []*compiledRule) []id
 		}
 	}
 	if ipb {
-		for id := range c.cidrIdents {
-			out.add(id)
+		for _, p := range blocks {
+			for id := range c.cidrIdents[p] {
+				out.add(id)
+			}
 		}
 		out.add(identity.Host)
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -18,6 +19,47 @@ import (
 func checkIncrementalState(t *testing.T, c *Compiler) {
 	t.Helper()
 	live := c.ids.All()
+	// The indexes of what a reference may relabel, from scratch.
+	volatile, named := map[string]set[PodKey]{}, map[namedRef]set[PodKey]{}
+	for pk, st := range c.pods {
+		for k := range st.pod.Labels {
+			if volatileLabels[k] {
+				if volatile[k] == nil {
+					volatile[k] = set[PodKey]{}
+				}
+				volatile[k].add(pk)
+			}
+		}
+		for _, cp := range st.pod.Ports {
+			if cp.Name != "" {
+				ref := namedRef{cp.Name, cp.Protocol}
+				if named[ref] == nil {
+					named[ref] = set[PodKey]{}
+				}
+				named[ref].add(pk)
+			}
+		}
+	}
+	if !maps.EqualFunc(volatile, c.volatilePods, maps.Equal) {
+		t.Errorf("pods by volatile label key %v, from scratch %v", c.volatilePods, volatile)
+	}
+	if !maps.EqualFunc(named, c.namedPods, maps.Equal) {
+		t.Errorf("pods by named port %v, from scratch %v", c.namedPods, named)
+	}
+	byCIDR := map[netip.Prefix]set[identity.ID]{}
+	for _, ident := range live {
+		for _, p := range ident.Labels.CIDRs {
+			addTo(byCIDR, p, ident.ID)
+		}
+	}
+	if !maps.EqualFunc(byCIDR, c.cidrIdents, maps.Equal) {
+		t.Errorf("identities by CIDR %v, from scratch %v", c.cidrIdents, byCIDR)
+	}
+	var addrs []netip.Addr
+	c.addrs.Ascend(func(a netip.Addr) bool { addrs = append(addrs, a); return true })
+	if want := slices.SortedFunc(maps.Keys(c.ipOwners), netip.Addr.Compare); !slices.Equal(addrs, want) {
+		t.Errorf("ordered addresses %v, owned ones %v", addrs, want)
+	}
 	// Selections: each counts the rules using it, and none is kept unused.
 	uses := map[*peerSelection]int{}
 	defer func() {
