@@ -145,6 +145,26 @@ func Relabel(p policy.Pod, i int) policy.Pod {
 	return p
 }
 
+// ReferencePolicyName is the name of the policy ReferencePolicy makes.
+const ReferencePolicyName = "bench-reference"
+
+// ReferencePolicy is a policy of p's namespace whose one peer is an
+// ipBlock no other policy references, holding the addresses of 128 pods
+// (those numbered 384 to 511): adding or deleting it makes or drops a
+// CIDR and relabels those pods (the identities carry the prefixes holding
+// their address).
+func ReferencePolicy(p policy.Pod) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: ReferencePolicyName},
+		Spec: networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{
+				IPBlock: &networkingv1.IPBlock{CIDR: "10.0.1.128/25"},
+			}}}},
+		},
+	}
+}
+
 // UpdatePolicyName is the name of the policy UpdatePolicy makes.
 const UpdatePolicyName = "bench-update"
 

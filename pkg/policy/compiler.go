@@ -219,6 +219,10 @@ type Compiler struct {
 	// referenced CIDRs, egress named ports and volatile pod label keys
 	// (tested by peer pod selectors), counted per policy
 	cidrRefs     map[netip.Prefix]int
+	// cidrLens are the lengths of the referenced prefixes, IPv4's then
+	// IPv6's, sorted (containing); recomputed when cidrLensOK is false.
+	cidrLens   [2][]int
+	cidrLensOK bool
 	namedRefs    map[namedRef]int
 	volatileRefs map[string]int
 	cidrIDs      map[netip.Prefix]identity.ID
@@ -358,6 +362,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 		c.SetPod(p)
 	}
 	clear(c.cidrRefs)
+	c.cidrLensOK = false
 	clear(c.namedRefs)
 	clear(c.volatileRefs)
 	// Counted again as policies are set; the cluster-default-deny ones
@@ -805,6 +810,9 @@ func (c *Compiler) Rule(id RuleID) (RuleRef, bool) {
 func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 	w := &c.pending
 	changed := countRefs(c.cidrRefs, cp.cidrs, delta, &w.cidrs)
+	if changed {
+		c.cidrLensOK = false
+	}
 	changed = countRefs(c.namedRefs, cp.named, delta, &w.named) || changed
 	changed = countRefs(c.volatileRefs, cp.volatileKeys, delta, &w.keys) || changed
 	if changed {
@@ -974,14 +982,42 @@ func (c *Compiler) ownPrefix(st *podState, ip netip.Addr) netip.Prefix {
 // containing returns the referenced prefixes that contain the prefix
 // addr/bits, sorted.
 func (c *Compiler) containing(addr netip.Addr, bits int) []netip.Prefix {
+	if !c.cidrLensOK {
+		// The few lengths referenced, so that finding the prefixes
+		// holding an address is a lookup per length, not a pass over
+		// every referenced prefix (thousands, for every pod relabelled).
+		c.cidrLens = [2][]int{}
+		seen := [2]set[int]{{}, {}}
+		for p := range c.cidrRefs {
+			f := addrFamily(p.Addr())
+			if !seen[f].has(p.Bits()) {
+				seen[f].add(p.Bits())
+				c.cidrLens[f] = append(c.cidrLens[f], p.Bits())
+			}
+		}
+		slices.Sort(c.cidrLens[0])
+		slices.Sort(c.cidrLens[1])
+		c.cidrLensOK = true
+	}
 	var out []netip.Prefix
-	for p := range c.cidrRefs {
-		if p.Bits() <= bits && p.Contains(addr) {
+	for _, l := range c.cidrLens[addrFamily(addr)] {
+		if l > bits {
+			break
+		}
+		if p := netip.PrefixFrom(addr, l).Masked(); c.cidrRefs[p] > 0 {
 			out = append(out, p)
 		}
 	}
 	slices.SortFunc(out, identity.ComparePrefix)
 	return out
+}
+
+// addrFamily indexes IPv4 (0) and IPv6 (1).
+func addrFamily(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
 }
 
 // podLabels is the identity label set of pod address ip.

@@ -77,7 +77,11 @@ func runCompile(ctx context.Context, bin string, c compileCase, updates int) (Co
 	for _, ns := range r.PolicyNs {
 		row.PolicyMs = append(row.PolicyMs, float64(ns)/1e6)
 	}
+	for _, ns := range r.ReferenceNs {
+		row.ReferenceMs = append(row.ReferenceMs, float64(ns)/1e6)
+	}
 	row.Relabel = summarize(row.RelabelMs)
 	row.Policy = summarize(row.PolicyMs)
+	row.Reference = summarize(row.ReferenceMs)
 	return row, nil
 }

@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -129,11 +128,15 @@ type CompileRow struct {
 	// TimedOut: the child was stopped after compileTimeout; no figures.
 	TimedOut bool `json:"timed_out"`
 	// Relabel: one pod's labels change + Sync; Policy: one policy added
-	// or deleted + Sync (ms per update).
-	RelabelMs []float64 `json:"relabel_ms"`
-	PolicyMs  []float64 `json:"policy_ms"`
-	Relabel   Stats     `json:"relabel"`
-	Policy    Stats     `json:"policy"`
+	// or deleted + Sync; Reference: the same with a policy whose ipBlock
+	// no other references, which relabels the 128 pods in it (ms per
+	// update).
+	RelabelMs   []float64 `json:"relabel_ms"`
+	PolicyMs    []float64 `json:"policy_ms"`
+	ReferenceMs []float64 `json:"reference_ms"`
+	Relabel     Stats     `json:"relabel"`
+	Policy      Stats     `json:"policy"`
+	Reference   Stats     `json:"reference"`
 }
 
 // Target is one goal of issue #7 and whether this run met it.
@@ -280,8 +283,8 @@ func run(ctx context.Context, cfg Config, p plan) (rep *Report, err error) {
 		} else if err != nil {
 			return nil, err
 		} else {
-			logf("compile %d pods, %d policies, %s view: full %.0f ms, peak RSS %d KiB; relabel p99 %.2f ms, policy p99 %.2f ms",
-				c.pods, c.policies, c.view, row.FullMs, row.MaxRSSKiB, row.Relabel.P99, row.Policy.P99)
+			logf("compile %d pods, %d policies, %s view: full %.0f ms, peak RSS %d KiB; relabel p99 %.2f ms, policy p99 %.2f ms, new ipBlock p99 %.2f ms",
+				c.pods, c.policies, c.view, row.FullMs, row.MaxRSSKiB, row.Relabel.P99, row.Policy.P99, row.Reference.P99)
 		}
 		rep.Compile = append(rep.Compile, row)
 	}
@@ -462,13 +465,13 @@ func targets(r *Report) []Target {
 	}
 	ts = append(ts, t)
 	t = Target{Name: "full compile, 10,000 pods + 1,000 policies, one core (agent's node view)", Want: "< 1 s"}
-	t2 := Target{Name: "incremental update (pod relabel or policy add/delete + Sync), p99 at 10,000 pods", Want: "< 10 ms"}
+	t2 := Target{Name: "incremental update (pod relabel, or policy add/delete + Sync, one with a new ipBlock too), p99 at 10,000 pods", Want: "< 10 ms"}
 	for _, c := range r.Compile {
 		if c.Pods == 10000 && c.Policies == 1000 && c.View == "node" {
 			t.Measured, t.Got, t.Pass = true, fmt.Sprintf("%.0f ms", c.FullMs), c.FullMs < 1000
-			worst := math.Max(c.Relabel.P99, c.Policy.P99)
+			worst := max(c.Relabel.P99, c.Policy.P99, c.Reference.P99)
 			t2.Measured = true
-			t2.Got = fmt.Sprintf("relabel %.2f ms, policy %.2f ms", c.Relabel.P99, c.Policy.P99)
+			t2.Got = fmt.Sprintf("relabel %.2f ms, policy %.2f ms, new ipBlock %.2f ms", c.Relabel.P99, c.Policy.P99, c.Reference.P99)
 			t2.Pass = worst < 10
 		}
 	}

@@ -98,7 +98,8 @@ func TestTiny(t *testing.T) {
 			continue
 		}
 		if c.FullMs <= 0 || c.MaxRSSKiB <= 0 || c.Endpoints == 0 || c.Identities == 0 || c.Problems != 0 ||
-			c.Relabel.N != p.updates || c.Policy.N != p.updates || c.Relabel.P99 < c.Relabel.P50 {
+			c.Relabel.N != p.updates || c.Policy.N != p.updates || c.Reference.N != p.updates ||
+			c.Relabel.P99 < c.Relabel.P50 || c.Reference.P99 < c.Reference.P50 {
 			t.Errorf("compile row %+v", c)
 		}
 	}

@@ -83,17 +83,18 @@ func (r *Report) Markdown(w io.Writer) error {
 		"compiled by `policy.Build` in a child process with GOMAXPROCS=1. *node* view: one node's pods are endpoints "+
 		"(what zt-agent compiles); *cluster*: every pod is (`ztctl compile`). Peak RSS is the child's (rusage: input, "+
 		"compiler, runtime); heap is what the built compiler holds. Updates: a pod relabel, or a policy added or "+
-		"deleted, each followed by Sync.\n\n")
-	fmt.Fprintf(&b, "| pods | policies | view | identities | full compile | peak RSS | compiler heap | relabel p50 | relabel p99 | policy p50 | policy p99 |\n")
-	fmt.Fprintf(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		"deleted, each followed by Sync; *new ipBlock*: a policy whose ipBlock no other policy references, holding 128 pods' "+
+		"addresses, added or deleted (a CIDR identity made or dropped and those pods relabelled).\n\n")
+	fmt.Fprintf(&b, "| pods | policies | view | identities | full compile | peak RSS | compiler heap | relabel p50 | relabel p99 | policy p50 | policy p99 | new ipBlock p50 | new ipBlock p99 |\n")
+	fmt.Fprintf(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range r.Compile {
 		if c.TimedOut {
-			fmt.Fprintf(&b, "| %d | %d | %s | - | not done in %s | - | - | - | - | - | - |\n", c.Pods, c.Policies, c.View, compileTimeout)
+			fmt.Fprintf(&b, "| %d | %d | %s | - | not done in %s | - | - | - | - | - | - | - | - |\n", c.Pods, c.Policies, c.View, compileTimeout)
 			continue
 		}
-		fmt.Fprintf(&b, "| %d | %d | %s | %d | %.0f ms | %.0f MiB | %.0f MiB | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
+		fmt.Fprintf(&b, "| %d | %d | %s | %d | %.0f ms | %.0f MiB | %.0f MiB | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %.2f ms |\n",
 			c.Pods, c.Policies, c.View, c.Identities, c.FullMs, float64(c.MaxRSSKiB)/1024, float64(c.CompilerHeapBytes)/(1<<20),
-			c.Relabel.P50, c.Relabel.P99, c.Policy.P50, c.Policy.P99)
+			c.Relabel.P50, c.Relabel.P99, c.Policy.P50, c.Policy.P99, c.Reference.P50, c.Reference.P99)
 	}
 	_, err := w.Write(b.Bytes())
 	return err

@@ -101,6 +101,22 @@ func run(pods, policies int, view string, updates int) error {
 		c.Sync()
 		r.PolicyNs = append(r.PolicyNs, time.Since(t).Nanoseconds())
 	}
+	// A policy with an ipBlock no other policy references is added, then
+	// deleted: a CIDR identity is made and the pods in the block are
+	// relabelled, then both undone.
+	for i := range updates {
+		key := policy.PolicyKey{Namespace: p.Namespace, Name: benchworld.ReferencePolicyName}
+		t := time.Now()
+		if i%2 == 0 {
+			if err := c.SetPolicy(benchworld.ReferencePolicy(p)); err != nil {
+				return fmt.Errorf("set policy: %w", err)
+			}
+		} else {
+			c.DeletePolicy(key)
+		}
+		c.Sync()
+		r.ReferenceNs = append(r.ReferenceNs, time.Since(t).Nanoseconds())
+	}
 	runtime.KeepAlive(w)
 	return json.NewEncoder(os.Stdout).Encode(r)
 }

@@ -21,4 +21,8 @@ type Result struct {
 	RelabelNs []int64 `json:"relabel_ns"`
 	// PolicyNs: SetPolicy (a new policy) or DeletePolicy + Sync, each update.
 	PolicyNs []int64 `json:"policy_ns"`
+	// ReferenceNs: the same with benchworld.ReferencePolicy, whose ipBlock
+	// no other policy references (a CIDR made or dropped, and the pods in
+	// it relabelled).
+	ReferenceNs []int64 `json:"reference_ns"`
 }
