@@ -2,6 +2,7 @@ package mapsync
 
 import (
 	"errors"
+	"iter"
 	"net/netip"
 	"slices"
 
@@ -253,39 +254,52 @@ type peerRun struct{ old, new []policy.Rule }
 // changedPeers returns the runs of the peers whose rules differ between
 // old and new, both sorted by peer first (policy.Endpoint's order); false
 // if one is not.
-func changedPeers(oldRules, newRules policy.Rules) ([]peerRun, bool) {
-	if oldRules.Equal(newRules) { // cheap for lists sharing storage
+func changedPeers(old, new policy.Rules) ([]peerRun, bool) {
+	if old.Equal(new) { // cheap for lists sharing storage
 		return nil, true
 	}
-	old, new := oldRules.Slice(), newRules.Slice()
-	var out []peerRun
-	run := func(rs []policy.Rule, i int, p identity.ID) (int, bool) {
-		j := i
-		for j < len(rs) && rs[j].Peer == p {
-			j++
-		}
-		return j, j == len(rs) || rs[j].Peer > p
+	// Both lists, one peer's run at a time, merged by peer; a peer out of
+	// order (or seen twice) on either side fails.
+	type side struct {
+		next func() (identity.ID, []policy.Rule, bool)
+		peer identity.ID
+		run  []policy.Rule
+		ok   bool
 	}
-	i, j := 0, 0
-	for i < len(old) || j < len(new) {
-		var p identity.ID
+	pull := func(rs policy.Rules) (*side, func()) {
+		next, stop := iter.Pull2(rs.ByPeer())
+		s := &side{next: next}
+		s.peer, s.run, s.ok = next()
+		return s, stop
+	}
+	advance := func(s *side) bool {
+		prev := s.peer
+		s.peer, s.run, s.ok = s.next()
+		return !s.ok || s.peer > prev
+	}
+	o, stopOld := pull(old)
+	defer stopOld()
+	n, stopNew := pull(new)
+	defer stopNew()
+	var out []peerRun
+	for o.ok || n.ok {
+		var inOrder bool
 		switch {
-		case j == len(new):
-			p = old[i].Peer
-		case i == len(old):
-			p = new[j].Peer
+		case o.ok && (!n.ok || o.peer < n.peer):
+			out = append(out, peerRun{o.run, nil})
+			inOrder = advance(o)
+		case n.ok && (!o.ok || n.peer < o.peer):
+			out = append(out, peerRun{nil, n.run})
+			inOrder = advance(n)
 		default:
-			p = min(old[i].Peer, new[j].Peer)
+			if !slices.Equal(o.run, n.run) {
+				out = append(out, peerRun{o.run, n.run})
+			}
+			inOrder = advance(o) && advance(n)
 		}
-		i2, ok1 := run(old, i, p)
-		j2, ok2 := run(new, j, p)
-		if !ok1 || !ok2 {
+		if !inOrder {
 			return nil, false
 		}
-		if !slices.Equal(old[i:i2], new[j:j2]) {
-			out = append(out, peerRun{old[i:i2], new[j:j2]})
-		}
-		i, j = i2, j2
 	}
 	return out, true
 }

@@ -1,11 +1,16 @@
 package mapsync
 
 import (
+	"cmp"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/ztnet/zt/pkg/datapath"
+	"github.com/ztnet/zt/pkg/identity"
 	"github.com/ztnet/zt/pkg/policy"
 )
 
@@ -163,4 +168,65 @@ func TestBuilderCheckRepairsDrift(t *testing.T) {
 	if !equalState(st, want) {
 		t.Error("the state was not repaired")
 	}
+}
+
+// TestChangedPeers checks changedPeers against the peers whose rules
+// differ, computed from flat lists, for random pairs of rule lists built
+// apart (no shared storage) or one patched from the other.
+func TestChangedPeers(t *testing.T) {
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	rules := func() []policy.Rule {
+		var out []policy.Rule
+		for range r.IntN(600) {
+			out = append(out, policy.Rule{Peer: identity.ID(1 + r.IntN(80)), Protocol: policy.ProtoTCP, Port: uint16(1 + r.IntN(9)), ID: 1})
+		}
+		slices.SortFunc(out, func(a, b policy.Rule) int {
+			return cmp.Or(cmp.Compare(a.Peer, b.Peer), cmp.Compare(a.Port, b.Port))
+		})
+		return slices.CompactFunc(out, func(a, b policy.Rule) bool { return a.Peer == b.Peer && a.Port == b.Port })
+	}
+	for run := range 300 {
+		old := rules()
+		new := rules()
+		if run%2 == 0 {
+			// the same list but for a few peers
+			new = slices.DeleteFunc(slices.Clone(old), func(x policy.Rule) bool { return x.Peer%17 == identity.ID(run%17) })
+		}
+		got, ok := changedPeers(policy.MakeRules(slices.Clone(old)), policy.MakeRules(slices.Clone(new)))
+		if !ok {
+			t.Fatalf("run %d: sorted lists reported unsorted", run)
+		}
+		want := map[identity.ID]bool{}
+		for p := range identity.ID(82) {
+			o, n := peerOf(old, p), peerOf(new, p)
+			if !slices.Equal(o, n) {
+				want[p] = true
+			}
+		}
+		for _, pr := range got {
+			var p identity.ID
+			if len(pr.old) > 0 {
+				p = pr.old[0].Peer
+			} else {
+				p = pr.new[0].Peer
+			}
+			if !want[p] || !slices.Equal(pr.old, peerOf(old, p)) || !slices.Equal(pr.new, peerOf(new, p)) {
+				t.Fatalf("run %d: run of peer %d: %v -> %v, want %v -> %v (differs: %v)", run, p, pr.old, pr.new, peerOf(old, p), peerOf(new, p), want[p])
+			}
+			delete(want, p)
+		}
+		if len(want) > 0 {
+			t.Fatalf("run %d: peers %v differ but have no run", run, want)
+		}
+	}
+}
+
+func peerOf(rs []policy.Rule, p identity.ID) []policy.Rule {
+	var out []policy.Rule
+	for _, r := range rs {
+		if r.Peer == p {
+			out = append(out, r)
+		}
+	}
+	return out
 }

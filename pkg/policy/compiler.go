@@ -218,11 +218,11 @@ type Compiler struct {
 
 	// referenced CIDRs, egress named ports and volatile pod label keys
 	// (tested by peer pod selectors), counted per policy
-	cidrRefs     map[netip.Prefix]int
+	cidrRefs map[netip.Prefix]int
 	// cidrLens are the lengths of the referenced prefixes, IPv4's then
 	// IPv6's, sorted (containing); recomputed when cidrLensOK is false.
-	cidrLens   [2][]int
-	cidrLensOK bool
+	cidrLens     [2][]int
+	cidrLensOK   bool
 	namedRefs    map[namedRef]int
 	volatileRefs map[string]int
 	cidrIDs      map[netip.Prefix]identity.ID

@@ -64,6 +64,25 @@ func (rs Rules) All() iter.Seq[Rule] {
 	}
 }
 
+// ByPeer yields each peer's rules in order, one run per peer. The runs are
+// shared; do not change them.
+func (rs Rules) ByPeer() iter.Seq2[identity.ID, []Rule] {
+	return func(yield func(identity.ID, []Rule) bool) {
+		for _, c := range rs.chunks {
+			for i := 0; i < len(c); {
+				j := i + 1
+				for j < len(c) && c[j].Peer == c[i].Peer {
+					j++
+				}
+				if !yield(c[i].Peer, c[i:j]) {
+					return
+				}
+				i = j
+			}
+		}
+	}
+}
+
 // Slice returns the rules in one new slice (nil when there are none).
 func (rs Rules) Slice() []Rule {
 	if rs.n == 0 {

@@ -68,6 +68,22 @@ func checkRules(t *testing.T, rs Rules, want []Rule, what string) {
 			t.Fatalf("%s: peer %d split between chunks %d and %d", what, c[0].Peer, i-1, i)
 		}
 	}
+	var runs []Rule
+	prev := identity.ID(0)
+	for p, run := range rs.ByPeer() {
+		if len(run) == 0 || (len(runs) > 0 && p <= prev) {
+			t.Fatalf("%s: ByPeer yields peer %d (%d rules) after %d", what, p, len(run), prev)
+		}
+		for _, r := range run {
+			if r.Peer != p {
+				t.Fatalf("%s: ByPeer's run of %d holds %v", what, p, r)
+			}
+		}
+		runs, prev = append(runs, run...), p
+	}
+	if !slices.Equal(runs, want) {
+		t.Fatalf("%s: ByPeer yields %v, want %v", what, runs, want)
+	}
 	peers := map[identity.ID]bool{0: true, 1 << 30: true}
 	for _, r := range want {
 		peers[r.Peer], peers[r.Peer+1] = true, true
