@@ -2,7 +2,6 @@ package mapsync
 
 import (
 	"errors"
-	"iter"
 	"net/netip"
 	"slices"
 
@@ -252,54 +251,24 @@ func peerRuns(old, new policy.Rules, peers []identity.ID) []peerRun {
 type peerRun struct{ old, new []policy.Rule }
 
 // changedPeers returns the runs of the peers whose rules differ between
-// old and new, both sorted by peer first (policy.Endpoint's order); false
-// if one is not.
+// old and new (policy.ChangedPeers); false if they come out of peer order,
+// which lists sorted as policy.Rules are never do.
 func changedPeers(old, new policy.Rules) ([]peerRun, bool) {
-	if old.Equal(new) { // cheap for lists sharing storage
-		return nil, true
-	}
-	// Both lists, one peer's run at a time, merged by peer; a peer out of
-	// order (or seen twice) on either side fails.
-	type side struct {
-		next func() (identity.ID, []policy.Rule, bool)
-		peer identity.ID
-		run  []policy.Rule
-		ok   bool
-	}
-	pull := func(rs policy.Rules) (*side, func()) {
-		next, stop := iter.Pull2(rs.ByPeer())
-		s := &side{next: next}
-		s.peer, s.run, s.ok = next()
-		return s, stop
-	}
-	advance := func(s *side) bool {
-		prev := s.peer
-		s.peer, s.run, s.ok = s.next()
-		return !s.ok || s.peer > prev
-	}
-	o, stopOld := pull(old)
-	defer stopOld()
-	n, stopNew := pull(new)
-	defer stopNew()
 	var out []peerRun
-	for o.ok || n.ok {
-		var inOrder bool
-		switch {
-		case o.ok && (!n.ok || o.peer < n.peer):
-			out = append(out, peerRun{o.run, nil})
-			inOrder = advance(o)
-		case n.ok && (!o.ok || n.peer < o.peer):
-			out = append(out, peerRun{nil, n.run})
-			inOrder = advance(n)
-		default:
-			if !slices.Equal(o.run, n.run) {
-				out = append(out, peerRun{o.run, n.run})
-			}
-			inOrder = advance(o) && advance(n)
+	for o, n := range policy.ChangedPeers(old, new) {
+		r := peerRun{o, n}
+		if len(out) > 0 && r.peer() <= out[len(out)-1].peer() {
+			return nil, false // a peer out of order, or seen twice
 		}
-		if !inOrder {
-			return nil, false
-		}
+		out = append(out, r)
 	}
 	return out, true
+}
+
+// peer is the peer whose rules r holds.
+func (r peerRun) peer() identity.ID {
+	if len(r.old) > 0 {
+		return r.old[0].Peer
+	}
+	return r.new[0].Peer
 }

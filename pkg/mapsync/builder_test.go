@@ -171,10 +171,17 @@ func TestBuilderCheckRepairsDrift(t *testing.T) {
 }
 
 // TestChangedPeers checks changedPeers against the peers whose rules
-// differ, computed from flat lists, for random pairs of rule lists built
-// apart (no shared storage) or one patched from the other.
+// differ, computed from flat lists, for random pairs of rule lists, and
+// pairs equal but for a few peers. (Lists sharing storage, as a patched
+// endpoint's do, come through TestBuilderMatchesDesired.)
 func TestChangedPeers(t *testing.T) {
-	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	seed := uint64(time.Now().UnixNano())
+	r := rand.New(rand.NewPCG(seed, 3))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("seed %d (rand.NewPCG(seed, 3))", seed)
+		}
+	})
 	rules := func() []policy.Rule {
 		var out []policy.Rule
 		for range r.IntN(600) {

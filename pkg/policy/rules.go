@@ -68,19 +68,70 @@ func (rs Rules) All() iter.Seq[Rule] {
 // shared; do not change them.
 func (rs Rules) ByPeer() iter.Seq2[identity.ID, []Rule] {
 	return func(yield func(identity.ID, []Rule) bool) {
-		for _, c := range rs.chunks {
-			for i := 0; i < len(c); {
-				j := i + 1
-				for j < len(c) && c[j].Peer == c[i].Peer {
-					j++
-				}
-				if !yield(c[i].Peer, c[i:j]) {
-					return
-				}
-				i = j
+		c := runCursor{chunks: rs.chunks}
+		for run := c.next(); run != nil; run = c.next() {
+			if !yield(run[0].Peer, run) {
+				return
 			}
 		}
 	}
+}
+
+// ChangedPeers yields, in peer order, each peer whose rules differ between
+// old and new: its run in old and its run in new (nil where it has none).
+// The runs are shared; do not change them. Runs the two lists share are
+// passed over without comparing their rules.
+func ChangedPeers(old, new Rules) iter.Seq2[[]Rule, []Rule] {
+	return func(yield func(o, n []Rule) bool) {
+		if old.same(new) {
+			return
+		}
+		oc, nc := runCursor{chunks: old.chunks}, runCursor{chunks: new.chunks}
+		o, n := oc.next(), nc.next()
+		for o != nil || n != nil {
+			switch {
+			case n == nil || (o != nil && o[0].Peer < n[0].Peer):
+				if !yield(o, nil) {
+					return
+				}
+				o = oc.next()
+			case o == nil || n[0].Peer < o[0].Peer:
+				if !yield(nil, n) {
+					return
+				}
+				n = nc.next()
+			default:
+				if (len(o) != len(n) || &o[0] != &n[0]) && !slices.Equal(o, n) && !yield(o, n) {
+					return
+				}
+				o, n = oc.next(), nc.next()
+			}
+		}
+	}
+}
+
+// runCursor walks the chunks of a Rules one peer's run at a time.
+type runCursor struct {
+	chunks [][]Rule
+	ci, i  int
+}
+
+// next returns the next peer's run, nil after the last.
+func (c *runCursor) next() []Rule {
+	for c.ci < len(c.chunks) && c.i == len(c.chunks[c.ci]) {
+		c.ci, c.i = c.ci+1, 0
+	}
+	if c.ci == len(c.chunks) {
+		return nil
+	}
+	ch := c.chunks[c.ci]
+	j := c.i + 1
+	for j < len(ch) && ch[j].Peer == ch[c.i].Peer {
+		j++
+	}
+	run := ch[c.i:j]
+	c.i = j
+	return run
 }
 
 // Slice returns the rules in one new slice (nil when there are none).

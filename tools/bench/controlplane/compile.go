@@ -71,17 +71,17 @@ func runCompile(ctx context.Context, bin string, c compileCase, updates int) (Co
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		row.MaxRSSKiB = ru.Maxrss // KiB on Linux
 	}
-	for _, ns := range r.RelabelNs {
-		row.RelabelMs = append(row.RelabelMs, float64(ns)/1e6)
-	}
-	for _, ns := range r.PolicyNs {
-		row.PolicyMs = append(row.PolicyMs, float64(ns)/1e6)
-	}
-	for _, ns := range r.ReferenceNs {
-		row.ReferenceMs = append(row.ReferenceMs, float64(ns)/1e6)
-	}
-	row.Relabel = summarize(row.RelabelMs)
-	row.Policy = summarize(row.PolicyMs)
-	row.Reference = summarize(row.ReferenceMs)
+	row.RelabelMs, row.Relabel = msSeries(r.RelabelNs)
+	row.PolicyMs, row.Policy = msSeries(r.PolicyNs)
+	row.ReferenceMs, row.Reference = msSeries(r.ReferenceNs)
 	return row, nil
+}
+
+// msSeries converts samples in ns to ms and summarizes them.
+func msSeries(ns []int64) ([]float64, Stats) {
+	var out []float64
+	for _, v := range ns {
+		out = append(out, float64(v)/1e6)
+	}
+	return out, summarize(out)
 }
