@@ -18,6 +18,7 @@
 package identity
 
 import (
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -147,33 +148,79 @@ type Labels struct {
 }
 
 // Key is the canonical, comparable form of a label set: equal label sets
-// have equal keys.
+// have equal keys. It is a binary encoding in which every string and list
+// is preceded by its length, so no two label sets share one. It is built
+// in one allocation: a relabel computes a key per pod address, thousands
+// per Sync when a new ipBlock relabels the pods it holds.
 func (l *Labels) Key() string {
-	var b strings.Builder
-	b.WriteString(l.Kind.String())
-	b.WriteByte('|')
-	b.WriteString(l.Namespace)
-	writeMap := func(m map[string]string) {
-		b.WriteByte('|')
-		for _, k := range slices.Sorted(maps.Keys(m)) {
-			b.WriteString(strconv.Quote(k))
-			b.WriteByte('=')
-			b.WriteString(strconv.Quote(m[k]))
-			b.WriteByte(',')
-		}
-	}
-	writeMap(l.PodLabels)
-	writeMap(l.NamespaceLabels)
-	b.WriteByte('|')
-	for _, p := range l.CIDRs {
-		b.WriteString(p.String())
-		b.WriteByte(',')
-	}
-	b.WriteByte('|')
+	n := 1 + keyStrLen(l.Namespace) + keyMapLen(l.PodLabels) + keyMapLen(l.NamespaceLabels) +
+		binary.MaxVarintLen64*2 + len(l.CIDRs)*18
 	for _, np := range l.NamedPorts {
-		fmt.Fprintf(&b, "%s/%d=%d,", np.Name, np.Protocol, np.Port)
+		n += keyStrLen(np.Name) + 3
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteByte(byte(l.Kind))
+	keyStr(&b, l.Namespace)
+	keyMap(&b, l.PodLabels)
+	keyMap(&b, l.NamespaceLabels)
+	keyUint(&b, uint64(len(l.CIDRs)))
+	for _, p := range l.CIDRs {
+		if a := p.Addr(); a.Is4() {
+			v := a.As4()
+			b.WriteByte(4)
+			b.Write(v[:])
+		} else {
+			v := a.As16()
+			b.WriteByte(6)
+			b.Write(v[:])
+		}
+		b.WriteByte(byte(p.Bits()))
+	}
+	keyUint(&b, uint64(len(l.NamedPorts)))
+	for _, np := range l.NamedPorts {
+		keyStr(&b, np.Name)
+		b.WriteByte(byte(np.Protocol))
+		b.WriteByte(byte(np.Port >> 8))
+		b.WriteByte(byte(np.Port))
 	}
 	return b.String()
+}
+
+func keyStrLen(s string) int { return binary.MaxVarintLen64 + len(s) }
+
+func keyMapLen(m map[string]string) int {
+	n := binary.MaxVarintLen64
+	for k, v := range m {
+		n += keyStrLen(k) + keyStrLen(v)
+	}
+	return n
+}
+
+func keyUint(b *strings.Builder, v uint64) {
+	var buf [binary.MaxVarintLen64]byte
+	b.Write(binary.AppendUvarint(buf[:0], v))
+}
+
+func keyStr(b *strings.Builder, s string) {
+	keyUint(b, uint64(len(s)))
+	b.WriteString(s)
+}
+
+// keyMap writes m's size, then its pairs in key order. Label sets are
+// small: their keys are sorted in a buffer on the stack.
+func keyMap(b *strings.Builder, m map[string]string) {
+	keyUint(b, uint64(len(m)))
+	var buf [16]string
+	keys := buf[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		keyStr(b, k)
+		keyStr(b, m[k])
+	}
 }
 
 // HasCIDR reports whether the label set carries prefix p.

@@ -3,6 +3,7 @@ package identity
 import (
 	"net/netip"
 	"slices"
+	"strconv"
 	"testing"
 )
 
@@ -50,9 +51,52 @@ func TestLabelsKeyDistinguishes(t *testing.T) {
 		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b"}, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
 		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b"}, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}}},
 		{Kind: KindCIDR, Namespace: "x", PodLabels: map[string]string{"a": "b"}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"ab": ""}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"": "ab"}},
+		{Kind: KindPod, Namespace: "xa", PodLabels: map[string]string{"": "b"}},
+		{Kind: KindPod, Namespace: "x", PodLabels: map[string]string{"a": "b", "c": "d"}},
 	} {
 		if other.Key() == base.Key() {
 			t.Errorf("%+v and %+v share key %q", base, other, base.Key())
+		}
+	}
+	// Label sets that differ in one part only, each against the others.
+	v4, v6 := netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::a00:0/104")
+	variants := []Labels{
+		{Kind: KindPod},
+		{Kind: KindPod, CIDRs: []netip.Prefix{v4}},
+		{Kind: KindPod, CIDRs: []netip.Prefix{v6}},
+		{Kind: KindPod, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/9")}},
+		{Kind: KindPod, CIDRs: []netip.Prefix{v4, netip.MustParsePrefix("10.0.0.0/9")}},
+		{Kind: KindPod, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}}},
+		{Kind: KindPod, NamedPorts: []NamedPort{{"http", ProtoTCP, 81}}},
+		{Kind: KindPod, NamedPorts: []NamedPort{{"http", ProtoUDP, 80}}},
+		{Kind: KindPod, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}, {"https", ProtoTCP, 443}}},
+		{Kind: KindPod, PodLabels: map[string]string{"a": "b"}},
+		{Kind: KindPod, NamespaceLabels: map[string]string{"a": "b"}},
+		{Kind: KindPod, PodLabels: map[string]string{"a": "b"}, NamespaceLabels: map[string]string{"a": "b"}},
+		{Kind: KindCIDR, CIDRs: []netip.Prefix{v4}},
+	}
+	seen := map[string]int{}
+	for i, l := range variants {
+		if j, dup := seen[l.Key()]; dup {
+			t.Errorf("%+v and %+v share a key", variants[j], l)
+		}
+		seen[l.Key()] = i
+	}
+	// Equal label sets built apart (maps iterate in random order) share it.
+	big := func() map[string]string {
+		m := map[string]string{}
+		for i := range 20 {
+			m[strconv.Itoa(i)] = strconv.Itoa(i * i)
+		}
+		return m
+	}
+	for range 10 {
+		a := Labels{Kind: KindPod, Namespace: "x", PodLabels: big(), NamespaceLabels: map[string]string{"p": "q", "r": "s", "t": "u"}}
+		b := Labels{Kind: KindPod, Namespace: "x", PodLabels: big(), NamespaceLabels: map[string]string{"t": "u", "r": "s", "p": "q"}}
+		if a.Key() != b.Key() {
+			t.Fatal("equal label sets have different keys")
 		}
 	}
 	l := Labels{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16")}, NamedPorts: []NamedPort{{"http", ProtoTCP, 80}}}
