@@ -51,7 +51,7 @@
  *
  * Layouts (offset:size):
  *   zt_ipcache_key { 0:4 prefixlen, 4:1 family, 5:3 pad, 8:16 addr }
- *   zt_ipcache_val { 0:4 identity, 4:4 flags }
+ *   zt_ipcache_val { 0:4 identity, 4:4 cidr_identity }
  *   zt_endpoint    { 0:4 ep_id, 4:4 flags (zt_ep_flags), 8:1 nr_ips,
  *                    9:3 pad, 12:80 ips[4] { 0:1 family, 1:3 pad, 4:16 addr } }
  *   zt_policy_key  { 0:4 prefixlen, 4:4 ep_id, 8:4 peer_id, 12:1 dir,
@@ -109,6 +109,17 @@
  * means "never": a conntrack entry written by an older version (the
  * value grew by verified_gen, then by reply_gen; migration zero-extends
  * it) or by the netfilter program is decided from the maps.
+ *
+ * Prefix identity of an address. An ipcache (host) entry may name, besides
+ * the address's own identity, the identity the address has as a member of
+ * the prefixes policies reference (cidr_identity; in practice that of the
+ * longest such prefix holding it, which carries every one holding it). A
+ * policy verdict that finds no entry for the peer's own identity, nor for
+ * ZT_ID_ANY, probes the endpoint's policy once more with cidr_identity
+ * when it is set: an ipBlock can then admit a pod's address by an entry of
+ * its prefix's identity, so a pod need not carry in its own identity every
+ * prefix that holds its address. 0 (what older writers left in the field,
+ * then named flags) means none: no third probe.
  *
  * Conntrack is keyed by the endpoint's host ifindex, not its ep_id, so
  * that a packet finds its flow before its endpoint. The agent has always
@@ -260,7 +271,10 @@ _Static_assert(__builtin_offsetof(struct zt_ipcache_key, addr) % 4 == 0, "zt_ipc
 
 struct zt_ipcache_val {
 	enum zt_identity identity;
-	__u32 flags;
+	/* ipcache (host) entries: the identity of the address as a member of
+	 * the referenced prefixes, ZT_ID_ANY (0) for none; see "Prefix
+	 * identity of an address" above. ipcidr entries: 0. */
+	enum zt_identity cidr_identity;
 };
 _Static_assert(sizeof(struct zt_ipcache_val) == 8, "zt_ipcache_val size");
 

@@ -176,7 +176,7 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 	}
 	v.ep_id = ep->ep_id;
 	v.ifindex = *ifindex; /* conntrack's key, as tc's */
-	v.peer_id = zt_identity(f.family, f.daddr);
+	zt_set_peer(&v, f.family, f.daddr);
 
 	if (!(ep->flags & ZT_EP_EGRESS_ISOLATED)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;

@@ -113,7 +113,7 @@ static __always_inline int zt_sock_check(struct bpf_sock_addr *ctx, struct zt_fl
 
 	v.ep_id = ep->ep_id;
 	v.ifindex = ns->ifindex;
-	v.peer_id = zt_identity(f->family, f->daddr);
+	zt_set_peer(&v, f->family, f->daddr);
 	zt_policy_verdict(ep, f->proto, f->dport, &v);
 	if (v.verdict != ZT_VERDICT_DROP)
 		return ZT_SOCK_ALLOW; /* allowed, or audited: tc counts and reports it */

@@ -188,7 +188,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 		v.reason = zt_ct_reason(cached);
 		v.rule_id = cached->rule_id;
 	} else {
-		v.peer_id = zt_identity(f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
+		zt_set_peer(&v, f.family, dir == ZT_DIR_INGRESS ? f.saddr : f.daddr);
 		if (dir == ZT_DIR_INGRESS && v.peer_id == ZT_ID_HOST &&
 		    (ep->flags & ZT_EP_ALLOW_HOST)) {
 			v.reason = ZT_REASON_HOST;

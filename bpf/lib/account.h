@@ -60,6 +60,7 @@ struct zt_verdict_info {
 	__u32 ep_id;
 	__u32 ifindex;
 	__u32 peer_id;
+	__u32 peer_cidr_id; /* the prefix identity of the peer's address, 0: none */
 	__u32 rule_id;
 	__u8 dir;
 	__u8 verdict;

@@ -8,10 +8,10 @@
 #include "maps.h"
 #include "account.h"
 
-/* Identity of an address: its host entry in ipcache, else the longest
- * prefix in ipcidr, else ZT_ID_WORLD. A host entry is the longest prefix
- * there is, so this is one longest-prefix match over both maps. */
-static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
+/* The entry of an address: its host entry in ipcache, else the longest
+ * prefix in ipcidr, else NULL (ZT_ID_WORLD). A host entry is the longest
+ * prefix there is, so this is one longest-prefix match over both maps. */
+static __always_inline struct zt_ipcache_val *zt_ipcache_entry(__u8 family, const __u8 *addr)
 {
 	struct zt_ipcache_key k = {};
 	struct zt_ipcache_val *v;
@@ -22,7 +22,25 @@ static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
 	v = bpf_map_lookup_elem(&ipcache, &k);
 	if (!v)
 		v = bpf_map_lookup_elem(&ipcidr, &k);
+	return v;
+}
+
+/* Identity of an address (zt_ipcache_entry). */
+static __always_inline __u32 zt_identity(__u8 family, const __u8 *addr)
+{
+	struct zt_ipcache_val *v = zt_ipcache_entry(family, addr);
+
 	return v ? v->identity : ZT_ID_WORLD;
+}
+
+/* Sets the peer of a verdict: its identity, and the prefix identity of its
+ * address (zt_abi.h, "Prefix identity of an address"; 0 for none). */
+static __always_inline void zt_set_peer(struct zt_verdict_info *vi, __u8 family, const __u8 *addr)
+{
+	struct zt_ipcache_val *v = zt_ipcache_entry(family, addr);
+
+	vi->peer_id = v ? v->identity : ZT_ID_WORLD;
+	vi->peer_cidr_id = v ? v->cidr_identity : ZT_ID_ANY;
 }
 
 /* The policy entry of (ep, dir, peer, proto, port) with the longest prefix
@@ -61,12 +79,15 @@ static __always_inline struct zt_policy_val *zt_policy_probe(struct zt_policy_ke
  * Lookup precedence (first hit wins):
  *   1. (ep, dir, peer identity, proto, port)   longest prefix of proto/port
  *   2. (ep, dir, ZT_ID_ANY,     proto, port)   longest prefix of proto/port
+ *   3. (ep, dir, cidr_id,       proto, port)   when cidr_id is set (the
+ *      prefix identity of the peer's address) and differs from the peer's
+ *      identity; longest prefix of proto/port
  * Within one peer a specific port beats a port range block beats "proto,
  * any port" beats "any proto": the probes go from the longest prefix length
  * in use (polmask) to the shortest. A deny entry wins only if it is found
  * first in that order. */
-static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, __u8 proto,
-					     __be16 port, __u32 *rule_id)
+static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_id, __u32 cidr_id,
+					     __u8 proto, __be16 port, __u32 *rule_id)
 {
 	struct zt_policy_key k = {
 		.ep_id = ep_id,
@@ -86,6 +107,10 @@ static __always_inline __u8 zt_policy_lookup(__u32 ep_id, __u8 dir, __u32 peer_i
 		k.peer_id = ZT_ID_ANY;
 		v = zt_policy_probe(&k, mask, proto, port);
 	}
+	if (!v && cidr_id != ZT_ID_ANY && cidr_id != peer_id) {
+		k.peer_id = cidr_id;
+		v = zt_policy_probe(&k, mask, proto, port);
+	}
 	if (!v)
 		return ZT_ACTION_NONE;
 	*rule_id = v->rule_id;
@@ -102,7 +127,8 @@ static __always_inline void zt_deny(const struct zt_endpoint *ep, struct zt_verd
 }
 
 /* The verdict of a packet (proto, port) in direction v->dir of endpoint ep,
- * which isolates that direction, from the peer v->peer_id: ALLOWED on an
+ * which isolates that direction, from the peer v->peer_id, whose address
+ * has the prefix identity v->peer_cidr_id (zt_set_peer): ALLOWED on an
  * allow entry, else DENY_RULE (a deny entry) or POLICY_DENIED (no entry),
  * through zt_deny. Sets v->rule_id on a policy hit; v->verdict is expected
  * ZT_VERDICT_ALLOW on entry and is left so on an allow. The one place the tc,
@@ -111,7 +137,8 @@ static __always_inline void zt_deny(const struct zt_endpoint *ep, struct zt_verd
 static __always_inline void zt_policy_verdict(const struct zt_endpoint *ep, __u8 proto,
 					      __be16 port, struct zt_verdict_info *v)
 {
-	__u8 action = zt_policy_lookup(v->ep_id, v->dir, v->peer_id, proto, port, &v->rule_id);
+	__u8 action = zt_policy_lookup(v->ep_id, v->dir, v->peer_id, v->peer_cidr_id, proto, port,
+					&v->rule_id);
 
 	if (action == ZT_ACTION_ALLOW)
 		v->reason = ZT_REASON_ALLOWED;

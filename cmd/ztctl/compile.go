@@ -72,6 +72,9 @@ type identityView struct {
 type ipView struct {
 	Prefix   string `json:"prefix"`
 	Identity uint32 `json:"identity"`
+	// CIDRIdentity is an address's prefix identity (the rules of its
+	// ipBlocks), when it has one.
+	CIDRIdentity uint32 `json:"cidrIdentity,omitempty"`
 }
 
 type endpointView struct {
@@ -121,8 +124,8 @@ func compiledView(c *policy.Compiler) compiled {
 	}
 	ipc := c.IPCache()
 	for _, p := range ipc.Prefixes() {
-		id, _ := ipc.Get(p)
-		out.IPCache = append(out.IPCache, ipView{Prefix: p.String(), Identity: uint32(id)})
+		e, _ := ipc.GetEntry(p)
+		out.IPCache = append(out.IPCache, ipView{Prefix: p.String(), Identity: uint32(e.ID), CIDRIdentity: uint32(e.CIDR)})
 	}
 	for _, ep := range c.Endpoints() {
 		v := endpointView{Pod: ep.Pod.String()}
@@ -156,7 +159,11 @@ func (c compiled) writeText(w io.Writer) error {
 	}
 	b.WriteString("ipcache:\n")
 	for _, e := range c.IPCache {
-		fmt.Fprintf(&b, "  %-40s %d\n", e.Prefix, e.Identity)
+		if e.CIDRIdentity != 0 {
+			fmt.Fprintf(&b, "  %-40s %d (ipBlocks as %d)\n", e.Prefix, e.Identity, e.CIDRIdentity)
+		} else {
+			fmt.Fprintf(&b, "  %-40s %d\n", e.Prefix, e.Identity)
+		}
 	}
 	for _, ep := range c.Endpoints {
 		fmt.Fprintf(&b, "pod %s (%s)\n", ep.Pod, strings.Join(ep.IPs, ", "))

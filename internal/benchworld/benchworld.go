@@ -151,8 +151,9 @@ const ReferencePolicyName = "bench-reference"
 // ReferencePolicy is a policy of p's namespace whose one peer is an
 // ipBlock no other policy references, holding the addresses of 128 pods
 // (those numbered 384 to 511): adding or deleting it makes or drops a
-// CIDR and relabels those pods (the identities carry the prefixes holding
-// their address).
+// CIDR identity, which those pods' addresses take as their prefix
+// identity or leave (bpf/zt_abi.h, "Prefix identity of an address"); no
+// pod identity changes.
 func ReferencePolicy(p policy.Pod) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: ReferencePolicyName},

@@ -209,19 +209,29 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // they use (policy.Options.FirstIdentity is above it), and the ipcache's
 // prefix -> number of allocated identities (policy.Options.IdentityHints).
 // A temporary identity a killed agent left mid-update is neither.
-func AdoptedIdentities(dp *datapath.Datapath) (identity.ID, map[netip.Prefix]identity.ID, error) {
+func AdoptedIdentities(dp *datapath.Datapath) (identity.ID, map[netip.Prefix]identity.Entry, error) {
 	m := identity.FirstAllocated
 	ipc, err := dp.IPCacheList()
 	if err != nil {
 		return 0, nil, fmt.Errorf("read adopted ipcache: %w", err)
 	}
-	hints := map[netip.Prefix]identity.ID{}
+	hints := map[netip.Prefix]identity.Entry{}
 	for p, v := range ipc {
+		var h identity.Entry
 		if v.Identity < mapsync.TempIdentityBase {
 			m = max(m, identity.ID(v.Identity))
 			if v.Identity >= datapath.IdentityUserMin {
-				hints[p] = identity.ID(v.Identity)
+				h.ID = identity.ID(v.Identity)
 			}
+		}
+		if v.CidrIdentity < mapsync.TempIdentityBase {
+			m = max(m, identity.ID(v.CidrIdentity))
+			if v.CidrIdentity >= datapath.IdentityUserMin {
+				h.CIDR = identity.ID(v.CidrIdentity)
+			}
+		}
+		if h != (identity.Entry{}) {
+			hints[p] = h
 		}
 	}
 	pol, err := dp.PolicyList()

@@ -2,7 +2,7 @@
 // bpf/ (bpf2go, see gen.go), the maps they share, and their attachments.
 //
 //	                      written by pkg/mapsync               read by
-//	ipcache   hash  host address -> identity  pod add/del          tc, sock
+//	ipcache   hash  host address -> identity, prefix identity  pod add/del  tc, sock
 //	ipcidr    LPM   shorter prefix -> identity  ipBlock            tc, sock
 //	endpoints hash  host ifindex -> ep      pod add/del, isolation tc, sock
 //	policy    hash  (ep,peer,dir,proto,port/len) -> allow  policy edit tc, sock

@@ -359,11 +359,26 @@ func TestCgroupConnect(t *testing.T) {
 	if err := connect(81, unix.SOCK_STREAM); errors.Is(err, unix.EPERM) {
 		t.Errorf("allowed connect: %v", err)
 	}
+	// Allowed by the prefix identity of the destination's address (a
+	// third probe after the peer's identity and any peer).
+	if err := connect(82, unix.SOCK_STREAM); !errors.Is(err, unix.EPERM) {
+		t.Errorf("connect before the prefix identity: %v, want EPERM", err)
+	}
+	if err := d.PolicyPutRule(PortRule{EndpointID: 30, Dir: DirEgress, Peer: 500, Proto: protoTCP, Port: 82},
+		PolicyVal{RuleId: 2, Action: ActionAllow}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.IPCachePut(netip.MustParsePrefix("192.0.2.7/32"), IPCacheVal{Identity: 300, CidrIdentity: 500}); err != nil {
+		t.Fatal(err)
+	}
+	if err := connect(82, unix.SOCK_STREAM); errors.Is(err, unix.EPERM) {
+		t.Errorf("connect allowed by the prefix identity: %v", err)
+	}
 	if err := connect(53, unix.SOCK_DGRAM); !errors.Is(err, unix.EPERM) {
 		t.Errorf("denied sendto: %v, want EPERM", err)
 	}
-	if n := must[Counter](t)(d.Counter(DirEgress, VerdictDrop, ReasonSockDenied)).Packets; n != 2 {
-		t.Errorf("sock-denied counter %d, want 2", n)
+	if n := must[Counter](t)(d.Counter(DirEgress, VerdictDrop, ReasonSockDenied)).Packets; n != 3 {
+		t.Errorf("sock-denied counter %d, want 3", n)
 	}
 	// Outside registered namespaces nothing changes.
 	c, err := net.DialTimeout("tcp", "127.0.0.1:1", time.Second)

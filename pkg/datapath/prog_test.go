@@ -186,6 +186,37 @@ func testVerdicts(t *testing.T, v6 bool, proto uint8) {
 		}
 		f.expect("in world", DirIngress, f.in(world, proto, 40000, 80).bytes(), VerdictAllow, ReasonAllowed)
 	})
+	t.Run("allow by the prefix identity of the peer's address", func(t *testing.T) {
+		// zt_abi.h, "Prefix identity of an address": other's host entry
+		// names cidrID; an entry of cidrID admits other, not peer, and
+		// only where neither other's own identity nor any peer has one.
+		const cidrID = Identity(400)
+		f := newFixture(t, v6)
+		if err := f.d.IPCachePut(netip.PrefixFrom(f.other, f.other.BitLen()), IPCacheVal{Identity: otherID, CidrIdentity: cidrID}); err != nil {
+			t.Fatal(err)
+		}
+		f.setEndpoint(EndpointIngressIsolated | EndpointEgressIsolated)
+		f.allow(PortRule{Dir: DirIngress, Peer: cidrID, Proto: ruleProto, Port: rulePort}, 7)
+		f.allow(PortRule{Dir: DirEgress, Peer: cidrID, Proto: ruleProto, Port: rulePort}, 8)
+		f.expect("in other", DirIngress, f.in(f.other, proto, 40000, 80).bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("in peer", DirIngress, f.in(f.peer, proto, 40000, 80).bytes(), VerdictDrop, ReasonPolicyDenied)
+		f.expect("out other", DirEgress, f.out(f.other, proto, 40001, 80).bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("out peer", DirEgress, f.out(f.peer, proto, 40001, 80).bytes(), VerdictDrop, ReasonPolicyDenied)
+		if hasPorts {
+			f.expect("in other, other port", DirIngress, f.in(f.other, proto, 40002, 81).bytes(), VerdictDrop, ReasonPolicyDenied)
+			// The peer's own identity is probed first: its rule names
+			// the verdict, and the prefix identity still admits the
+			// port that rule does not.
+			f.allow(PortRule{Dir: DirIngress, Peer: otherID, Proto: proto, Port: 82}, 9)
+			f.expect("in other, own rule", DirIngress, f.in(f.other, proto, 40003, 82).bytes(), VerdictAllow, ReasonAllowed)
+			f.expect("in other, prefix rule", DirIngress, f.in(f.other, proto, 40004, 80).bytes(), VerdictAllow, ReasonAllowed)
+		}
+		// Without the prefix identity in the host entry, nothing admits it.
+		if err := f.d.IPCachePut(netip.PrefixFrom(f.other, f.other.BitLen()), IPCacheVal{Identity: otherID}); err != nil {
+			t.Fatal(err)
+		}
+		f.expect("in other, no prefix identity", DirIngress, f.in(f.other, proto, 40005, 80).bytes(), VerdictDrop, ReasonPolicyDenied)
+	})
 	t.Run("protocol-only rule", func(t *testing.T) {
 		f := newFixture(t, v6)
 		f.setEndpoint(EndpointIngressIsolated)

@@ -11,7 +11,9 @@ type (
 	// IPCacheKey is the key of the ipcache (host addresses) and ipcidr
 	// (shorter prefixes) maps (see IPCacheKeyFor).
 	IPCacheKey = ztTcZtIpcacheKey
-	// IPCacheVal is the identity an ipcache prefix resolves to.
+	// IPCacheVal is the identity an ipcache prefix resolves to; a host
+	// entry may also name the prefix identity of its address
+	// (CidrIdentity, 0 for none: see bpf/zt_abi.h).
 	IPCacheVal = ztTcZtIpcacheVal
 	// Endpoint is the value of the endpoints map (see NewEndpoint).
 	Endpoint = ztTcZtEndpoint

@@ -166,9 +166,9 @@ type ztTcZtIpcacheKey struct {
 }
 
 type ztTcZtIpcacheVal struct {
-	_        structs.HostLayout
-	Identity ztTcZtIdentity
-	Flags    uint32
+	_            structs.HostLayout
+	Identity     ztTcZtIdentity
+	CidrIdentity ztTcZtIdentity
 }
 
 type ztTcZtNetnsVal struct {

@@ -6,15 +6,21 @@
 // allocator. An identity stands for everything a NetworkPolicy peer can test:
 //
 //	pod:  namespace + pod labels + namespace labels
-//	      + the policy-referenced CIDRs that contain the address
 //	      + the resolutions of policy-referenced named ports (egress)
+//	      + the CIDRs referenced by egress rules with a named port that
+//	        contain the address
 //	cidr: the policy-referenced CIDRs that contain the prefix
 //	host, world: reserved
 //
 // Folding referenced CIDRs and named ports into the label set keeps every
 // peer test a plain set test on one identity, in Go and in the kernel alike:
 // ipBlock{cidr, except} matches an identity that carries cidr and none of the
-// except prefixes, whether the address belongs to a pod or not.
+// except prefixes. A pod's address is matched against ipBlocks by its
+// prefix identity (IPCache Entry.CIDR: the cidr identity of the longest
+// referenced prefix holding it), which the kernel probes after the pod's
+// own identity, so a new ipBlock relabels no pod; only rules whose named
+// ports resolve on the destination pod need the pod identity itself to
+// carry the prefixes.
 package identity
 
 import (

@@ -10,7 +10,7 @@ import (
 // as the kernel's ipcache and ipcidr maps do together. The zero value is
 // empty and ready.
 type IPCache struct {
-	entries map[netip.Prefix]ID
+	entries map[netip.Prefix]Entry
 	// refs counts the prefixes of each length, per family, so Lookup only
 	// probes lengths in use.
 	lens4, lens6 [129]int
@@ -19,6 +19,16 @@ type IPCache struct {
 	// entries, so it never holds more than about twice as many.
 	ver, journalBase uint64
 	journal          []netip.Prefix
+}
+
+// Entry is what a prefix maps to: its identity and, for an address (a
+// single-address prefix), the identity it has as a member of the prefixes
+// policies reference (CIDR, 0 for none). The kernel probes the policy of
+// an address's CIDR identity after its own identity's and the wildcard's
+// (bpf/zt_abi.h, "Prefix identity of an address").
+type Entry struct {
+	ID   ID
+	CIDR ID
 }
 
 // record notes a change of p.
@@ -44,20 +54,23 @@ func (c *IPCache) ChangedSince(v uint64) ([]netip.Prefix, bool) {
 	return slices.Clone(c.journal[v-c.journalBase:]), true
 }
 
-// Set maps p (masked) to id.
-func (c *IPCache) Set(p netip.Prefix, id ID) {
+// Set maps p (masked) to id, with no CIDR identity.
+func (c *IPCache) Set(p netip.Prefix, id ID) { c.SetEntry(p, Entry{ID: id}) }
+
+// SetEntry maps p (masked) to e.
+func (c *IPCache) SetEntry(p netip.Prefix, e Entry) {
 	p = p.Masked()
 	if c.entries == nil {
-		c.entries = map[netip.Prefix]ID{}
+		c.entries = map[netip.Prefix]Entry{}
 	}
 	old, ok := c.entries[p]
 	if !ok {
 		c.lens(p)[p.Bits()]++
 	}
-	if !ok || old != id {
+	if !ok || old != e {
 		c.record(p)
 	}
-	c.entries[p] = id
+	c.entries[p] = e
 }
 
 // Delete removes p.
@@ -79,12 +92,22 @@ func (c *IPCache) lens(p netip.Prefix) *[129]int {
 
 // Get returns the identity stored for exactly p.
 func (c *IPCache) Get(p netip.Prefix) (ID, bool) {
-	id, ok := c.entries[p.Masked()]
-	return id, ok
+	e, ok := c.entries[p.Masked()]
+	return e.ID, ok
+}
+
+// GetEntry returns the entry stored for exactly p.
+func (c *IPCache) GetEntry(p netip.Prefix) (Entry, bool) {
+	e, ok := c.entries[p.Masked()]
+	return e, ok
 }
 
 // Lookup returns the identity of the longest prefix containing a, or World.
-func (c *IPCache) Lookup(a netip.Addr) ID {
+func (c *IPCache) Lookup(a netip.Addr) ID { return c.LookupEntry(a).ID }
+
+// LookupEntry returns the entry of the longest prefix containing a, or
+// World's.
+func (c *IPCache) LookupEntry(a netip.Addr) Entry {
 	a = a.Unmap()
 	lens, max := &c.lens6, 128
 	if a.Is4() {
@@ -95,18 +118,18 @@ func (c *IPCache) Lookup(a netip.Addr) ID {
 			continue
 		}
 		p, _ := a.Prefix(bits)
-		if id, ok := c.entries[p]; ok {
-			return id
+		if e, ok := c.entries[p]; ok {
+			return e
 		}
 	}
-	return World
+	return Entry{ID: World}
 }
 
 // Len returns the number of entries.
 func (c *IPCache) Len() int { return len(c.entries) }
 
 // Entries returns a copy of all entries.
-func (c *IPCache) Entries() map[netip.Prefix]ID { return maps.Clone(c.entries) }
+func (c *IPCache) Entries() map[netip.Prefix]Entry { return maps.Clone(c.entries) }
 
 // Prefixes returns the stored prefixes in a stable order.
 func (c *IPCache) Prefixes() []netip.Prefix {

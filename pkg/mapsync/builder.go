@@ -104,8 +104,8 @@ func (b *Builder) update(c *policy.Compiler, bindings []Binding, opts Options) (
 	}
 	if changed, ok := ipc.ChangedSince(b.ver); ok && !d.All {
 		for _, p := range changed {
-			if id, ok := ipc.Get(p); ok {
-				b.st.IPCache[p] = datapath.IPCacheVal{Identity: datapath.Identity(id)}
+			if e, ok := ipc.GetEntry(p); ok {
+				b.st.IPCache[p] = ipcacheVal(e)
 			} else {
 				delete(b.st.IPCache, p)
 			}
@@ -113,8 +113,8 @@ func (b *Builder) update(c *policy.Compiler, bindings []Binding, opts Options) (
 		d.IPCache = changed
 	} else {
 		b.st.IPCache = make(map[netip.Prefix]datapath.IPCacheVal, ipc.Len())
-		for p, id := range ipc.Entries() {
-			b.st.IPCache[p] = datapath.IPCacheVal{Identity: datapath.Identity(id)}
+		for p, e := range ipc.Entries() {
+			b.st.IPCache[p] = ipcacheVal(e)
 		}
 		d.All = true
 	}

@@ -140,6 +140,11 @@ func (s State) clone() State {
 	return State{IPCache: maps.Clone(s.IPCache), Endpoints: maps.Clone(s.Endpoints), Policy: maps.Clone(s.Policy)}
 }
 
+// ipcacheVal is the kernel's value of a compiler ipcache entry.
+func ipcacheVal(e identity.Entry) datapath.IPCacheVal {
+	return datapath.IPCacheVal{Identity: datapath.Identity(e.ID), CidrIdentity: datapath.Identity(e.CIDR)}
+}
+
 // Desired computes the map contents for the compiled state of c and the
 // endpoints bound on this node. The endpoint id is the host ifindex: it is
 // stable for the life of the pod's interface and across agent restarts, so
@@ -147,8 +152,8 @@ func (s State) clone() State {
 // know are an error (listed, the rest still computed).
 func Desired(c *policy.Compiler, bindings []Binding, opts Options) (State, error) {
 	s := newState()
-	for p, id := range c.IPCache().Entries() {
-		s.IPCache[p] = datapath.IPCacheVal{Identity: datapath.Identity(id)}
+	for p, e := range c.IPCache().Entries() {
+		s.IPCache[p] = ipcacheVal(e)
 	}
 	var errs []error
 	for _, b := range bindings {
@@ -675,14 +680,18 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 	}
 	anyChanged := changed[datapath.IdentityAny]
 
+	// An address's allows are those of its identity, the wildcard's and
+	// those of its prefix identity (a host entry's CidrIdentity), so it
+	// moves off the pair.
 	type move struct {
 		pfx  netip.Prefix
-		from datapath.Identity
+		from datapath.IPCacheVal
 	}
 	var moves []move
 	consider := func(pfx netip.Prefix) {
 		from := lookupPrefix(r.IPCache, pfx)
-		if !(anyChanged || changed[from]) || from == lookupPrefix(desired.IPCache, pfx) {
+		if !(anyChanged || changed[from.Identity] || (from.CidrIdentity != datapath.IdentityAny && changed[from.CidrIdentity])) ||
+			from == lookupPrefix(desired.IPCache, pfx) {
 			return
 		}
 		moves = append(moves, move{pfx, from})
@@ -704,7 +713,7 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 	for t := range s.temps {
 		used[t] = true
 	}
-	temps := map[datapath.Identity]datapath.Identity{}
+	temps := map[datapath.IPCacheVal]datapath.Identity{}
 	var tempIDs []datapath.Identity
 	next := TempIdentityBase
 	freezeIPC := make([]entry[netip.Prefix, datapath.IPCacheVal], 0, len(moves))
@@ -721,29 +730,31 @@ func (s *Syncer) freeze(desired State, ipcPut []entry[netip.Prefix, datapath.IPC
 		}
 		freezeIPC = append(freezeIPC, entry[netip.Prefix, datapath.IPCacheVal]{m.pfx, datapath.IPCacheVal{Identity: t}})
 	}
-	// The realized allows of every frozen identity, and the wildcard's,
-	// are copied to each temporary identity (from the index by peer, not
-	// a pass over every allow of the node). A key of the frozen identity's
-	// own wins over the wildcard's copy at the same place, as the kernel
-	// looks up the peer before the wildcard.
+	// The realized allows of every frozen identity, the wildcard's and
+	// those of its prefix identity are copied to each temporary identity
+	// (from the index by peer, not a pass over every allow of the node).
+	// Where two land on the same key, the one the kernel probes first
+	// wins: the frozen identity's own, then the wildcard's, then the
+	// prefix identity's.
 	copies := map[datapath.PolicyKey]datapath.PolicyVal{}
-	for _, k := range s.peerKeys(datapath.IdentityAny) {
-		v, ok := r.Policy[k]
-		if !ok {
-			continue // deleted since the index was built
-		}
-		for _, t := range tempIDs {
-			k.PeerId = t
-			copies[k] = v
-		}
-	}
-	for from, t := range temps {
+	copyTo := func(from datapath.Identity, t datapath.Identity) {
 		for _, k := range s.peerKeys(from) {
-			if v, ok := r.Policy[k]; ok {
+			if v, ok := r.Policy[k]; ok { // else deleted since the index was built
 				k.PeerId = t
 				copies[k] = v
 			}
 		}
+	}
+	for from, t := range temps {
+		if from.CidrIdentity != datapath.IdentityAny && from.CidrIdentity != from.Identity {
+			copyTo(from.CidrIdentity, t)
+		}
+	}
+	for _, t := range tempIDs {
+		copyTo(datapath.IdentityAny, t)
+	}
+	for from, t := range temps {
+		copyTo(from.Identity, t)
 	}
 	freezePol := make([]entry[datapath.PolicyKey, datapath.PolicyVal], 0, len(copies))
 	for k, v := range copies {
@@ -765,6 +776,7 @@ func tempsIn(st State) map[datapath.Identity]bool {
 	}
 	for _, v := range st.IPCache {
 		add(v.Identity)
+		add(v.CidrIdentity)
 	}
 	for k := range st.Policy {
 		add(k.PeerId)
@@ -772,16 +784,16 @@ func tempsIn(st State) map[datapath.Identity]bool {
 	return out
 }
 
-// lookupPrefix returns the identity addresses of pfx resolve to in m (the
+// lookupPrefix returns the entry addresses of pfx resolve to in m (the
 // entry for pfx itself, else the longest shorter prefix containing it).
-func lookupPrefix(m map[netip.Prefix]datapath.IPCacheVal, pfx netip.Prefix) datapath.Identity {
+func lookupPrefix(m map[netip.Prefix]datapath.IPCacheVal, pfx netip.Prefix) datapath.IPCacheVal {
 	for bits := pfx.Bits(); bits >= 0; bits-- {
 		q, _ := pfx.Addr().Prefix(bits)
 		if v, ok := m[q]; ok {
-			return v.Identity
+			return v
 		}
 	}
-	return datapath.IdentityWorld
+	return datapath.IPCacheVal{Identity: datapath.IdentityWorld}
 }
 
 func (s *Syncer) apply(desired State) (Stats, error) { return s.applyWith(desired, nil) }

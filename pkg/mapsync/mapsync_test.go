@@ -212,7 +212,8 @@ func clone[K comparable, V any](m map[K]V) map[K]V {
 
 // allowed models the kernel's forward-packet decision on State: the
 // endpoint's isolation flag, the ipcache longest-prefix match, then the
-// longest-prefix policy entry for (peer identity), then (any).
+// longest-prefix policy entry for (peer identity), then (any), then (the
+// prefix identity the matched entry names, if any).
 func allowed(s State, ifindex uint32, dir policy.Direction, peer netip.Addr, proto uint8, port uint16) bool {
 	ep, ok := s.Endpoints[ifindex]
 	if !ok {
@@ -225,18 +226,19 @@ func allowed(s State, ifindex uint32, dir policy.Direction, peer netip.Addr, pro
 	if ep.Flags&flag == 0 {
 		return true
 	}
-	id := datapath.IdentityWorld
+	id, cidr := datapath.IdentityWorld, datapath.IdentityAny
 	best := -1
 	for p, v := range s.IPCache {
 		if p.Contains(peer) && p.Bits() > best {
-			best, id = p.Bits(), v.Identity
+			best, id, cidr = p.Bits(), v.Identity, v.CidrIdentity
 		}
 	}
 	if dir == policy.Ingress && id == datapath.IdentityHost && ep.Flags&datapath.EndpointAllowHost != 0 {
 		return true
 	}
 	for k := range s.Policy {
-		if k.EpId != ep.EpId || k.Dir != datapath.Dir(dir) || (k.PeerId != id && k.PeerId != datapath.IdentityAny) {
+		if k.EpId != ep.EpId || k.Dir != datapath.Dir(dir) ||
+			(k.PeerId != id && k.PeerId != datapath.IdentityAny && (cidr == datapath.IdentityAny || k.PeerId != cidr)) {
 			continue
 		}
 		if k.Prefixlen == 72 {
@@ -695,11 +697,18 @@ func testRestartRenumbering(t *testing.T) {
 }
 
 // hintsOf is what a restarted agent reads from the adopted ipcache.
-func hintsOf(s State) map[netip.Prefix]identity.ID {
-	h := map[netip.Prefix]identity.ID{}
+func hintsOf(s State) map[netip.Prefix]identity.Entry {
+	h := map[netip.Prefix]identity.Entry{}
 	for p, v := range s.IPCache {
+		var e identity.Entry
 		if v.Identity >= datapath.IdentityUserMin {
-			h[p] = identity.ID(v.Identity)
+			e.ID = identity.ID(v.Identity)
+		}
+		if v.CidrIdentity >= datapath.IdentityUserMin {
+			e.CIDR = identity.ID(v.CidrIdentity)
+		}
+		if e != (identity.Entry{}) {
+			h[p] = e
 		}
 	}
 	return h

@@ -200,11 +200,13 @@ func BenchmarkClusterNamespaceRelabel(b *testing.B) {
 // change with every pod relabelled (RelabelEveryPod), as an ipBlock or a
 // named port did before. (Volatile label keys came after that: the first
 // policy testing one costs a scan of the pods, and relabels those carrying
-// it.)
+// it.) An ipBlock relabels no pod at all: the addresses in it take a new
+// prefix identity; only an egress rule with a named port makes the pods
+// in its ipBlock carry the prefix.
 // ratio = every / touched time.
 func BenchmarkReferenceChange(b *testing.B) {
 	tcp := corev1.ProtocolTCP
-	named := intstr.FromString("not-yet-named")
+	named, metrics := intstr.FromString("not-yet-named"), intstr.FromString("metrics")
 	for _, pods := range []int{10_000, 100_000} {
 		w := benchworld.Generate(pods, 1_000)
 		c := policy.Build(w, policy.Options{NodeName: w.Pods[0].NodeName})
@@ -218,6 +220,14 @@ func BenchmarkReferenceChange(b *testing.B) {
 			// the ipBlock compilebench adds (benchworld's own are /16
 			// and /24): 128 pod addresses
 			{"ipblock-128-pods", benchworld.ReferencePolicy(w.Pods[0]).Spec.Egress[0].To[0], nil},
+			// every pod address of benchworld is in 10.0.0.0/8
+			{"ipblock-every-pod", networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8"}}, nil},
+			// a named port resolves on the destination pod: the 128
+			// pods are relabelled to carry the prefix (benchworld's
+			// egress rules already reference "metrics", so no other pod
+			// is)
+			{"ipblock-128-pods-named-port", benchworld.ReferencePolicy(w.Pods[0]).Spec.Egress[0].To[0],
+				[]networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &metrics}}},
 			{"named-port-on-no-pod", networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{}},
 				[]networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &named}}},
 		} {

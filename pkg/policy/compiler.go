@@ -36,14 +36,16 @@ type Options struct {
 	// the maps are reconciled (see pkg/mapsync).
 	FirstIdentity identity.ID
 	// IdentityHints are the adopted ipcache's entries (prefix -> identity
-	// number, those below FirstIdentity). A new label set whose first
+	// numbers, those below FirstIdentity). A new label set whose first
 	// address (or referenced prefix) is hinted takes that number, once, if
 	// no other label set holds it: the same objects compiled again by a
 	// restarted agent give the maps it adopted, so reconciling writes
-	// nothing. A label set that changed while no agent ran may take a
+	// nothing. An address's prefix identity (Entry.CIDR) hints the
+	// identity of an ipBlock of exactly that address, which has no entry
+	// of its own. A label set that changed while no agent ran may take a
 	// number of another meaning; pkg/mapsync moves between any two states
 	// without a window, so that is a change like any other.
-	IdentityHints map[netip.Prefix]identity.ID
+	IdentityHints map[netip.Prefix]identity.Entry
 }
 
 // NamespaceNameLabel is the label the API server puts on every namespace.
@@ -219,6 +221,9 @@ type Compiler struct {
 	// referenced CIDRs, egress named ports and volatile pod label keys
 	// (tested by peer pod selectors), counted per policy
 	cidrRefs map[netip.Prefix]int
+	// podCIDRRefs are those of them referenced by rules that resolve pods
+	// (compiledRule.resolvesPods): the prefixes pod identities carry.
+	podCIDRRefs map[netip.Prefix]int
 	// cidrLens are the lengths of the referenced prefixes, IPv4's then
 	// IPv6's, sorted (containing); recomputed when cidrLensOK is false.
 	cidrLens     [2][]int
@@ -299,6 +304,7 @@ func New(opts Options) *Compiler {
 		addrs:        btree.NewG(32, netip.Addr.Less),
 		hostIPs:      set[netip.Addr]{},
 		cidrRefs:     map[netip.Prefix]int{},
+		podCIDRRefs:  map[netip.Prefix]int{},
 		namedRefs:    map[namedRef]int{},
 		volatileRefs: map[string]int{},
 		cidrIDs:      map[netip.Prefix]identity.ID{},
@@ -354,7 +360,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 	c.relabel()
 	// The references identities were made with: if setting the policies
 	// below ends with others, they are made again.
-	labelled := [3][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs), refKeys(c.volatileRefs)}
+	labelled := [4][]string{refKeys(c.cidrRefs), refKeys(c.namedRefs), refKeys(c.volatileRefs), refKeys(c.podCIDRRefs)}
 	c.SetHostIPs(s.HostIPs)
 	pods := slices.Clone(s.Pods)
 	slices.SortFunc(pods, func(a, b Pod) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
@@ -362,6 +368,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 		c.SetPod(p)
 	}
 	clear(c.cidrRefs)
+	clear(c.podCIDRRefs)
 	c.cidrLensOK = false
 	clear(c.namedRefs)
 	clear(c.volatileRefs)
@@ -394,7 +401,7 @@ func Build(s Snapshot, opts Options) *Compiler {
 	}
 	c.batch = false
 	if !slices.Equal(labelled[0], refKeys(c.cidrRefs)) || !slices.Equal(labelled[1], refKeys(c.namedRefs)) ||
-		!slices.Equal(labelled[2], refKeys(c.volatileRefs)) {
+		!slices.Equal(labelled[2], refKeys(c.volatileRefs)) || !slices.Equal(labelled[3], refKeys(c.podCIDRRefs)) {
 		c.relabel()
 	}
 	c.needRelabel, c.pending = false, relabelWork{}
@@ -813,6 +820,7 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 	if changed {
 		c.cidrLensOK = false
 	}
+	changed = countRefs(c.podCIDRRefs, cp.podCIDRs, delta, &w.podCIDRs) || changed
 	changed = countRefs(c.namedRefs, cp.named, delta, &w.named) || changed
 	changed = countRefs(c.volatileRefs, cp.volatileKeys, delta, &w.keys) || changed
 	if changed {
@@ -829,14 +837,18 @@ func (c *Compiler) addRefs(cp *compiledPolicy, delta int) {
 type relabelWork struct {
 	all   bool // every identity: the first numbering, or after a restart
 	cidrs set[netip.Prefix]
-	named set[namedRef]
-	keys  set[string]
+	// podCIDRs: the prefixes pod identities carry (podCIDRRefs) that came
+	// or went; a subset of cidrs.
+	podCIDRs set[netip.Prefix]
+	named    set[namedRef]
+	keys     set[string]
 }
 
 // touched returns the pods whose identities may differ for the references
-// in w, sorted: those that carry a label key, have an address in a prefix,
-// or declare a named port that came or went. Indexes find them, not a scan
-// of every pod: a policy with a new ipBlock costs the pods in it.
+// in w, sorted: those that carry a label key, have an address in a prefix
+// pod identities carry, or declare a named port that came or went. Indexes
+// find them, not a scan of every pod. Most ipBlocks relabel no pod: a pod's
+// address is matched against them by its prefix identity (refreshCIDRs).
 func (c *Compiler) touched(w *relabelWork) []PodKey {
 	seen := set[PodKey]{}
 	for k := range w.keys {
@@ -849,19 +861,36 @@ func (c *Compiler) touched(w *relabelWork) []PodKey {
 			seen.add(pk)
 		}
 	}
-	for pfx := range w.cidrs {
-		pfx = pfx.Masked()
-		c.addrs.AscendGreaterOrEqual(pfx.Addr(), func(a netip.Addr) bool {
-			if !pfx.Contains(a) {
-				return false // addresses in a prefix are consecutive in order
-			}
+	for pfx := range w.podCIDRs {
+		c.addrsIn(pfx, func(a netip.Addr) {
 			for _, pk := range c.ipOwners[a] {
 				seen.add(pk)
 			}
-			return true
 		})
 	}
 	return sortedKeys(seen, comparePodKey)
+}
+
+// addrsIn calls f with each owned address in pfx, in order.
+func (c *Compiler) addrsIn(pfx netip.Prefix, f func(netip.Addr)) {
+	pfx = pfx.Masked()
+	c.addrs.AscendGreaterOrEqual(pfx.Addr(), func(a netip.Addr) bool {
+		if !pfx.Contains(a) {
+			return false // addresses in a prefix are consecutive in order
+		}
+		f(a)
+		return true
+	})
+}
+
+// refreshCIDRs recomputes the ipcache entries of the owned addresses in the
+// prefixes that came or went: their prefix identity (Entry.CIDR) is that
+// of the longest referenced prefix holding them, which is one of those or
+// lies inside one (whose identity then changed too).
+func (c *Compiler) refreshCIDRs(w *relabelWork) {
+	for pfx := range w.cidrs {
+		c.addrsIn(pfx, c.refreshAddr)
+	}
 }
 
 // countRefs adds delta to the count of each of keys (distinct) in refs,
@@ -904,6 +933,9 @@ func (c *Compiler) relabel() {
 		c.relabelCIDRs()
 	}
 	c.relabelPods(w)
+	if !w.all {
+		c.refreshCIDRs(&w) // all: every pod's entry was refreshed
+	}
 }
 
 // relabelCIDRs recomputes the identities of the referenced prefixes, each
@@ -920,12 +952,13 @@ func (c *Compiler) relabelCIDRs() {
 		l := identity.Labels{Kind: identity.KindCIDR, CIDRs: c.containing(p.Addr(), p.Bits())}
 		old, had := c.cidrIDs[p]
 		// The prefix's adopted number is its own unless a pod or the node
-		// owns that exact address (their entry wins in the ipcache).
-		at := p
+		// owns that exact address (their entry wins in the ipcache): then
+		// a pod's entry names it as its prefix identity.
+		hint := c.opts.IdentityHints[p].ID
 		if p.IsSingleIP() && (len(c.ipOwners[p.Addr()]) > 0 || c.hostIPs.has(p.Addr())) {
-			at = netip.Prefix{}
+			hint = c.opts.IdentityHints[p].CIDR
 		}
-		ident := c.acquireIdentity(l, at)
+		ident := c.acquireIdentityHinted(l, hint)
 		c.cidrIDs[p] = ident.ID
 		if had {
 			c.releaseIdentity(old)
@@ -982,6 +1015,46 @@ func (c *Compiler) ownPrefix(st *podState, ip netip.Addr) netip.Prefix {
 // containing returns the referenced prefixes that contain the prefix
 // addr/bits, sorted.
 func (c *Compiler) containing(addr netip.Addr, bits int) []netip.Prefix {
+	c.ensureCIDRLens()
+	var out []netip.Prefix
+	for _, l := range c.cidrLens[addrFamily(addr)] {
+		if l > bits {
+			break
+		}
+		if p := netip.PrefixFrom(addr, l).Masked(); c.cidrRefs[p] > 0 {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, identity.ComparePrefix)
+	return out
+}
+
+// podContaining returns the prefixes pod identities carry (podCIDRRefs)
+// that contain addr, sorted.
+func (c *Compiler) podContaining(addr netip.Addr) []netip.Prefix {
+	if len(c.podCIDRRefs) == 0 {
+		return nil
+	}
+	out := c.containing(addr, addr.BitLen())
+	return slices.DeleteFunc(out, func(p netip.Prefix) bool { return c.podCIDRRefs[p] == 0 })
+}
+
+// cidrOf returns the prefix identity of addr: that of the longest
+// referenced prefix holding it, which carries every one holding it; 0 for
+// none.
+func (c *Compiler) cidrOf(addr netip.Addr) identity.ID {
+	c.ensureCIDRLens()
+	lens := c.cidrLens[addrFamily(addr)]
+	for i := len(lens) - 1; i >= 0; i-- {
+		if p := netip.PrefixFrom(addr, lens[i]).Masked(); c.cidrRefs[p] > 0 {
+			return c.cidrIDs[p] // 0 until relabelCIDRs numbers it
+		}
+	}
+	return 0
+}
+
+// ensureCIDRLens recomputes cidrLens when the referenced prefixes changed.
+func (c *Compiler) ensureCIDRLens() {
 	if !c.cidrLensOK {
 		// The few lengths referenced, so that finding the prefixes
 		// holding an address is a lookup per length, not a pass over
@@ -999,17 +1072,6 @@ func (c *Compiler) containing(addr netip.Addr, bits int) []netip.Prefix {
 		slices.Sort(c.cidrLens[1])
 		c.cidrLensOK = true
 	}
-	var out []netip.Prefix
-	for _, l := range c.cidrLens[addrFamily(addr)] {
-		if l > bits {
-			break
-		}
-		if p := netip.PrefixFrom(addr, l).Masked(); c.cidrRefs[p] > 0 {
-			out = append(out, p)
-		}
-	}
-	slices.SortFunc(out, identity.ComparePrefix)
-	return out
 }
 
 // addrFamily indexes IPv4 (0) and IPv6 (1).
@@ -1026,7 +1088,7 @@ func (c *Compiler) podLabels(p *Pod, ip netip.Addr) identity.Labels {
 		Kind:      identity.KindPod,
 		Namespace: p.Namespace,
 		PodLabels: c.identityLabels(p.Labels),
-		CIDRs:     c.containing(ip, ip.BitLen()),
+		CIDRs:     c.podContaining(ip),
 	}
 	if ns := c.namespaces[p.Namespace]; ns != nil {
 		l.NamespaceLabels = ns.labels
@@ -1116,31 +1178,33 @@ func (c *Compiler) updateIdentities(st *podState) {
 }
 
 // refreshAddr recomputes the ipcache entry of one address: a pod that owns
-// it, else the host, else a referenced prefix of exactly that length.
+// it (with its prefix identity), else the host, else a referenced prefix of
+// exactly that length.
 func (c *Compiler) refreshAddr(ip netip.Addr) {
 	c.refreshPrefix(netip.PrefixFrom(ip, ip.BitLen()))
 }
 
 func (c *Compiler) refreshPrefix(p netip.Prefix) {
-	want, ok := identity.ID(0), false
+	var want identity.Entry
+	ok := false
 	if p.IsSingleIP() {
 		if owners := c.ipOwners[p.Addr()]; len(owners) > 0 {
 			st := c.pods[owners[0]]
 			if i := slices.Index(st.pod.IPs, p.Addr()); i >= 0 && i < len(st.ids) {
-				want, ok = st.ids[i], true
+				want, ok = identity.Entry{ID: st.ids[i], CIDR: c.cidrOf(p.Addr())}, true
 			}
 		}
 		if !ok && c.hostIPs.has(p.Addr()) {
-			want, ok = identity.Host, true
+			want, ok = identity.Entry{ID: identity.Host}, true
 		}
 	}
 	if !ok {
-		want, ok = c.cidrIDs[p]
+		want.ID, ok = c.cidrIDs[p]
 	}
-	have, had := c.ipc.Get(p)
+	have, had := c.ipc.GetEntry(p)
 	switch {
 	case ok && (!had || have != want):
-		c.ipc.Set(p, want)
+		c.ipc.SetEntry(p, want)
 		c.changes.IPCache = true
 	case !ok && had:
 		c.ipc.Delete(p)
@@ -1151,7 +1215,13 @@ func (c *Compiler) refreshPrefix(p netip.Prefix) {
 // acquireIdentity returns l's identity, numbered as the adopted ipcache
 // numbered the prefix at, when it can be (Options.IdentityHints).
 func (c *Compiler) acquireIdentity(l identity.Labels, at netip.Prefix) *identity.Identity {
-	ident, created := c.ids.AcquireHinted(l, c.opts.IdentityHints[at])
+	return c.acquireIdentityHinted(l, c.opts.IdentityHints[at].ID)
+}
+
+// acquireIdentityHinted returns l's identity, numbered hint if it is new
+// and can be (identity.Allocator.AcquireHinted).
+func (c *Compiler) acquireIdentityHinted(l identity.Labels, hint identity.ID) *identity.Identity {
+	ident, created := c.ids.AcquireHinted(l, hint)
 	if !created {
 		return ident
 	}
@@ -1267,6 +1337,11 @@ func (c *Compiler) ruleMatches(cp *compiledPolicy, r *compiledRule, ident *ident
 				if c.hostInBlock(p) {
 					return true
 				}
+				continue
+			}
+			if l.Kind == identity.KindPod && !r.resolvesPods {
+				// A pod's address is admitted by its prefix identity
+				// (cidrOf), a CIDR identity this peer matches.
 				continue
 			}
 			if l.HasCIDR(p.cidr) && !slices.ContainsFunc(p.except, l.HasCIDR) {

@@ -30,8 +30,11 @@ type Verdict struct {
 	Allowed bool
 	Reason  Reason
 	// SrcIdentity and DstIdentity are the identities the addresses resolve
-	// to, as the kernel would resolve them.
+	// to, as the kernel would resolve them; SrcCIDR and DstCIDR the prefix
+	// identities their ipcache entries name (0 for none), whose rules the
+	// kernel also applies (bpf/zt_abi.h, "Prefix identity of an address").
 	SrcIdentity, DstIdentity identity.ID
+	SrcCIDR, DstCIDR         identity.ID
 	// Egress is the source pod's side, nil when the source is not a pod
 	// endpoint; Ingress the destination pod's side, likewise.
 	Egress, Ingress *DirVerdict
@@ -52,14 +55,18 @@ type DirVerdict struct {
 
 // Evaluate decides whether a packet from src to dst with protocol proto and
 // destination port port is allowed, from the compiled endpoints alone: the
-// same lookups the kernel makes (address → identity, then the endpoint's
-// rules for that identity or any identity). It syncs pending changes first.
+// same lookups the kernel makes (address → identity and prefix identity,
+// then the endpoint's rules for that identity, any identity or the prefix
+// identity). It syncs pending changes first.
 func (c *Compiler) Evaluate(src, dst netip.Addr, proto Protocol, port uint16) Verdict {
 	c.Sync()
 	src, dst = src.Unmap(), dst.Unmap()
+	se, de := c.ipc.LookupEntry(src), c.ipc.LookupEntry(dst)
 	v := Verdict{
-		SrcIdentity: c.ipc.Lookup(src),
-		DstIdentity: c.ipc.Lookup(dst),
+		SrcIdentity: se.ID,
+		DstIdentity: de.ID,
+		SrcCIDR:     se.CIDR,
+		DstCIDR:     de.CIDR,
 		Allowed:     true,
 		Reason:      ReasonAllowed,
 	}
@@ -70,13 +77,13 @@ func (c *Compiler) Evaluate(src, dst netip.Addr, proto Protocol, port uint16) Ve
 		return v
 	}
 	if ep, ok := c.endpointFor(srcPod, srcOK); ok {
-		v.Egress = c.decide(ep, Egress, v.DstIdentity, proto, port)
+		v.Egress = c.decide(ep, Egress, de, proto, port)
 		if !v.Egress.Allowed {
 			v.Allowed, v.Reason = false, ReasonEgressDenied
 		}
 	}
 	if ep, ok := c.endpointFor(dstPod, dstOK); ok {
-		v.Ingress = c.decide(ep, Ingress, v.SrcIdentity, proto, port)
+		v.Ingress = c.decide(ep, Ingress, se, proto, port)
 		if !v.Ingress.Allowed && v.SrcIdentity == identity.Host && !c.opts.DenyFromHost {
 			v.Ingress.Allowed, v.Ingress.FromHost = true, true
 		}
@@ -95,11 +102,11 @@ func (c *Compiler) endpointFor(pk PodKey, ok bool) (*Endpoint, bool) {
 	return ep, ok
 }
 
-func (c *Compiler) decide(ep *Endpoint, d Direction, peer identity.ID, proto Protocol, port uint16) *DirVerdict {
+func (c *Compiler) decide(ep *Endpoint, d Direction, peer identity.Entry, proto Protocol, port uint16) *DirVerdict {
 	dp := ep.Dir(d)
 	dv := &DirVerdict{Endpoint: ep.Pod, Isolated: dp.Isolated, IsolatedBy: dp.IsolatedBy, Allowed: !dp.Isolated}
 	for r := range dp.Rules.All() {
-		if r.Matches(peer, proto, port) {
+		if r.Matches(peer.ID, proto, port) || (peer.CIDR != identity.Any && r.Matches(peer.CIDR, proto, port)) {
 			dv.Allowed = true
 			if ref, ok := c.ruleRefs[r.ID]; ok {
 				dv.AllowedBy = append(dv.AllowedBy, ref)

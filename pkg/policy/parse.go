@@ -32,7 +32,11 @@ type compiledPolicy struct {
 	types  [2]bool // indexed by Direction
 	rules  [2][]compiledRule
 	cidrs  []netip.Prefix // every prefix the policy references
-	named  []namedRef     // egress named ports it references
+	// podCIDRs are the prefixes of the ipBlock peers of its rules that
+	// resolve pods (compiledRule.resolvesPods): pod identities carry
+	// those holding their address.
+	podCIDRs []netip.Prefix
+	named    []namedRef // egress named ports it references
 	// volatileKeys are the volatile pod label keys its peers' pod selectors
 	// test: a volatile label is part of a pod identity only while some
 	// policy tests it.
@@ -67,7 +71,13 @@ var volatileLabels = map[string]bool{
 type compiledRule struct {
 	id       RuleID
 	allPeers bool
-	peers    []compiledPeer
+	// resolvesPods: an egress rule with a named port, which resolves on
+	// the destination pod, so its ipBlock peers admit pods by their pod
+	// identity (carrying the prefixes holding their address) rather than
+	// by the prefix identity of their address (bpf/zt_abi.h, "Prefix
+	// identity of an address"), which no named port resolves on.
+	resolvesPods bool
+	peers        []compiledPeer
 	// ports is empty when the rule allows every port and protocol.
 	ports []compiledPort
 }
@@ -176,6 +186,8 @@ func compile(np *networkingv1.NetworkPolicy, ruleID func(RuleRef) RuleID) (*comp
 	}
 	slices.SortFunc(cp.cidrs, identity.ComparePrefix)
 	cp.cidrs = slices.Compact(cp.cidrs)
+	slices.SortFunc(cp.podCIDRs, identity.ComparePrefix)
+	cp.podCIDRs = slices.Compact(cp.podCIDRs)
 	slices.SortFunc(cp.named, func(a, b namedRef) int {
 		return identity.CompareNamedPort(identity.NamedPort{Name: a.name, Protocol: a.proto}, identity.NamedPort{Name: b.name, Protocol: b.proto})
 	})
@@ -213,8 +225,17 @@ func (cp *compiledPolicy) compileRule(path string, peers []networkingv1.NetworkP
 		}
 		if cport.name != "" && dir == Egress {
 			cp.named = append(cp.named, namedRef{cport.name, cport.proto})
+			cr.resolvesPods = true
 		}
 		cr.ports = append(cr.ports, cport)
+	}
+	if cr.resolvesPods {
+		for _, p := range cr.peers {
+			if p.ipBlock {
+				cp.podCIDRs = append(cp.podCIDRs, p.cidr)
+				cp.podCIDRs = append(cp.podCIDRs, p.except...)
+			}
+		}
 	}
 	return cr, nil
 }

@@ -321,9 +321,15 @@ func checkInvariants(t *testing.T, c *Compiler) {
 	}
 	checkIncrementalState(t, c)
 	// The ipcache points at live identities.
-	for p, id := range c.IPCache().Entries() {
-		if _, ok := c.Identity(id); !ok {
-			t.Errorf("ipcache %s -> %d: identity not live", p, id)
+	for p, e := range c.IPCache().Entries() {
+		if _, ok := c.Identity(e.ID); !ok {
+			t.Errorf("ipcache %s -> %d: identity not live", p, e.ID)
+		}
+		if e.CIDR == 0 {
+			continue
+		}
+		if ident, ok := c.Identity(e.CIDR); !ok || ident.Labels.Kind != identity.KindCIDR {
+			t.Errorf("ipcache %s -> prefix identity %d: not a live CIDR identity", p, e.CIDR)
 		}
 	}
 }
@@ -417,12 +423,17 @@ func checkRestartHints(t *testing.T, i int, w *refWorld, g *gen) {
 	first := Build(w.snapshot(), w.Opts)
 	adopted := first.IPCache().Entries()
 	opts := w.Opts
-	opts.IdentityHints = map[netip.Prefix]identity.ID{}
-	for p, id := range adopted {
-		opts.FirstIdentity = max(opts.FirstIdentity, id+1)
-		if id >= identity.FirstAllocated {
-			opts.IdentityHints[p] = id
+	opts.IdentityHints = map[netip.Prefix]identity.Entry{}
+	for p, e := range adopted {
+		opts.FirstIdentity = max(opts.FirstIdentity, e.ID+1, e.CIDR+1)
+		var h identity.Entry
+		if e.ID >= identity.FirstAllocated {
+			h.ID = e.ID
 		}
+		if e.CIDR >= identity.FirstAllocated {
+			h.CIDR = e.CIDR
+		}
+		opts.IdentityHints[p] = h
 	}
 	saved := w.Opts
 	defer func() { w.Opts = saved }()
@@ -448,9 +459,9 @@ func checkRestartHints(t *testing.T, i int, w *refWorld, g *gen) {
 			continue
 		}
 		got := c.IPCache().Entries()
-		for p, id := range adopted {
-			if got[p] != id {
-				t.Fatalf("world %d (restart, %s): %s was identity %d, is %d after the restart\nworld:\n%s", i, mode, p, id, got[p], w.dump())
+		for p, e := range adopted {
+			if g := got[p]; g != e {
+				t.Fatalf("world %d (restart, %s): %s was %+v, is %+v after the restart\nworld:\n%s", i, mode, p, e, g, w.dump())
 			}
 		}
 		if len(got) != len(adopted) {

@@ -34,8 +34,9 @@ type peerSelection struct {
 const allPeersKey = "*"
 
 // selectionKey returns the canonical form of what ruleMatches reads of
-// rule r of cp: its peers, and the policy's namespace for peers that are
-// scoped to it (a podSelector without namespaceSelector). Rules with equal
+// rule r of cp: its peers, the policy's namespace for peers that are
+// scoped to it (a podSelector without namespaceSelector), and for ipBlock
+// peers whether the rule resolves pods. Rules with equal
 // keys match the same identities. Peers are an "any of", so their order
 // and repetitions do not count; the rest (the node's addresses, for ipBlock
 // peers and the host) is the same for every rule.
@@ -44,11 +45,18 @@ func selectionKey(cp *compiledPolicy, r *compiledRule) string {
 		return allPeersKey
 	}
 	parts := make([]string, 0, len(r.peers))
+	blocks := false
 	for i := range r.peers {
 		parts = append(parts, peerKey(cp.key.Namespace, &r.peers[i]))
+		blocks = blocks || r.peers[i].ipBlock
 	}
 	slices.Sort(parts)
-	return strings.Join(slices.Compact(parts), "|")
+	key := strings.Join(slices.Compact(parts), "|")
+	if blocks && r.resolvesPods {
+		// Its ipBlocks match pod identities too (ruleMatches).
+		key = "pods " + key
+	}
+	return key
 }
 
 func peerKey(ns string, p *compiledPeer) string {

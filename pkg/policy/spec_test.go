@@ -414,6 +414,33 @@ spec:
 			},
 		},
 		{
+			// Pods are matched against most ipBlocks by the prefix
+			// identity of their address; a named port resolves on the
+			// destination pod, so its rule matches pod identities that
+			// carry the block: both rules must agree on except.
+			name: "egress named port to an ipBlock resolves on the pods in it only, beside a numbered rule to the same block",
+			policies: `
+metadata: {namespace: "y", name: p}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.2/32]}}]
+    ports: [{port: http}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.2/32]}}]
+    ports: [{port: 5432}]`,
+			checks: []check{
+				{"y/a", "x/a", "TCP", 8080, true},       // in the block, http is 8080
+				{"y/a", "x/b", "TCP", 9090, false},      // 10.0.0.2 excepted
+				{"y/a", "x/c", "TCP", 8080, false},      // declares no http
+				{"y/a", "10.0.5.5", "TCP", 8080, false}, // not a pod: http resolves on nothing
+				{"y/a", "x/c", "TCP", 5432, true},
+				{"y/a", "x/b", "TCP", 5432, false},
+				{"y/a", "10.0.5.5", "TCP", 5432, true},
+				{"y/a", "10.2.0.1", "TCP", 5432, false},
+			},
+		},
+		{
 			name: "ingress named port resolves on each destination pod; a pod lacking the name gets nothing",
 			policies: `
 metadata: {namespace: x, name: p}

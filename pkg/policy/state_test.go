@@ -55,6 +55,43 @@ func checkIncrementalState(t *testing.T, c *Compiler) {
 	if !maps.EqualFunc(byCIDR, c.cidrIdents, maps.Equal) {
 		t.Errorf("identities by CIDR %v, from scratch %v", c.cidrIdents, byCIDR)
 	}
+	// The prefixes pod identities carry are those of the rules resolving
+	// pods, counted per policy; an owned address's ipcache entry names the
+	// identity of the longest referenced prefix holding it (found here by
+	// a pass over every one).
+	podCIDRs := map[netip.Prefix]int{}
+	for _, ps := range c.policies {
+		for _, p := range ps.cp.podCIDRs {
+			podCIDRs[p]++
+		}
+	}
+	if !maps.Equal(podCIDRs, c.podCIDRRefs) {
+		t.Errorf("prefixes pod identities carry %v, from scratch %v", c.podCIDRRefs, podCIDRs)
+	}
+	for _, ident := range live {
+		if ident.Labels.Kind != identity.KindPod {
+			continue
+		}
+		for _, p := range ident.Labels.CIDRs {
+			if podCIDRs[p] == 0 {
+				t.Errorf("identity %d carries %s, which no rule resolving pods references", ident.ID, p)
+			}
+		}
+	}
+	for a, owners := range c.ipOwners {
+		if st := c.pods[owners[0]]; st.pod.HostNetwork {
+			continue
+		}
+		want, best := identity.ID(0), -1
+		for p := range c.cidrRefs {
+			if p.Contains(a) && p.Bits() > best {
+				want, best = c.cidrIDs[p], p.Bits()
+			}
+		}
+		if e, ok := c.ipc.GetEntry(netip.PrefixFrom(a, a.BitLen())); ok && e.ID != identity.Host && e.CIDR != want {
+			t.Errorf("ipcache %s names prefix identity %d, want %d", a, e.CIDR, want)
+		}
+	}
 	var addrs []netip.Addr
 	c.addrs.Ascend(func(a netip.Addr) bool { addrs = append(addrs, a); return true })
 	if want := slices.SortedFunc(maps.Keys(c.ipOwners), netip.Addr.Compare); !slices.Equal(addrs, want) {

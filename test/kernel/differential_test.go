@@ -787,14 +787,14 @@ func (r *worldRun) probe(b *boundEP, dir datapath.Dir, own, peer netip.Addr, pr 
 	frame := pkt.Frame()
 
 	v := r.c.Evaluate(src, dst, policy.Protocol(proto), port)
-	dv, peerID := v.Egress, v.DstIdentity
+	dv, peerID, peerCIDR := v.Egress, v.DstIdentity, v.DstCIDR
 	if dir == datapath.DirIngress {
-		dv, peerID = v.Ingress, v.SrcIdentity
+		dv, peerID, peerCIDR = v.Ingress, v.SrcIdentity, v.SrcCIDR
 	}
 	if dv == nil || dv.Endpoint != b.pod.Key() {
 		r.h.t.Fatalf("world %d: Evaluate(%s, %s, %d, %d) has no %s side for %s: %+v", r.w.idx, src, dst, proto, port, dir, b.pod.Key(), v)
 	}
-	exp := r.expect(b, dir, dv, peerID, policy.Protocol(proto), port)
+	exp := r.expect(b, dir, dv, peerID, peerCIDR, policy.Protocol(proto), port)
 
 	o := h.run(b.ifindex, dir, frame, exp.slot)
 	r.stats.runs++
@@ -858,8 +858,10 @@ func (r *worldRun) probe(b *boundEP, dir datapath.Dir, own, peer netip.Addr, pr 
 
 // expect derives the kernel's expected behaviour from the compiler's
 // answer, in the datapath's order: not isolated, then from the host (ingress
-// only), then the rules; an audited endpoint passes what it would drop.
-func (r *worldRun) expect(b *boundEP, dir datapath.Dir, dv *policy.DirVerdict, peer identity.ID, proto policy.Protocol, port uint16) expectation {
+// only), then the rules (of the peer's identity, any peer, or the prefix
+// identity cidr of its address); an audited endpoint passes what it would
+// drop.
+func (r *worldRun) expect(b *boundEP, dir datapath.Dir, dv *policy.DirVerdict, peer, cidr identity.ID, proto policy.Protocol, port uint16) expectation {
 	e := expectation{ifindex: b.ifindex, event: true, peer: peer}
 	switch {
 	case !dv.Isolated:
@@ -869,7 +871,7 @@ func (r *worldRun) expect(b *boundEP, dir datapath.Dir, dv *policy.DirVerdict, p
 	case dv.Allowed:
 		e.slot = slotKey{dir, datapath.VerdictAllow, datapath.ReasonAllowed}
 		for rule := range b.ep.Dir(policy.Direction(dir)).Rules.All() {
-			if rule.Matches(peer, proto, port) {
+			if rule.Matches(peer, proto, port) || (cidr != identity.Any && rule.Matches(cidr, proto, port)) {
 				e.rules = append(e.rules, uint32(rule.ID))
 			}
 		}

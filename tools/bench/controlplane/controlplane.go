@@ -129,7 +129,8 @@ type CompileRow struct {
 	TimedOut bool `json:"timed_out"`
 	// Relabel: one pod's labels change + Sync; Policy: one policy added
 	// or deleted + Sync; Reference: the same with a policy whose ipBlock
-	// no other references, which relabels the 128 pods in it (ms per
+	// no other references, which makes or drops a CIDR identity and moves
+	// the 128 pod addresses in it to another prefix identity (ms per
 	// update).
 	RelabelMs   []float64 `json:"relabel_ms"`
 	PolicyMs    []float64 `json:"policy_ms"`

@@ -84,7 +84,8 @@ func (r *Report) Markdown(w io.Writer) error {
 		"(what zt-agent compiles); *cluster*: every pod is (`ztctl compile`). Peak RSS is the child's (rusage: input, "+
 		"compiler, runtime); heap is what the built compiler holds. Updates: a pod relabel, or a policy added or "+
 		"deleted, each followed by Sync; *new ipBlock*: a policy whose ipBlock no other policy references, holding 128 pods' "+
-		"addresses, added or deleted (a CIDR identity made or dropped and those pods relabelled).\n\n")
+		"addresses, added or deleted (a CIDR identity made or dropped, and those addresses' prefix identity changed: "+
+		"no pod is relabelled).\n\n")
 	fmt.Fprintf(&b, "| pods | policies | view | identities | full compile | peak RSS | compiler heap | relabel p50 | relabel p99 | policy p50 | policy p99 | new ipBlock p50 | new ipBlock p99 |\n")
 	fmt.Fprintf(&b, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range r.Compile {

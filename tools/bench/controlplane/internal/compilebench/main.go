@@ -102,8 +102,8 @@ func run(pods, policies int, view string, updates int) error {
 		r.PolicyNs = append(r.PolicyNs, time.Since(t).Nanoseconds())
 	}
 	// A policy with an ipBlock no other policy references is added, then
-	// deleted: a CIDR identity is made and the pods in the block are
-	// relabelled, then both undone.
+	// deleted: a CIDR identity is made and the addresses of the pods in
+	// the block take it as their prefix identity, then both undone.
 	for i := range updates {
 		key := policy.PolicyKey{Namespace: p.Namespace, Name: benchworld.ReferencePolicyName}
 		t := time.Now()

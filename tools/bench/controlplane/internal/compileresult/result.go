@@ -22,7 +22,7 @@ type Result struct {
 	// PolicyNs: SetPolicy (a new policy) or DeletePolicy + Sync, each update.
 	PolicyNs []int64 `json:"policy_ns"`
 	// ReferenceNs: the same with benchworld.ReferencePolicy, whose ipBlock
-	// no other policy references (a CIDR made or dropped, and the pods in
-	// it relabelled).
+	// no other policy references (a CIDR identity made or dropped, and the
+	// prefix identity of the pod addresses in it changed).
 	ReferenceNs []int64 `json:"reference_ns"`
 }
