@@ -861,37 +861,44 @@ func (c *Compiler) touched(w *relabelWork) []PodKey {
 			seen.add(pk)
 		}
 	}
-	for pfx := range w.podCIDRs {
-		c.addrsIn(pfx, func(a netip.Addr) {
-			for _, pk := range c.ipOwners[a] {
-				seen.add(pk)
-			}
-		})
-	}
+	c.addrsIn(w.podCIDRs, func(a netip.Addr) {
+		for _, pk := range c.ipOwners[a] {
+			seen.add(pk)
+		}
+	})
 	return sortedKeys(seen, comparePodKey)
 }
 
-// addrsIn calls f with each owned address in pfx, in order.
-func (c *Compiler) addrsIn(pfx netip.Prefix, f func(netip.Addr)) {
-	pfx = pfx.Masked()
-	c.addrs.AscendGreaterOrEqual(pfx.Addr(), func(a netip.Addr) bool {
-		if !pfx.Contains(a) {
-			return false // addresses in a prefix are consecutive in order
+// addrsIn calls f once with each owned address in one of pfxs, in order.
+// A prefix inside another is not walked again: a burst of policies with
+// nested ipBlocks (or one of 10.0.0.0/8 and its excepts) costs each
+// address once.
+func (c *Compiler) addrsIn(pfxs set[netip.Prefix], f func(netip.Addr)) {
+	var last netip.Prefix
+	for _, pfx := range sortedKeys(pfxs, identity.ComparePrefix) {
+		pfx = pfx.Masked()
+		// Sorted by address, then length: a prefix holding this one
+		// came before it, and is the last one walked (those are
+		// disjoint, in order).
+		if last.IsValid() && last.Contains(pfx.Addr()) {
+			continue
 		}
-		f(a)
-		return true
-	})
+		last = pfx
+		c.addrs.AscendGreaterOrEqual(pfx.Addr(), func(a netip.Addr) bool {
+			if !pfx.Contains(a) {
+				return false // addresses in a prefix are consecutive in order
+			}
+			f(a)
+			return true
+		})
+	}
 }
 
 // refreshCIDRs recomputes the ipcache entries of the owned addresses in the
 // prefixes that came or went: their prefix identity (Entry.CIDR) is that
 // of the longest referenced prefix holding them, which is one of those or
 // lies inside one (whose identity then changed too).
-func (c *Compiler) refreshCIDRs(w *relabelWork) {
-	for pfx := range w.cidrs {
-		c.addrsIn(pfx, c.refreshAddr)
-	}
-}
+func (c *Compiler) refreshCIDRs(w *relabelWork) { c.addrsIn(w.cidrs, c.refreshAddr) }
 
 // countRefs adds delta to the count of each of keys (distinct) in refs,
 // dropping those that reach 0, and reports whether a key appeared or went;
