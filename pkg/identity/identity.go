@@ -147,7 +147,9 @@ type Labels struct {
 	// Pod labels and namespace labels (pods only).
 	PodLabels       map[string]string
 	NamespaceLabels map[string]string
-	// Policy-referenced prefixes that contain the address or prefix, sorted.
+	// Policy-referenced prefixes that contain the prefix (CIDR
+	// identities), or the address (pod identities: only those of egress
+	// rules with named ports), sorted.
 	CIDRs []netip.Prefix
 	// Resolutions of policy-referenced named ports, sorted.
 	NamedPorts []NamedPort

@@ -1392,8 +1392,9 @@ func (c *Compiler) hostInBlock(p *compiledPeer) bool {
 // candidateIdentities returns the live identities some peer of rules (of a
 // policy of namespace polNS) could match, in no order: pod identities of the
 // namespaces its peers can select, and for ipBlock peers the identities
-// carrying their CIDR (a pod identity carries each referenced prefix holding
-// its address, a CIDR identity each holding its prefix).
+// carrying their CIDR (a CIDR identity carries each referenced prefix holding
+// its prefix, a pod identity those of rules resolving pods holding its
+// address).
 func (c *Compiler) candidateIdentities(polNS string, rules []*compiledRule) []identity.ID {
 	out := set[identity.ID]{}
 	allNS, ownNS, ipb := false, false, false
