@@ -188,8 +188,7 @@ func testVerdicts(t *testing.T, v6 bool, proto uint8) {
 	})
 	t.Run("allow by the prefix identity of the peer's address", func(t *testing.T) {
 		// zt_abi.h, "Prefix identity of an address": other's host entry
-		// names cidrID; an entry of cidrID admits other, not peer, and
-		// only where neither other's own identity nor any peer has one.
+		// names cidrID; an entry of cidrID admits other, not peer.
 		const cidrID = Identity(400)
 		f := newFixture(t, v6)
 		if err := f.d.IPCachePut(netip.PrefixFrom(f.other, f.other.BitLen()), IPCacheVal{Identity: otherID, CidrIdentity: cidrID}); err != nil {
@@ -204,9 +203,9 @@ func testVerdicts(t *testing.T, v6 bool, proto uint8) {
 		f.expect("out peer", DirEgress, f.out(f.peer, proto, 40001, 80).bytes(), VerdictDrop, ReasonPolicyDenied)
 		if hasPorts {
 			f.expect("in other, other port", DirIngress, f.in(f.other, proto, 40002, 81).bytes(), VerdictDrop, ReasonPolicyDenied)
-			// The peer's own identity is probed first: its rule names
-			// the verdict, and the prefix identity still admits the
-			// port that rule does not.
+			// A rule of the peer's own identity for another port
+			// admits that port; the prefix identity still admits its
+			// own.
 			f.allow(PortRule{Dir: DirIngress, Peer: otherID, Proto: proto, Port: 82}, 9)
 			f.expect("in other, own rule", DirIngress, f.in(f.other, proto, 40003, 82).bytes(), VerdictAllow, ReasonAllowed)
 			f.expect("in other, prefix rule", DirIngress, f.in(f.other, proto, 40004, 80).bytes(), VerdictAllow, ReasonAllowed)
