@@ -124,7 +124,7 @@ func compiledView(c *policy.Compiler) compiled {
 	}
 	ipc := c.IPCache()
 	for _, p := range ipc.Prefixes() {
-		e, _ := ipc.GetEntry(p)
+		e, _ := ipc.Get(p)
 		out.IPCache = append(out.IPCache, ipView{Prefix: p.String(), Identity: uint32(e.ID), CIDRIdentity: uint32(e.CIDR)})
 	}
 	for _, ep := range c.Endpoints() {

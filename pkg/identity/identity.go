@@ -161,8 +161,13 @@ type Labels struct {
 // in one allocation: a relabel computes a key per pod address, thousands
 // per Sync when a new ipBlock relabels the pods it holds.
 func (l *Labels) Key() string {
+	// Its exact length: the allocator keeps every identity's key, so
+	// room left over would stay allocated as long as the identity.
 	n := 1 + keyStrLen(l.Namespace) + keyMapLen(l.PodLabels) + keyMapLen(l.NamespaceLabels) +
-		binary.MaxVarintLen64*2 + len(l.CIDRs)*18
+		uvarintLen(len(l.CIDRs)) + uvarintLen(len(l.NamedPorts))
+	for _, p := range l.CIDRs {
+		n += 2 + p.Addr().BitLen()/8
+	}
 	for _, np := range l.NamedPorts {
 		n += keyStrLen(np.Name) + 3
 	}
@@ -195,10 +200,19 @@ func (l *Labels) Key() string {
 	return b.String()
 }
 
-func keyStrLen(s string) int { return binary.MaxVarintLen64 + len(s) }
+// uvarintLen is the length of n's uvarint encoding.
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
+	}
+	return l
+}
+
+func keyStrLen(s string) int { return uvarintLen(len(s)) + len(s) }
 
 func keyMapLen(m map[string]string) int {
-	n := binary.MaxVarintLen64
+	n := uvarintLen(len(m))
 	for k, v := range m {
 		n += keyStrLen(k) + keyStrLen(v)
 	}

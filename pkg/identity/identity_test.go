@@ -2,6 +2,7 @@ package identity
 
 import (
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"testing"
@@ -84,6 +85,15 @@ func TestLabelsKeyDistinguishes(t *testing.T) {
 		}
 		seen[l.Key()] = i
 	}
+	// An IPv4 prefix and a named port against an IPv6 prefix whose bytes
+	// spell them: the same bytes but for the family of each prefix.
+	a := Labels{Kind: KindPod, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
+		NamedPorts: []NamedPort{{"abcdefgh", ProtoTCP, 0}}}
+	addr := [16]byte{10, 0, 0, 0, 8, 1, 8, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', byte(ProtoTCP)}
+	b := Labels{Kind: KindPod, CIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom16(addr), 0)}}
+	if a.Key() == b.Key() {
+		t.Errorf("%+v and %+v share a key", a, b)
+	}
 	// Equal label sets built apart (maps iterate in random order) share it.
 	big := func() map[string]string {
 		m := map[string]string{}
@@ -111,31 +121,57 @@ func TestLabelsKeyDistinguishes(t *testing.T) {
 	}
 }
 
+// TestLabelsKeySize: a key is built in one allocation of its own size
+// (the allocator keeps every identity's key).
+func TestLabelsKeySize(t *testing.T) {
+	l := Labels{Kind: KindPod, Namespace: "team-a",
+		PodLabels:       map[string]string{"app": "web", "tier": "frontend", "version": "v1"},
+		NamespaceLabels: map[string]string{"kubernetes.io/metadata.name": "team-a", "env": "prod"},
+		CIDRs:           []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
+		NamedPorts:      []NamedPort{{"http", ProtoTCP, 8080}, {"metrics", ProtoTCP, 9090}}}
+	if n := testing.AllocsPerRun(100, func() { _ = l.Key() }); n != 1 {
+		t.Errorf("Key allocates %v times, want 1", n)
+	}
+	size := len(l.Key())
+	var before, after runtime.MemStats
+	const runs = 1000
+	runtime.ReadMemStats(&before)
+	for range runs {
+		_ = l.Key()
+	}
+	runtime.ReadMemStats(&after)
+	// Go rounds an allocation up to its size class: at most an eighth
+	// more, or 16 bytes for small ones.
+	if per := int(after.TotalAlloc-before.TotalAlloc) / runs; per > size+size/8+16 {
+		t.Errorf("Key allocates %d bytes for a %d-byte key", per, size)
+	}
+}
+
 func TestIPCacheLongestPrefix(t *testing.T) {
 	var c IPCache
-	c.Set(netip.MustParsePrefix("10.0.0.0/8"), 300)
-	c.Set(netip.MustParsePrefix("10.1.0.0/16"), 301)
-	c.Set(netip.MustParsePrefix("10.1.2.3/32"), 302)
-	c.Set(netip.MustParsePrefix("fd00::/8"), 303)
-	c.Set(netip.MustParsePrefix("10.1.2.99/24"), 304) // masked to 10.1.2.0/24
+	c.Set(netip.MustParsePrefix("10.0.0.0/8"), Entry{ID: 300})
+	c.Set(netip.MustParsePrefix("10.1.0.0/16"), Entry{ID: 301})
+	c.Set(netip.MustParsePrefix("10.1.2.3/32"), Entry{ID: 302})
+	c.Set(netip.MustParsePrefix("fd00::/8"), Entry{ID: 303})
+	c.Set(netip.MustParsePrefix("10.1.2.99/24"), Entry{ID: 304}) // masked to 10.1.2.0/24
 	for ip, want := range map[string]ID{
 		"10.9.9.9": 300, "10.1.9.9": 301, "10.1.2.3": 302, "10.1.2.4": 304, "11.0.0.1": World,
 		"fd00::1": 303, "fe00::1": World, "::ffff:10.1.2.3": 302,
 	} {
-		if got := c.Lookup(netip.MustParseAddr(ip)); got != want {
+		if got := c.Lookup(netip.MustParseAddr(ip)).ID; got != want {
 			t.Errorf("Lookup(%s) = %v, want %v", ip, got, want)
 		}
 	}
 	c.Delete(netip.MustParsePrefix("10.1.2.3/32"))
-	if got := c.Lookup(netip.MustParseAddr("10.1.2.3")); got != 304 {
+	if got := c.Lookup(netip.MustParseAddr("10.1.2.3")).ID; got != 304 {
 		t.Errorf("after delete: %v", got)
 	}
-	c.Set(netip.MustParsePrefix("10.1.2.0/24"), 305) // overwrite keeps one entry
+	c.Set(netip.MustParsePrefix("10.1.2.0/24"), Entry{ID: 305}) // overwrite keeps one entry
 	if c.Len() != 4 {
 		t.Errorf("Len = %d", c.Len())
 	}
 	c.Delete(netip.MustParsePrefix("10.0.0.0/8"))
-	if got := c.Lookup(netip.MustParseAddr("10.9.9.9")); got != World {
+	if got := c.Lookup(netip.MustParseAddr("10.9.9.9")).ID; got != World {
 		t.Errorf("after delete /8: %v", got)
 	}
 }
@@ -216,32 +252,33 @@ func TestAcquireHinted(t *testing.T) {
 func TestIPCacheChangedSince(t *testing.T) {
 	var c IPCache
 	a, b := netip.MustParsePrefix("10.0.0.1/32"), netip.MustParsePrefix("10.1.0.0/16")
-	c.Set(a, 300)
+	c.Set(a, Entry{ID: 300})
 	v := c.Version()
-	c.Set(a, 300) // no change
+	c.Set(a, Entry{ID: 300}) // no change
 	if got, ok := c.ChangedSince(v); !ok || len(got) != 0 {
 		t.Fatalf("unchanged Set recorded: %v %v", got, ok)
 	}
-	c.Set(b, 301)
-	c.Set(a, 302)
+	c.Set(b, Entry{ID: 301})
+	c.Set(a, Entry{ID: 302})
+	c.Set(a, Entry{ID: 302, CIDR: 303}) // the prefix identity alone
 	c.Delete(b)
 	c.Delete(b) // already gone: no change
 	got, ok := c.ChangedSince(v)
-	if !ok || !slices.Equal(got, []netip.Prefix{b, a, b}) {
-		t.Fatalf("ChangedSince = %v %v, want [%s %s %s]", got, ok, b, a, b)
+	if !ok || !slices.Equal(got, []netip.Prefix{b, a, a, b}) {
+		t.Fatalf("ChangedSince = %v %v, want [%s %s %s %s]", got, ok, b, a, a, b)
 	}
 	if _, ok := c.ChangedSince(c.Version() + 1); ok {
 		t.Fatal("a future version answered")
 	}
 	// The journal is bounded: old versions are forgotten, recent ones not.
 	for i := range 5000 {
-		c.Set(a, ID(1000+i))
+		c.Set(a, Entry{ID: ID(1000 + i)})
 	}
 	if _, ok := c.ChangedSince(v); ok {
 		t.Fatal("5000 changes later, the first version is still answered")
 	}
 	w := c.Version()
-	c.Set(b, 7)
+	c.Set(b, Entry{ID: 7})
 	if got, ok := c.ChangedSince(w); !ok || !slices.Equal(got, []netip.Prefix{b}) {
 		t.Fatalf("after the trim: %v %v", got, ok)
 	}

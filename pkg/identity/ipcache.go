@@ -54,11 +54,8 @@ func (c *IPCache) ChangedSince(v uint64) ([]netip.Prefix, bool) {
 	return slices.Clone(c.journal[v-c.journalBase:]), true
 }
 
-// Set maps p (masked) to id, with no CIDR identity.
-func (c *IPCache) Set(p netip.Prefix, id ID) { c.SetEntry(p, Entry{ID: id}) }
-
-// SetEntry maps p (masked) to e.
-func (c *IPCache) SetEntry(p netip.Prefix, e Entry) {
+// Set maps p (masked) to e.
+func (c *IPCache) Set(p netip.Prefix, e Entry) {
 	p = p.Masked()
 	if c.entries == nil {
 		c.entries = map[netip.Prefix]Entry{}
@@ -90,24 +87,15 @@ func (c *IPCache) lens(p netip.Prefix) *[129]int {
 	return &c.lens6
 }
 
-// Get returns the identity stored for exactly p.
-func (c *IPCache) Get(p netip.Prefix) (ID, bool) {
-	e, ok := c.entries[p.Masked()]
-	return e.ID, ok
-}
-
-// GetEntry returns the entry stored for exactly p.
-func (c *IPCache) GetEntry(p netip.Prefix) (Entry, bool) {
+// Get returns the entry stored for exactly p.
+func (c *IPCache) Get(p netip.Prefix) (Entry, bool) {
 	e, ok := c.entries[p.Masked()]
 	return e, ok
 }
 
-// Lookup returns the identity of the longest prefix containing a, or World.
-func (c *IPCache) Lookup(a netip.Addr) ID { return c.LookupEntry(a).ID }
-
-// LookupEntry returns the entry of the longest prefix containing a, or
+// Lookup returns the entry of the longest prefix containing a, or
 // World's.
-func (c *IPCache) LookupEntry(a netip.Addr) Entry {
+func (c *IPCache) Lookup(a netip.Addr) Entry {
 	a = a.Unmap()
 	lens, max := &c.lens6, 128
 	if a.Is4() {

@@ -104,7 +104,7 @@ func (b *Builder) update(c *policy.Compiler, bindings []Binding, opts Options) (
 	}
 	if changed, ok := ipc.ChangedSince(b.ver); ok && !d.All {
 		for _, p := range changed {
-			if e, ok := ipc.GetEntry(p); ok {
+			if e, ok := ipc.Get(p); ok {
 				b.st.IPCache[p] = ipcacheVal(e)
 			} else {
 				delete(b.st.IPCache, p)

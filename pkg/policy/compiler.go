@@ -1208,10 +1208,10 @@ func (c *Compiler) refreshPrefix(p netip.Prefix) {
 	if !ok {
 		want.ID, ok = c.cidrIDs[p]
 	}
-	have, had := c.ipc.GetEntry(p)
+	have, had := c.ipc.Get(p)
 	switch {
 	case ok && (!had || have != want):
-		c.ipc.SetEntry(p, want)
+		c.ipc.Set(p, want)
 		c.changes.IPCache = true
 	case !ok && had:
 		c.ipc.Delete(p)

@@ -61,7 +61,7 @@ type DirVerdict struct {
 func (c *Compiler) Evaluate(src, dst netip.Addr, proto Protocol, port uint16) Verdict {
 	c.Sync()
 	src, dst = src.Unmap(), dst.Unmap()
-	se, de := c.ipc.LookupEntry(src), c.ipc.LookupEntry(dst)
+	se, de := c.ipc.Lookup(src), c.ipc.Lookup(dst)
 	v := Verdict{
 		SrcIdentity: se.ID,
 		DstIdentity: de.ID,

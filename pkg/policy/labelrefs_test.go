@@ -16,11 +16,11 @@ import (
 func idOf(t *testing.T, c *Compiler, ip string) identity.ID {
 	t.Helper()
 	a := netip.MustParseAddr(ip)
-	id, ok := c.IPCache().Get(netip.PrefixFrom(a, a.BitLen()))
+	e, ok := c.IPCache().Get(netip.PrefixFrom(a, a.BitLen()))
 	if !ok {
 		t.Fatalf("%s has no ipcache entry", ip)
 	}
-	return id
+	return e.ID
 }
 
 // Pods that differ only in volatile labels (pod-template-hash here) that no

@@ -88,7 +88,7 @@ func checkIncrementalState(t *testing.T, c *Compiler) {
 				want, best = c.cidrIDs[p], p.Bits()
 			}
 		}
-		if e, ok := c.ipc.GetEntry(netip.PrefixFrom(a, a.BitLen())); ok && e.ID != identity.Host && e.CIDR != want {
+		if e, ok := c.ipc.Get(netip.PrefixFrom(a, a.BitLen())); ok && e.ID != identity.Host && e.CIDR != want {
 			t.Errorf("ipcache %s names prefix identity %d, want %d", a, e.CIDR, want)
 		}
 	}

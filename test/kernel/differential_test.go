@@ -973,7 +973,7 @@ func (r *worldRun) context(b *boundEP, dir datapath.Dir, pkt pkttest.Packet) str
 	}
 	ids := map[identity.ID]bool{}
 	for _, a := range []netip.Addr{pkt.Src, pkt.Dst} {
-		ids[c.IPCache().Lookup(a)] = true
+		ids[c.IPCache().Lookup(a).ID] = true
 	}
 	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		if ident, ok := c.Identity(id); ok {
@@ -984,14 +984,17 @@ func (r *worldRun) context(b *boundEP, dir datapath.Dir, pkt pkttest.Packet) str
 	}
 	fmt.Fprintf(&sb, "  compiler ipcache:")
 	for _, p := range c.IPCache().Prefixes() {
-		id, _ := c.IPCache().Get(p)
-		fmt.Fprintf(&sb, " %s=%s", p, id)
+		e, _ := c.IPCache().Get(p)
+		fmt.Fprintf(&sb, " %s=%s", p, e.ID)
+		if e.CIDR != 0 {
+			fmt.Fprintf(&sb, "(prefix %s)", e.CIDR)
+		}
 	}
 	peerAddr := pkt.Dst
 	if dir == datapath.DirIngress {
 		peerAddr = pkt.Src
 	}
-	peer := datapath.Identity(c.IPCache().Lookup(peerAddr))
+	peer := datapath.Identity(c.IPCache().Lookup(peerAddr).ID)
 	fmt.Fprintf(&sb, "\n  kernel policy entries of ifindex %d, %s, peer %s or any:\n", b.ifindex, dir, peer)
 	if pol, err := r.h.dp.PolicyList(); err == nil {
 		var lines []string
