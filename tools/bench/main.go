@@ -62,6 +62,7 @@ func run() int {
 		nsFlag    = flag.String("n", "", "comma-separated rule counts (default 10,1000,10000,100000; quick 10,100000)")
 		reps      = flag.Int("reps", 0, "alternating repetitions per N (default 5; quick 2)")
 		dur       = flag.Duration("duration", 0, "per TCP_RR/TCP_CRR measurement (default 1s; quick 0.5s)")
+		slot      = flag.Duration("slot", dpbench.DefaultSlot, "TCP_RR/TCP_CRR: how long the client stays on one configuration before taking the next")
 		iperf     = flag.Duration("iperf", 0, "per iperf3 measurement, whole seconds (default 1s; quick: none)")
 		changes   = flag.Int("changes", 0, "timed rule changes per N and configuration, at most (default 50; quick 10)")
 		budget    = flag.Duration("change-budget", 0, "stop timing a configuration's rule changes after this long, at least 1 (default 15s; quick 3s)")
@@ -87,7 +88,7 @@ func run() int {
 
 	opts := dpbench.Options{Ns: []int{10, 1000, 10000, 100000}, Reps: 5, Duration: time.Second,
 		Warmup: 200 * time.Millisecond, Iperf: time.Second, Changes: 50, ChangeBudget: 15 * time.Second, RawWrites: 2000,
-		ClientCPU: *clientCPU, ServerCPU: *serverCPU, RTPrio: *rtPrio, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
+		Slot: *slot, ClientCPU: *clientCPU, ServerCPU: *serverCPU, RTPrio: *rtPrio, Iptables: *iptables, CheckOnly: *checkOnly, Log: os.Stderr}
 	if *quick {
 		opts.Ns, opts.Reps, opts.Duration, opts.Iperf, opts.Changes, opts.ChangeBudget, opts.RawWrites =
 			[]int{10, 100000}, 2, 500*time.Millisecond, 0, 10, time.Second, 500

@@ -99,22 +99,29 @@ func (r *Result) Targets() []Target {
 			add(fmt.Sprintf("zt %s rate at 100k rules vs none", x.name), ">= 97%", notAt, false, false)
 		}
 		worst, worstN, measured, noisy := 1e9, 0, false, false
+		var worstLo, worstHi float64
 		for _, n := range ns {
 			z, ok1 := r.point(n, CfgZT)
 			f, ok2 := r.point(n, CfgNft)
 			if !ok1 || !ok2 {
 				continue
 			}
+			// Paired by repetition: both ratios of a repetition were
+			// measured taking turns, under the same drift.
+			diffs := pairedDiffs(x.m(z).Ratios, x.m(f).Ratios)
+			if len(diffs) == 0 {
+				continue
+			}
 			measured = true
-			if d := 100 * (x.m(z).RatioMedian - x.m(f).RatioMedian); d < worst {
+			if d := median(diffs); d < worst {
 				worst, worstN = d, n
-				lo, hi := 100*(x.m(z).RatioMin-x.m(f).RatioMax), 100*(x.m(z).RatioMax-x.m(f).RatioMin)
-				noisy = lo <= -2 && -2 <= hi
+				worstLo, worstHi = slices.Min(diffs), slices.Max(diffs)
+				noisy = worstLo <= -2 && -2 <= worstHi
 			}
 		}
 		got := "-"
 		if measured {
-			got = fmt.Sprintf("%+.1f points (worst, at N=%d)", worst, worstN)
+			got = fmt.Sprintf("%+.1f points (%+.1f to %+.1f; worst, at N=%d)", worst, worstLo, worstHi, worstN)
 		}
 		add(fmt.Sprintf("zt %s vs nftables, every N", x.name), ">= -2 points", got, measured, worst >= -2)
 		out[len(out)-1].WithinNoise = noisy
@@ -170,6 +177,16 @@ func (r *Result) Targets() []Target {
 	return out
 }
 
+// pairedDiffs returns 100 * (a[i] - b[i]), in points, for the
+// repetitions both measured.
+func pairedDiffs(a, b []float64) []float64 {
+	out := make([]float64, 0, min(len(a), len(b)))
+	for i := range min(len(a), len(b)) {
+		out = append(out, 100*(a[i]-b[i]))
+	}
+	return out
+}
+
 func ratio(m Metric) string {
 	if len(m.Ratios) == 0 {
 		return "-"
@@ -186,15 +203,20 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 	fmt.Fprintf(&b, "Topology: per configuration a node network namespace routing between a server pod, the probing client pod "+
 		"and a pod outside the allowed set, joined by veth pairs (pkg/lab style). The client process is pinned to CPU %d and the server "+
 		"(echo and iperf3) to CPU %d with `taskset`%s. TCP_RR: one connection, 1 byte each way per transaction; TCP_CRR: a new connection per "+
-		"transaction; both are the bench's own blocking-socket client and server. %d repetitions of %s each (after %s warm-up) per measurement, "+
-		"visiting the configurations in a rotating order; every figure is the median of the repetitions, and ratios are to `none` of the same repetition "+
-		"with the min–max over the repetitions in parentheses (the noise).\n\n",
-		o.ClientCPU, o.ServerCPU, rtNote(o.RTPrio), o.Reps, o.Duration, o.Warmup)
+		"transaction; both are the bench's own blocking-socket client and server. %d repetitions; in each, one client process runs TCP_RR "+
+		"for every configuration, then TCP_CRR, taking turns among them in slots of %s (each round of turns starting one configuration "+
+		"further on) until each has had %s, after a warm-up of %s each. This machine's speed drifts by several per cent over seconds; "+
+		"taking turns puts that drift on every configuration alike, where whole runs one after another put it on whichever ran during it. "+
+		"Bulk throughput (iperf3) runs whole, in an order rotated every repetition. Every figure is the median of the repetitions, and ratios "+
+		"are to `none` of the same repetition with the min–max over the repetitions in parentheses (the noise).\n\n",
+		o.ClientCPU, o.ServerCPU, rtNote(o.RTPrio), o.Reps, o.Slot, o.Duration, o.Warmup)
 	var stealMax float64
 	resampled := 0
 	for _, p := range r.Points {
 		stealMax = max(stealMax, p.StealMax)
-		resampled += p.Resampled
+		if p.Config == CfgNone { // a sample is one repetition of every configuration
+			resampled += p.Resampled
+		}
 	}
 	fmt.Fprintf(&b, "Hypervisor steal (the `steal` time of /proc/stat, the CPU time this virtual machine's host took away): a sample during which "+
 		"more than %.0f%% of the machine's CPU time was stolen is measured again, at most %d times. In this run %d samples were measured again, "+

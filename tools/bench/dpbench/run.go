@@ -45,8 +45,11 @@ type Options struct {
 	Reps     int           // alternating repetitions per N
 	Duration time.Duration // per TCP_RR / TCP_CRR measurement
 	Warmup   time.Duration // before each measurement
-	Iperf    time.Duration // per iperf3 measurement; 0 skips bulk throughput
-	Changes  int           // timed rule changes per N and configuration (at most)
+	// Slot is how long the client stays on one configuration before
+	// taking the next, while TCP_RR or TCP_CRR take turns (runMix).
+	Slot    time.Duration
+	Iperf   time.Duration // per iperf3 measurement; 0 skips bulk throughput
+	Changes int           // timed rule changes per N and configuration (at most)
 	// ChangeBudget stops timing rule changes of a configuration after
 	// this long (at least 1 is timed): an iptables change at 100k rules
 	// takes seconds.
@@ -143,6 +146,10 @@ type Result struct {
 	IptablesV string  `json:"iptables_version"`
 }
 
+// DefaultSlot is Options.Slot's default: a few hundred transactions,
+// short beside the seconds over which this machine's speed drifts.
+const DefaultSlot = 20 * time.Millisecond
+
 type runner struct {
 	opts Options
 	self string
@@ -168,6 +175,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	if opts.Reps <= 0 {
 		opts.Reps = 1
+	}
+	if opts.Slot <= 0 {
+		opts.Slot = DefaultSlot
 	}
 
 	self, err := os.Executable()
@@ -260,32 +270,45 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 	}
 	for rep := 0; rep < r.opts.Reps; rep++ {
 		got := map[string]sample{}
-		for i := range all {
-			l := all[(i+rep)%len(all)] // rotate the order every repetition
-			var s sample
-			for attempt := 0; ; attempt++ {
-				sm := newStealMeter(runtime.NumCPU())
-				if s.rr, err = r.client(l.t, "rr"); err != nil {
-					return nil, fmt.Errorf("%s: TCP_RR: %w", l.cfg, err)
-				}
-				if s.crr, err = r.client(l.t, "crr"); err != nil {
-					return nil, fmt.Errorf("%s: TCP_CRR: %w", l.cfg, err)
-				}
-				if r.opts.Iperf > 0 {
+		for attempt := 0; ; attempt++ {
+			sm := newStealMeter(runtime.NumCPU())
+			// Rates and latencies: every configuration in one client
+			// process, taking turns in short slots (runMix).
+			rr, err := r.mix("rr", all, rep)
+			if err != nil {
+				return nil, fmt.Errorf("TCP_RR: %w", err)
+			}
+			crr, err := r.mix("crr", all, rep)
+			if err != nil {
+				return nil, fmt.Errorf("TCP_CRR: %w", err)
+			}
+			for i, l := range all {
+				got[l.cfg] = sample{rr: rr[i], crr: crr[i]}
+			}
+			// Bulk: iperf3 runs whole, in an order rotated every
+			// repetition.
+			if r.opts.Iperf > 0 {
+				for i := range all {
+					l := all[(i+rep)%len(all)]
+					s := got[l.cfg]
 					if s.bulk, err = r.iperf(l.t); err != nil {
 						return nil, fmt.Errorf("%s: iperf3: %w", l.cfg, err)
 					}
+					got[l.cfg] = s
 				}
-				stolen := sm.share()
-				if stolen <= maxSteal || attempt == stealRetries {
-					l.pt.StealMax = max(l.pt.StealMax, stolen) // of the samples kept
-					break
-				}
-				l.pt.Resampled++
-				r.logf("N=%d rep %d/%d %s: the hypervisor took %.1f%% of the CPU time during the sample: measuring it again",
-					n, rep+1, r.opts.Reps, l.cfg, 100*stolen)
 			}
-			got[l.cfg] = s
+			stolen := sm.share()
+			if stolen <= maxSteal || attempt == stealRetries {
+				for _, l := range all {
+					l.pt.StealMax = max(l.pt.StealMax, stolen) // of the samples kept
+				}
+				break
+			}
+			for _, l := range all {
+				l.pt.Resampled++
+			}
+			r.logf("N=%d rep %d/%d: the hypervisor took %.1f%% of the CPU time during the sample: measuring it again",
+				n, rep+1, r.opts.Reps, 100*stolen)
 		}
 		base := got[CfgNone]
 		for _, l := range all {
@@ -460,6 +483,69 @@ func (r *runner) client(t *topo, mode string) (clientResult, error) {
 		return res, errors.New("no transaction completed")
 	}
 	return res, nil
+}
+
+// mix runs TCP_RR or TCP_CRR from the client pod of every configuration
+// in one client process that takes turns among them in slots of
+// opts.Slot until each has had opts.Duration (runMix), and returns their
+// results in the order of all. rep rotates which configuration goes
+// first.
+func (r *runner) mix(mode string, all []*live, rep int) ([]clientResult, error) {
+	order := make([]*live, len(all))
+	for i := range all {
+		order[i] = all[(i+rep)%len(all)]
+	}
+	files := make([]*os.File, 0, len(order))
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, l := range order {
+		fd, err := unix.Dup(l.t.client.ns)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, os.NewFile(uintptr(fd), "netns"))
+	}
+	total := time.Duration(len(all)) * (r.opts.Warmup + r.opts.Duration)
+	ctx, cancel := context.WithTimeout(r.ctx, total+30*time.Second)
+	defer cancel()
+	cmd := pinned(ctx, r.opts.ClientCPU, r.opts.RTPrio, r.self, mode, netip.AddrPortFrom(serverIP4, rrPort).String(),
+		r.opts.Duration.String(), r.opts.Warmup.String(), r.opts.Slot.String(), strconv.Itoa(len(order)))
+	cmd.Env = append(os.Environ(), childEnv+"=mix")
+	cmd.ExtraFiles = files // descriptors mixFirstFD...
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%w: %s", err, bytes.TrimSpace(errb.Bytes()))
+	}
+	var res []clientResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return nil, fmt.Errorf("client output %q: %w", out.String(), err)
+	}
+	if len(res) != len(order) {
+		return nil, fmt.Errorf("client measured %d configurations, want %d", len(res), len(order))
+	}
+	byCfg := map[string]clientResult{}
+	for i, l := range order {
+		ino, err := inode(l.t.client.ns)
+		if err != nil {
+			return nil, err
+		}
+		if res[i].Netns != ino {
+			return nil, fmt.Errorf("%s: the client measured namespace %d in its place, want %d", l.cfg, res[i].Netns, ino)
+		}
+		if res[i].Transactions == 0 {
+			return nil, fmt.Errorf("%s: no transaction completed", l.cfg)
+		}
+		byCfg[l.cfg] = res[i]
+	}
+	out2 := make([]clientResult, len(all))
+	for i, l := range all {
+		out2[i] = byCfg[l.cfg]
+	}
+	return out2, nil
 }
 
 // iperfRT is the SCHED_FIFO priority of iperf3: a bulk sender never
