@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -24,14 +25,22 @@ import (
 // Config names, in the order of the report.
 const (
 	CfgNone     = "none"
+	CfgEmpty    = "tc-empty"
 	CfgZT       = "zt"
 	CfgIptables = "iptables"
 	CfgIpset    = "ipset"
 	CfgNft      = "nftables"
 )
 
-// Configs lists every configuration; CfgNone is the baseline.
-var Configs = []string{CfgNone, CfgZT, CfgIptables, CfgIpset, CfgNft}
+// Configs lists every configuration; CfgNone is the baseline. CfgEmpty
+// enforces nothing either: an empty program on the tcx hooks zt's
+// programs use, it shows what any tc-based datapath pays for the hooks
+// alone.
+var Configs = []string{CfgNone, CfgEmpty, CfgZT, CfgIptables, CfgIpset, CfgNft}
+
+// enforcing says whether a configuration blocks the pod outside the
+// allowed set.
+func enforcing(cfg string) bool { return cfg != CfgNone && cfg != CfgEmpty }
 
 // enforcer installs one kind of enforcement into a topology's node
 // namespace: the server pod accepts TCP 7000-7001 from the N peers only.
@@ -47,6 +56,8 @@ func newEnforcer(cfg, iptablesCmd string) (enforcer, error) {
 	switch cfg {
 	case CfgNone:
 		return noEnforcer{}, nil
+	case CfgEmpty:
+		return &emptyEnforcer{}, nil
 	case CfgZT:
 		return &ztEnforcer{}, nil
 	case CfgIptables:
@@ -92,6 +103,92 @@ func (noEnforcer) change(context.Context, *topo, netip.Addr, bool) (time.Duratio
 	return 0, nil
 }
 func (noEnforcer) close() error { return nil }
+
+// ---- tc-empty ----
+
+// emptyEnforcer attaches emptyProg with tcx to both directions of every
+// host veth, where zt attaches its programs, and allows everything.
+type emptyEnforcer struct {
+	prog  *ebpf.Program
+	links []link.Link
+}
+
+// emptyProg loads a tc program of two instructions that lets every
+// packet carry on as without a program (TC_ACT_UNSPEC).
+func emptyProg() (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    "ztb_empty",
+		Type:    ebpf.SchedCLS,
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, -1), // TC_ACT_UNSPEC
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load the empty program: %w", err)
+	}
+	return prog, nil
+}
+
+// attachEverywhere attaches prog with tcx to ingress and egress of t's
+// host veths.
+func attachEverywhere(t *topo, prog *ebpf.Program) (links []link.Link, err error) {
+	// tcx attaches by ifindex of the calling thread's namespace.
+	err = netnsutil.Do(t.node, func() error {
+		for _, p := range []*pod{t.server, t.client, t.denied} {
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				l, err := link.AttachTCX(link.TCXOptions{Interface: p.hostIfindex, Program: prog, Attach: at})
+				if err != nil {
+					return fmt.Errorf("attach the empty program to %s (%s): %w", p.hostIf, at, err)
+				}
+				links = append(links, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		err = errors.Join(err, closeLinks(links))
+		return nil, err
+	}
+	return links, nil
+}
+
+func closeLinks(links []link.Link) error {
+	var err error
+	for _, l := range links {
+		err = errors.Join(err, l.Close())
+	}
+	return err
+}
+
+func (e *emptyEnforcer) install(_ context.Context, t *topo, _ []netip.Addr) (time.Duration, error) {
+	start := time.Now()
+	prog, err := emptyProg()
+	if err != nil {
+		return 0, err
+	}
+	if e.links, err = attachEverywhere(t, prog); err != nil {
+		prog.Close()
+		return 0, err
+	}
+	e.prog = prog
+	return time.Since(start), nil
+}
+
+func (e *emptyEnforcer) change(context.Context, *topo, netip.Addr, bool) (time.Duration, error) {
+	return 0, nil
+}
+
+func (e *emptyEnforcer) close() error {
+	err := closeLinks(e.links) // detach before the program is closed
+	e.links = nil
+	if e.prog != nil {
+		err = errors.Join(err, e.prog.Close())
+		e.prog = nil
+	}
+	return err
+}
 
 // ---- iptables, and iptables + ipset ----
 

@@ -7,6 +7,9 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +53,7 @@ func TestEveryConfigurationEnforces(t *testing.T) {
 				t.Errorf("zt: no empty-program figure: %+v", p)
 			}
 		}
-		if p.Config != CfgNone && p.ChangeP50us <= 0 {
+		if enforcing(p.Config) && p.ChangeP50us <= 0 {
 			t.Errorf("%s: rule change not timed", p.Config)
 		}
 	}
@@ -97,5 +100,59 @@ func TestCheckCatchesNoEnforcement(t *testing.T) {
 	}
 	if err := r.checkEnforced(&live{cfg: CfgNft, t: tp}); err == nil {
 		t.Fatal("the probing client is blocked, yet the check passed")
+	}
+}
+
+// TestEmptyRunsOnTheHooks: tc-empty's program runs on the host veths
+// for the client's packets both ways, and blocks nothing.
+func TestEmptyRunsOnTheHooks(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: network namespaces and BPF")
+	}
+	tp, err := newTopo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tp.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	r := &runner{opts: Options{ServerCPU: 1}, ctx: context.Background()}
+	if err := tp.startServers(1, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.waitConnected(tp); err != nil {
+		t.Fatal(err)
+	}
+	e := &emptyEnforcer{}
+	if _, err := e.install(context.Background(), tp, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	s0, err := e.prog.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkEnforced(&live{cfg: CfgEmpty, t: tp}); err != nil {
+		t.Fatal(err)
+	}
+	s1, err := e.prog.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two handshakes (the client's, the denied pod's), each packet
+	// crossing two host veths.
+	if runs := s1.RunCount - s0.RunCount; runs < 8 {
+		t.Fatalf("the empty program ran %d times for two connections, want at least 8", runs)
 	}
 }

@@ -31,8 +31,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/internal/netnsutil"
@@ -244,7 +242,7 @@ func (r *runner) runN(n int) (_ []Point, err error) {
 		}
 		l.pt.Enforces = true
 		r.logf("N=%d %-9s installed in %.1f ms, enforces", n, cfg, l.pt.InstallMs)
-		if cfg != CfgNone && r.opts.Changes > 0 {
+		if enforcing(cfg) && r.opts.Changes > 0 {
 			if err := r.timeChanges(l); err != nil {
 				return nil, fmt.Errorf("%s: rule changes: %w", cfg, err)
 			}
@@ -440,7 +438,7 @@ func (r *runner) checkEnforced(l *live) error {
 		return fmt.Errorf("allowed client blocked: %w", err)
 	}
 	err := t.dial(t.denied, netip.AddrPortFrom(serverIP4, rrPort), 300*time.Millisecond)
-	if l.cfg == CfgNone {
+	if !enforcing(l.cfg) {
 		if err != nil {
 			return fmt.Errorf("without enforcement the other client is blocked: %w", err)
 		}
@@ -697,41 +695,16 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) (nsPerRun, runsPerTxn float64
 // It returns run_time_ns / run_cnt; the program is detached and closed
 // before it returns.
 func (r *runner) emptyProgCost(n int, t *topo) (_, warmNs float64, err error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:    "ztb_empty",
-		Type:    ebpf.SchedCLS,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, -1), // TC_ACT_UNSPEC: carry on as without a program
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		return 0, 0, fmt.Errorf("load the empty program: %w", err)
-	}
-	defer prog.Close()
-	var links []link.Link
-	defer func() { // detach before the program is closed
-		for _, l := range links {
-			err = errors.Join(err, l.Close())
-		}
-	}()
-	// tcx attaches by ifindex of the calling thread's namespace.
-	err = netnsutil.Do(t.node, func() error {
-		for _, p := range []*pod{t.server, t.client, t.denied} {
-			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
-				l, err := link.AttachTCX(link.TCXOptions{Interface: p.hostIfindex, Program: prog, Attach: at})
-				if err != nil {
-					return fmt.Errorf("attach the empty program to %s (%s): %w", p.hostIf, at, err)
-				}
-				links = append(links, l)
-			}
-		}
-		return nil
-	})
+	prog, err := emptyProg()
 	if err != nil {
 		return 0, 0, err
 	}
+	defer prog.Close()
+	links, err := attachEverywhere(t, prog)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { err = errors.Join(err, closeLinks(links)) }() // detach before the program is closed
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return 0, 0, fmt.Errorf("enable bpf stats: %w", err)
