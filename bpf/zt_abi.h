@@ -96,7 +96,10 @@
  * entry with the generation it was decided at (verified_gen), and how:
  * allowed by a rule (rule_id), ZT_CT_VIA_HOST (the allow-from-host flag)
  * or ZT_CT_NOT_ISOLATED (its direction is not isolated). A reply that
- * passes stamps the entry it answers (reply_gen). While polgen still
+ * passes stamps the entry it answers (reply_gen); so does the packet that
+ * creates an entry, where the flow's replies would pass the endpoint step
+ * (entering the pod always, leaving it only from one of its addresses),
+ * so that the first reply takes the fast path too. While polgen still
  * holds that number, the next packet of the flow takes the same verdict
  * without the endpoint, ipcache and policy lookups, and replies pass
  * without the endpoint. Any map write makes every stamp stale, so the
@@ -351,7 +354,7 @@ struct zt_ct_val {
 	__u32 rule_id;
 	enum zt_ct_flags flags;
 	__u64 verified_gen; /* polgen the forward verdict was taken at; 0: none */
-	__u64 reply_gen;    /* polgen its replies were last passed at; 0: none */
+	__u64 reply_gen;    /* polgen its replies were last passed (or vouched for) at; 0: none */
 };
 _Static_assert(sizeof(struct zt_ct_val) == 32, "zt_ct_val size");
 

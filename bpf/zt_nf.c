@@ -195,7 +195,7 @@ int zt_nf_service(struct bpf_nf_ctx *ctx)
 	created = zt_ct_upsert(cfg, v.ifindex, ZT_DIR_EGRESS, &orig, v.rule_id,
 			       /* netfilter programs have no coarse clock; the
 				* precise one is at most a tick ahead of it */
-			       bpf_ktime_get_ns(), 0, 0);
+			       bpf_ktime_get_ns(), 0, 0, 0, 0);
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_nf_finish(cfg, &f, &v, 1);
 	return zt_nf_finish(cfg, &f, &v, (cfg->flags & ZT_CFG_EVENTS_ALLOWED) && created);

@@ -20,7 +20,9 @@
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
-static __always_inline int zt_ip_is_endpoint(const struct zt_endpoint *ep, const struct zt_flow *f)
+/* Is addr (of family) one of the endpoint's addresses? */
+static __always_inline int zt_addr_is_endpoint(const struct zt_endpoint *ep, __u8 family,
+					       const __u8 *addr)
 {
 	__u8 n = ep->nr_ips;
 
@@ -28,10 +30,16 @@ static __always_inline int zt_ip_is_endpoint(const struct zt_endpoint *ep, const
 	for (int i = 0; i < ZT_MAX_IPS; i++) {
 		if (i >= n)
 			break;
-		if (ep->ips[i].family == f->family && zt_addr_eq(ep->ips[i].addr, f->saddr))
+		if (ep->ips[i].family == family && zt_addr_eq(ep->ips[i].addr, addr))
 			return 1;
 	}
 	return 0;
+}
+
+/* Anti-spoofing: is the packet's source one of the endpoint's addresses? */
+static __always_inline int zt_ip_is_endpoint(const struct zt_endpoint *ep, const struct zt_flow *f)
+{
+	return zt_addr_is_endpoint(ep, f->family, f->saddr);
 }
 
 static __always_inline int zt_finish(struct zt_config *cfg, struct zt_flow *f,
@@ -184,6 +192,7 @@ __noinline int zt_slow(struct __sk_buff *skb, struct zt_endpoint *ep, struct zt_
 	if (!(ep->flags & isolated_flag)) {
 		v.reason = ZT_REASON_NOT_ISOLATED;
 	} else if (!fwd_seen /* else (0) found no verified entry */ &&
+		   !zt_tcp_syn(&f) /* opens a connection: decided anew, its entry written anew */ &&
 		   (cached = zt_ct_verified(cfg, ifindex, dir, &f, now, gen))) {
 		v.reason = zt_ct_reason(cached);
 		v.rule_id = cached->rule_id;
@@ -218,9 +227,15 @@ pass:
 		created = 0;
 	} else {
 		int verified = v.verdict == ZT_VERDICT_ALLOW;
+		/* Its replies pass as the fast path's endpoint step would pass
+		 * them (zt_handle): entering the pod always, leaving it from
+		 * one of its addresses (anti-spoofing). The endpoint was read
+		 * after gen, so the stamp holds for it as theirs would. */
+		__u64 reply_gen = dir == ZT_DIR_EGRESS || zt_addr_is_endpoint(ep, f.family, f.daddr) ?
+					  gen : 0;
 
 		created = zt_ct_upsert(cfg, ifindex, dir, &f, v.rule_id, now, verified ? gen : 0,
-				       verified ? zt_ct_how(v.reason) : 0);
+				       verified ? zt_ct_how(v.reason) : 0, reply_gen, zt_tcp_syn(&f));
 	}
 	if (v.verdict == ZT_VERDICT_AUDIT)
 		return zt_finish(cfg, &f, &v, 1);

@@ -260,24 +260,32 @@ static __always_inline int zt_ct_likely_fwd(const struct zt_flow *f)
 /* Create or refresh the forward entry; returns 1 if it was created.
  * verified_gen (0: none) and verdict (ZT_CT_VIA_HOST, ZT_CT_NOT_ISOLATED or 0) record the
  * verdict for the cache; fields are written only when they change, so a
- * busy flow does not dirty its entry. */
+ * busy flow does not dirty its entry. A created entry's reply_gen is
+ * reply_gen: the generation at which the caller found that the flow's
+ * replies would pass (0: none), so that its first reply takes the fast
+ * path too. A packet that opens a connection (opens: a TCP SYN) writes a
+ * new entry without looking for one: a live entry of its tuple belongs to
+ * a connection the SYN starts again, and policy has just allowed it. */
 static __always_inline int zt_ct_upsert(const struct zt_config *cfg, __u32 ifindex, __u8 dir,
 					const struct zt_flow *f, __u32 rule_id, __u64 now,
-					__u64 verified_gen, __u32 verdict)
+					__u64 verified_gen, __u32 verdict, __u64 reply_gen, int opens)
 {
 	struct zt_ct_key k;
 	struct zt_ct_val *v, nv = {};
 
 	zt_ct_key_fwd(&k, ifindex, dir, f);
-	v = bpf_map_lookup_elem(&conntrack, &k);
-	if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
-		zt_ct_refresh(v, rule_id, now, verified_gen, verdict);
-		return 0;
+	if (!opens) {
+		v = bpf_map_lookup_elem(&conntrack, &k);
+		if (v && zt_ct_live(cfg, v, now) && !(v->flags & ZT_CT_REVOKED)) {
+			zt_ct_refresh(v, rule_id, now, verified_gen, verdict);
+			return 0;
+		}
 	}
 	nv.last_seen_ns = now;
 	nv.rule_id = rule_id;
 	nv.flags = verdict;
 	nv.verified_gen = verified_gen;
+	nv.reply_gen = reply_gen;
 	bpf_map_update_elem(&conntrack, &k, &nv, BPF_ANY);
 	return 1;
 }

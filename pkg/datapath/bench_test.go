@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 )
 
 // benchAddr returns the i-th address of 10.0.0.0/8 (i < 1<<24).
@@ -118,6 +121,79 @@ func BenchmarkApply100k(b *testing.B) {
 			}
 			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/100k")
 			b.ReportMetric(float64(total.Nanoseconds())/float64(b.N)/n, "ns/entry")
+		})
+	}
+}
+
+// BenchmarkNewConnection: the kernel cost, at the server's endpoint, of
+// every packet of one short TCP connection (what TCP_CRR opens per
+// transaction): a SYN the policy allows, the SYN-ACK, the handshake's ACK,
+// a byte each way, and the close, through zt_to_pod and zt_from_pod,
+// each packet one BPF_PROG_RUN (repeat 1) timed by the kernel, summed
+// per connection. Each connection has its own port. "cold" evicts the
+// CPU's caches (writes 8 MiB) before each packet, as the rest of the
+// stack does between a live flow's packets; "warm" does not.
+// x-empty: against an empty program run the same way in the same
+// benchmark (the floor: what any program costs here).
+func BenchmarkNewConnection(b *testing.B) {
+	for _, cold := range []bool{false, true} {
+		b.Run(map[bool]string{false: "warm", true: "cold"}[cold], func(b *testing.B) {
+			f := newFixture(b, false)
+			f.setEndpoint(EndpointIngressIsolated)
+			f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+			empty := must[*ebpf.Program](b)(ebpf.NewProgram(&ebpf.ProgramSpec{
+				Type: ebpf.SchedCLS, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
+			}))
+			defer empty.Close()
+			var evict []byte
+			if cold {
+				evict = make([]byte, 8<<20)
+			}
+			run := func(prog *ebpf.Program, frame []byte, want uint32) time.Duration {
+				for i := 0; i < len(evict); i += 64 {
+					evict[i]++
+				}
+				ret, dur, err := prog.Benchmark(frame, 1, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if ret != want {
+					b.Fatalf("returned %#x, want %#x", ret, want)
+				}
+				return dur
+			}
+			var zt, floor time.Duration
+			packets := 0
+			for i := range b.N {
+				port := uint16(1024 + i%60000)
+				in := func(flags uint8) []byte {
+					return pkt{src: f.peer, dst: f.pod, proto: protoTCP, sport: port, dport: 80, tcpFlags: flags}.bytes()
+				}
+				out := func(flags uint8) []byte {
+					return pkt{src: f.pod, dst: f.peer, proto: protoTCP, sport: 80, dport: port, tcpFlags: flags}.bytes()
+				}
+				const fin, psh = 0x01, 0x08
+				conn := []struct {
+					dir   Dir
+					frame []byte
+				}{
+					{DirIngress, in(tcpSYN)}, {DirEgress, out(tcpSYN | tcpACK)}, {DirIngress, in(tcpACK)},
+					{DirIngress, in(psh | tcpACK)}, {DirEgress, out(psh | tcpACK)},
+					{DirIngress, in(fin | tcpACK)}, {DirEgress, out(fin | tcpACK)}, {DirIngress, in(tcpACK)},
+				}
+				for _, p := range conn {
+					zt += run(f.prog(p.dir), p.frame, retPass)
+					floor += run(empty, p.frame, retPass)
+				}
+				packets += len(conn)
+			}
+			if c := f.counter(DirIngress, VerdictAllow, ReasonAllowed); c < uint64(b.N) {
+				b.Fatalf("%d SYNs allowed by the rule, want %d", c, b.N)
+			}
+			b.ReportMetric(float64(zt.Nanoseconds())/float64(b.N), "ns/conn")
+			b.ReportMetric(float64(packets)/float64(b.N), "pkts/conn")
+			b.ReportMetric(float64(zt)/float64(floor), "x-empty")
 		})
 	}
 }

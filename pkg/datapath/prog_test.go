@@ -29,12 +29,12 @@ const (
 )
 
 type fixture struct {
-	t                               *testing.T
+	t                               testing.TB
 	d                               *Datapath
 	pod, peer, other, host, spoofed netip.Addr
 }
 
-func newFixture(t *testing.T, v6 bool) *fixture {
+func newFixture(t testing.TB, v6 bool) *fixture {
 	f := &fixture{t: t, d: newTestDatapath(t, Options{})}
 	if v6 {
 		f.pod = netip.MustParseAddr("fd00::10")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"testing"
 
@@ -227,5 +228,58 @@ func TestConfigMovesGeneration(t *testing.T) {
 	}
 	if after := must[uint64](t)(d.PolicyGeneration()); after == before {
 		t.Errorf("policy generation %d unchanged by a config write", after)
+	}
+}
+
+// TestFirstReplyStamped: a flow's entry is created with its replies
+// already vouched for at the generation it was allowed at (reply_gen),
+// where the reply would pass the endpoint step: always entering the pod,
+// and leaving it only from one of its addresses. So the first reply takes
+// the fast path; with the endpoint deleted behind the Datapath's back it
+// still counts as a reply, while an unvouched one is decided without an
+// endpoint. A SYN on a live tuple writes the entry anew.
+func TestFirstReplyStamped(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		f := newFixture(t, v6)
+		f.setEndpoint(EndpointIngressIsolated)
+		f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+		g := must[uint64](t)(f.d.PolicyGeneration())
+		in := f.in(f.peer, protoTCP, 40000, 80)
+		stray := f.in(f.peer, protoTCP, 40001, 80)
+		stray.dst = f.spoofed // routed into the pod's veth, not one of its addresses
+		out := f.out(f.peer, protoTCP, 40002, 443)
+		f.expect("in", DirIngress, in.bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("in to another address", DirIngress, stray.bytes(), VerdictAllow, ReasonAllowed)
+		f.expect("out", DirEgress, out.bytes(), VerdictAllow, ReasonNotIsolated)
+		outKey := ctKeyOf(f, out)
+		outKey.Dir = DirEgress
+		for _, c := range []struct {
+			name     string
+			key      CTKey
+			replyGen uint64
+		}{{"in", ctKeyOf(f, in), g}, {"in to another address", ctKeyOf(f, stray), 0}, {"out", outKey, g}} {
+			if val := must[CTVal](t)(ctLookup(f.d, c.key)); val.VerifiedGen != g || val.ReplyGen != c.replyGen {
+				t.Errorf("%s: entry %+v, want verified at %d, replies at %d", c.name, val, g, c.replyGen)
+			}
+		}
+
+		ifindex := uint32(testIfindex)
+		if err := f.d.tc.Endpoints.Delete(&ifindex); err != nil {
+			t.Fatal(err)
+		}
+		synAck := func(src, dst netip.Addr, sport, dport uint16) []byte {
+			return pkt{src: src, dst: dst, proto: protoTCP, sport: sport, dport: dport, tcpFlags: tcpSYN | tcpACK}.bytes()
+		}
+		f.expect("reply", DirEgress, synAck(f.pod, f.peer, 80, 40000), VerdictAllow, ReasonReply)
+		f.expect("reply from another address", DirEgress, synAck(f.spoofed, f.peer, 80, 40001), VerdictAllow, ReasonNoEndpoint)
+		f.expect("reply of out", DirIngress, synAck(f.peer, f.pod, 443, 40002), VerdictAllow, ReasonReply)
+
+		f.setEndpoint(EndpointIngressIsolated) // a write: the generation moves on
+		g2 := must[uint64](t)(f.d.PolicyGeneration())
+		f.expect("in again", DirIngress, in.bytes(), VerdictAllow, ReasonAllowed)
+		if val := must[CTVal](t)(ctLookup(f.d, ctKeyOf(f, in))); val.VerifiedGen != g2 || val.ReplyGen != g2 || val.RuleId != 7 {
+			t.Errorf("in again: entry %+v, want rule 7 verified and replies at %d", val, g2)
+		}
+		f.expect("reply from another address, endpoint back", DirEgress, synAck(f.spoofed, f.peer, 80, 40001), VerdictDrop, ReasonSpoofed)
 	}
 }
