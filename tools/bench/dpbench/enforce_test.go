@@ -45,7 +45,7 @@ func TestEveryConfigurationEnforces(t *testing.T) {
 			t.Errorf("%s: no figures: rr %v crr %v bulk %v", p.Config, p.RR.Median, p.CRR.Median, p.Bulk.Median)
 		}
 		if p.Config == CfgZT {
-			if p.ProgNsPerRun <= 0 || p.PolicyEntries != 10 || p.PolicyBytesPerEnt <= 0 || p.RawChangeP99us <= 0 {
+			if p.ProgNsPerRun <= 0 || p.ProgNsPerCRR <= 0 || p.ProgRunsPerCRR < 8 || p.PolicyEntries != 10 || p.PolicyBytesPerEnt <= 0 || p.RawChangeP99us <= 0 {
 				t.Errorf("zt: missing figures: %+v", p)
 			}
 			// none ran too: the floor of the program cost is measured.

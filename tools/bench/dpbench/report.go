@@ -265,8 +265,8 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"(planned from the one key the agent's `mapsync.Builder` names for this change, plus one policy map write). Each configuration's changes stop after %s (at least one is timed), so p99 of few samples is their maximum. Install: all N rules at once (`iptables-restore`, `ipset restore` + rules, `nft -f`, "+
 		"zt: `mapsync.Reconcile` into empty maps).\n\n", o.ChangeBudget))
 	b.WriteString("### zt's own costs\n\n")
-	b.WriteString("| N | program ns per run | empty program ns per run (same run) | zt added ns per run | warm ns per packet, request / reply | program runs per TCP_RR transaction | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync ApplyDelta p50 / p99 µs | full load ms |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| N | program ns per run | empty program ns per run (same run) | zt added ns per run | warm ns per packet, request / reply | program runs per TCP_RR transaction | program µs per TCP_CRR transaction (runs) | policy map bytes per entry | ipcache bytes per entry | policy map write p50 / p99 µs | mapsync ApplyDelta p50 / p99 µs | full load ms |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, n := range r.Ns() {
 		p, ok := r.point(n, CfgZT)
 		if !ok {
@@ -285,7 +285,11 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 				warm += fmt.Sprintf(" (empty program %.0f per run)", p.EmptyWarmNs)
 			}
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.2f | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, prog, empty, added, warm, p.ProgRunsPerTxn,
+		crr := "-"
+		if p.ProgRunsPerCRR > 0 {
+			crr = fmt.Sprintf("%.1f (%.1f)", p.ProgNsPerCRR/1000, p.ProgRunsPerCRR)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.2f | %s | %.1f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f |\n", n, prog, empty, added, warm, p.ProgRunsPerTxn, crr,
 			p.PolicyBytesPerEnt, p.IPCacheBytesPerEnt, p.RawChangeP50us, p.RawChangeP99us, p.ChangeP50us, p.ChangeP99us, p.InstallMs)
 	}
 	b.WriteString(fmt.Sprintf("\nProgram cost: `run_time_ns / run_cnt` of the tc programs (BPF_ENABLE_STATS, on only during extra TCP_RR runs, "+
@@ -296,7 +300,8 @@ func (r *Result) Markdown(w io.Writer, chartFiles []string) error {
 		"mitigations (retpolines, SRSO \"Safe RET\" on CPUs that need them), an instruction cache gone cold between packets — so zt added = zt − empty is the work of zt's "+
 		"programs themselves (both `-` when `none` did not run). zt's programs take the verdict of a forward packet of an established flow from "+
 		"its conntrack entry while the policy generation is unchanged (no ipcache or policy lookup); the first packet of a flow, and the first "+
-		"after any map write, are decided from the maps. Warm: one TCP data packet of the probing client's established flow to the server "+
+		"after any map write, are decided from the maps. Per TCP_CRR transaction: the same statistics during as many extra TCP_CRR runs, "+
+		"the programs' run time per transaction (a connection opened, a byte each way, the connection closed) and their runs per transaction. Warm: one TCP data packet of the probing client's established flow to the server "+
 		"(request) and its answer (reply), each run %d times with BPF_PROG_RUN through both programs it crosses live (the sender's host veth, "+
 		"then the receiver's), after one run each that sets the flow up; the wall time per run, summed over the two programs; the empty program's time per run in the same loop is beside it. With one packet "+
 		"repeated, every lookup hits cache lines the previous run brought in, which live traffic does not: live minus warm is what cold caches "+

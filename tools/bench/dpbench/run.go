@@ -105,6 +105,11 @@ type Point struct {
 	RawSamples     int     `json:"raw_samples,omitempty"`
 	ProgNsPerRun   float64 `json:"prog_ns_per_run,omitempty"` // tc program run_time_ns / run_cnt during TCP_RR
 	ProgRunsPerTxn float64 `json:"prog_runs_per_txn,omitempty"`
+	// ProgNsPerCRR: the tc programs' run time per TCP_CRR transaction
+	// (a connection opened, one byte each way, closed), over
+	// ProgRunsPerCRR runs: what a new connection costs in zt's programs.
+	ProgNsPerCRR   float64 `json:"prog_ns_per_crr,omitempty"`
+	ProgRunsPerCRR float64 `json:"prog_runs_per_crr,omitempty"`
 	// StealMax is the largest share of the machine's CPU time the
 	// hypervisor took during one of this point's samples (steal.go),
 	// Resampled how many samples were measured again because of it.
@@ -628,7 +633,7 @@ const progReps = 3
 // point with their min–max. Then zt's cost with warm caches, once (its
 // loop of a single packet barely varies).
 func (r *runner) progCosts(n int, l *live, ze *ztEnforcer, none *live) error {
-	var zt, empty, emptyWarm, runs []float64
+	var zt, empty, emptyWarm, runs, crr, crrRuns []float64
 	for range max(1, min(progReps, r.opts.Reps)) {
 		if none != nil {
 			e, w, err := r.emptyProgCost(n, none.t)
@@ -637,15 +642,21 @@ func (r *runner) progCosts(n int, l *live, ze *ztEnforcer, none *live) error {
 			}
 			empty, emptyWarm = append(empty, e), append(emptyWarm, w)
 		}
-		z, perTxn, err := r.progCost(l, ze)
+		z, perTxn, err := r.progCost(l, ze, "rr")
 		if err != nil {
 			return fmt.Errorf("zt: program cost: %w", err)
 		}
 		zt, runs = append(zt, z), append(runs, perTxn)
+		z, perTxn, err = r.progCost(l, ze, "crr")
+		if err != nil {
+			return fmt.Errorf("zt: program cost, TCP_CRR: %w", err)
+		}
+		crr, crrRuns = append(crr, z*perTxn), append(crrRuns, perTxn)
 	}
 	p := l.pt
 	p.ProgNsPerRun, p.ProgNsMin, p.ProgNsMax = percentile(zt, 0.5), slices.Min(zt), slices.Max(zt)
 	p.ProgRunsPerTxn = percentile(runs, 0.5)
+	p.ProgNsPerCRR, p.ProgRunsPerCRR = percentile(crr, 0.5), percentile(crrRuns, 0.5)
 	if len(empty) > 0 {
 		p.EmptyProgNsPerRun, p.EmptyProgNsMin, p.EmptyProgNsMax = percentile(empty, 0.5), slices.Min(empty), slices.Max(empty)
 		p.EmptyWarmNs = percentile(emptyWarm, 0.5)
@@ -658,11 +669,11 @@ func (r *runner) progCosts(n int, l *live, ze *ztEnforcer, none *live) error {
 	return nil
 }
 
-// progCost runs one more TCP_RR with BPF run-time statistics on and
-// returns the programs' run time divided by their run count, and their
-// runs per transaction. Statistics are off during the rate measurements:
-// they cost time themselves.
-func (r *runner) progCost(l *live, ze *ztEnforcer) (nsPerRun, runsPerTxn float64, err error) {
+// progCost runs one more TCP_RR or TCP_CRR (mode) with BPF run-time
+// statistics on and returns the programs' run time divided by their run
+// count, and their runs per transaction. Statistics are off during the
+// rate measurements: they cost time themselves.
+func (r *runner) progCost(l *live, ze *ztEnforcer, mode string) (nsPerRun, runsPerTxn float64, err error) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		return 0, 0, fmt.Errorf("enable bpf stats: %w", err)
@@ -672,7 +683,7 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) (nsPerRun, runsPerTxn float64
 	if err != nil {
 		return 0, 0, err
 	}
-	res, err := r.client(l.t, "rr")
+	res, err := r.client(l.t, mode)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -684,7 +695,7 @@ func (r *runner) progCost(l *live, ze *ztEnforcer) (nsPerRun, runsPerTxn float64
 		return 0, 0, errors.New("the programs did not run")
 	}
 	nsPerRun, runsPerTxn = float64(ns1-ns0)/float64(c1-c0), float64(c1-c0)/float64(res.Transactions)
-	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per TCP_RR transaction", l.pt.N, nsPerRun, runsPerTxn)
+	r.logf("N=%d zt        program %.0f ns per run, %.2f runs per %s transaction", l.pt.N, nsPerRun, runsPerTxn, modeName(mode))
 	return nsPerRun, runsPerTxn, nil
 }
 
@@ -743,4 +754,11 @@ func (r *runner) emptyProgCost(n int, t *topo) (_, warmNs float64, err error) {
 	}
 	r.logf("N=%d empty     program %d ns per run with warm caches (BPF_PROG_RUN)", n, warm.Nanoseconds())
 	return ns, float64(warm.Nanoseconds()), nil
+}
+
+func modeName(mode string) string {
+	if mode == "crr" {
+		return "TCP_CRR"
+	}
+	return "TCP_RR"
 }
