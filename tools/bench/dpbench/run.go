@@ -505,7 +505,8 @@ func (r *runner) mix(mode string, all []*live, rep int) ([]clientResult, error) 
 		}
 	}()
 	for _, l := range order {
-		fd, err := unix.Dup(l.t.client.ns)
+		// Close-on-exec until exec.Cmd hands it to this child only.
+		fd, err := unix.FcntlInt(uintptr(l.t.client.ns), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
 		}
