@@ -47,13 +47,17 @@ static __always_inline void zt_ct_key_rev(struct zt_ct_key *k, __u32 ifindex, __
 static __always_inline int zt_ct_live(const struct zt_config *cfg, const struct zt_ct_val *v,
 				      __u64 now)
 {
-	__u64 timeout = cfg ? cfg->ct_timeout_ns : 0;
-	__u64 idle;
+	__u64 timeout, idle;
 
 	/* Written by a clock a tick ahead (zt_nf_service): not idle. */
 	if (now < v->last_seen_ns)
 		return 1;
 	idle = now - v->last_seen_ns;
+	/* Live whatever the timeout (the test below holds for any): a busy
+	 * flow's packets do not read config, a cache line of its own. */
+	if (idle <= ZT_CT_REFRESH_NS)
+		return 1;
+	timeout = cfg ? cfg->ct_timeout_ns : 0;
 
 	/* idle <= timeout + ZT_CT_REFRESH_NS, without overflow */
 	return !timeout || idle <= timeout || idle - timeout <= ZT_CT_REFRESH_NS;
