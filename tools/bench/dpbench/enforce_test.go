@@ -59,6 +59,28 @@ func TestEveryConfigurationEnforces(t *testing.T) {
 	}
 }
 
+// newTestTopo builds a topology whose servers run and are reachable from
+// both client pods, removed when the test ends.
+func newTestTopo(t *testing.T, r *runner) *topo {
+	t.Helper()
+	tp, err := newTopo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tp.close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := tp.startServers(min(1, runtime.NumCPU()-1), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.waitConnected(tp); err != nil {
+		t.Fatal(err)
+	}
+	return tp
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) {
@@ -72,22 +94,8 @@ func TestCheckCatchesNoEnforcement(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: network namespaces and netfilter")
 	}
-	tp, err := newTopo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tp.close(); err != nil {
-			t.Error(err)
-		}
-	})
 	r := &runner{opts: Options{ServerCPU: 1}, ctx: context.Background()}
-	if err := tp.startServers(1, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.waitConnected(tp); err != nil {
-		t.Fatal(err)
-	}
+	tp := newTestTopo(t, r)
 	if err := r.checkEnforced(&live{cfg: CfgNone, t: tp}); err != nil {
 		t.Fatalf("none: %v", err)
 	}
@@ -109,22 +117,8 @@ func TestEmptyRunsOnTheHooks(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: network namespaces and BPF")
 	}
-	tp, err := newTopo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tp.close(); err != nil {
-			t.Error(err)
-		}
-	})
 	r := &runner{opts: Options{ServerCPU: 1}, ctx: context.Background()}
-	if err := tp.startServers(1, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.waitConnected(tp); err != nil {
-		t.Fatal(err)
-	}
+	tp := newTestTopo(t, r)
 	e := &emptyEnforcer{}
 	if _, err := e.install(context.Background(), tp, nil); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package dpbench
 import (
 	"context"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -14,32 +13,15 @@ func TestMixTakesTurns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root: network namespaces")
 	}
-	var all []*live
-	for _, cfg := range []string{CfgNone, CfgZT, CfgNft} { // names only: nothing is installed
-		tp, err := newTopo()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := tp.close(); err != nil {
-				t.Error(err)
-			}
-		})
-		if err := tp.startServers(min(1, runtime.NumCPU()-1), 0, 0); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, &live{cfg: cfg, t: tp})
-	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	const dur, slot = 200 * time.Millisecond, 20 * time.Millisecond
 	r := &runner{opts: Options{Duration: dur, Warmup: 20 * time.Millisecond, Slot: slot, ServerCPU: 1}, self: self, ctx: context.Background()}
-	for _, l := range all {
-		if err := r.waitConnected(l.t); err != nil {
-			t.Fatal(err)
-		}
+	var all []*live
+	for _, cfg := range []string{CfgNone, CfgZT, CfgNft} { // names only: nothing is installed
+		all = append(all, &live{cfg: cfg, t: newTestTopo(t, r)})
 	}
 	for _, mode := range []string{"rr", "crr"} {
 		for rep := range 2 { // rep 1 starts with the second configuration
