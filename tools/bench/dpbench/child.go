@@ -185,11 +185,15 @@ func (c *rrClient) close() {
 	}
 }
 
-// run makes transactions until until, appending each one's latency in ns.
+// run makes transactions until until, appending each one's latency in ns,
+// and returns how long they took. It makes one at least, even when until
+// has passed by the time it starts (a turn's last few microseconds, on a
+// busy machine): a turn that made none would take no time, and the
+// turns would go round for ever.
 func (c *rrClient) run(until time.Time, lat []uint32) ([]uint32, time.Duration, error) {
 	start := time.Now()
 	now := start
-	for now.Before(until) {
+	for first := true; first || now.Before(until); first = false {
 		t0 := now
 		if err := c.one(); err != nil {
 			return lat, now.Sub(start), err
