@@ -138,9 +138,7 @@ func BenchmarkApply100k(b *testing.B) {
 func BenchmarkNewConnection(b *testing.B) {
 	for _, cold := range []bool{false, true} {
 		b.Run(map[bool]string{false: "warm", true: "cold"}[cold], func(b *testing.B) {
-			f := newFixture(b, false)
-			f.setEndpoint(EndpointIngressIsolated)
-			f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+			f := newServerFixture(b, false)
 			empty := must[*ebpf.Program](b)(ebpf.NewProgram(&ebpf.ProgramSpec{
 				Type: ebpf.SchedCLS, License: "GPL",
 				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},

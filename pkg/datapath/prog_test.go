@@ -57,6 +57,25 @@ func newFixture(t testing.TB, v6 bool) *fixture {
 	return f
 }
 
+// newServerFixture is a fixture whose pod isolates ingress and lets the
+// peer reach TCP port 80 (rule 7): a server.
+func newServerFixture(t testing.TB, v6 bool) *fixture {
+	f := newFixture(t, v6)
+	f.setEndpoint(EndpointIngressIsolated)
+	f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+	return f
+}
+
+// deleteEndpointBehindBack deletes the pod's endpoint from the map
+// directly: no write through Datapath, so the policy generation stays.
+func (f *fixture) deleteEndpointBehindBack() {
+	f.t.Helper()
+	ifindex := uint32(testIfindex)
+	if err := f.d.tc.Endpoints.Delete(&ifindex); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
 func (f *fixture) setEndpoint(flags EndpointFlags) {
 	f.t.Helper()
 	ep, err := NewEndpoint(testEpID, flags, f.pod)

@@ -160,9 +160,7 @@ func testMigrateGrownValue(t *testing.T, size uint32) {
 // through Datapath ends it: the endpoint is looked up again (here: none).
 func TestFastPathWithoutEndpoint(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		f := newFixture(t, v6)
-		f.setEndpoint(EndpointIngressIsolated)
-		f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+		f := newServerFixture(t, v6)
 		g := must[uint64](t)(f.d.PolicyGeneration())
 		in := f.in(f.peer, protoTCP, 40000, 80)
 		reply := pkt{src: f.pod, dst: f.peer, proto: protoTCP, sport: 80, dport: 40000, tcpFlags: tcpSYN | tcpACK}
@@ -179,10 +177,7 @@ func TestFastPathWithoutEndpoint(t *testing.T) {
 			t.Fatalf("egress entry %+v, want not isolated at generation %d", val, g)
 		}
 
-		ifindex := uint32(testIfindex)
-		if err := f.d.tc.Endpoints.Delete(&ifindex); err != nil {
-			t.Fatal(err)
-		}
+		f.deleteEndpointBehindBack()
 		in.tcpFlags, reply.tcpFlags, out.tcpFlags = tcpACK, tcpACK, tcpACK
 		f.expect("in, no endpoint", DirIngress, in.bytes(), VerdictAllow, ReasonAllowed)
 		f.expect("reply, no endpoint", DirEgress, reply.bytes(), VerdictAllow, ReasonReply)
@@ -240,9 +235,7 @@ func TestConfigMovesGeneration(t *testing.T) {
 // endpoint. A SYN on a live tuple writes the entry anew.
 func TestFirstReplyStamped(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		f := newFixture(t, v6)
-		f.setEndpoint(EndpointIngressIsolated)
-		f.allow(PortRule{Dir: DirIngress, Peer: peerID, Proto: protoTCP, Port: 80}, 7)
+		f := newServerFixture(t, v6)
 		g := must[uint64](t)(f.d.PolicyGeneration())
 		in := f.in(f.peer, protoTCP, 40000, 80)
 		stray := f.in(f.peer, protoTCP, 40001, 80)
@@ -263,10 +256,7 @@ func TestFirstReplyStamped(t *testing.T) {
 			}
 		}
 
-		ifindex := uint32(testIfindex)
-		if err := f.d.tc.Endpoints.Delete(&ifindex); err != nil {
-			t.Fatal(err)
-		}
+		f.deleteEndpointBehindBack()
 		synAck := func(src, dst netip.Addr, sport, dport uint16) []byte {
 			return pkt{src: src, dst: dst, proto: protoTCP, sport: sport, dport: dport, tcpFlags: tcpSYN | tcpACK}.bytes()
 		}
