@@ -106,9 +106,12 @@
  * first packet after it is decided from the maps again (and a revoked
  * allow cuts the flow as before); so does a new endpoint behind a reused
  * interface index, or an address an endpoint gave up (anti-spoofing).
- * The generation a stamp carries is read with an atomic (fully ordered)
- * operation before the endpoint and every map the verdict reads, so they
- * are at least as new as that generation on any CPU architecture. 0
+ * The generation a stamp carries is read, then followed by a fully
+ * ordered atomic, before the endpoint and every map the verdict reads, so
+ * they are at least as new as that generation on any CPU architecture.
+ * The atomic is on the program's stack, never on polgen: packets only
+ * read polgen's cache line, so a new flow on one CPU does not take it
+ * from the others (lib/ct.h, zt_polgen_ordered). 0
  * means "never": a conntrack entry written by an older version (the
  * value grew by verified_gen, then by reply_gen; migration zero-extends
  * it) or by the netfilter program is decided from the maps.

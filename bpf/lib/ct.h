@@ -187,14 +187,19 @@ static __always_inline __u64 zt_polgen(void)
 }
 
 /* The generation a verdict about to be taken from the maps is stamped
- * with: read by a fully ordered atomic, so the lookups after it cannot
- * see maps older than it, whatever the CPU's memory order. */
+ * with: a plain read, then a fully ordered atomic, so the lookups after it
+ * cannot see maps older than it, whatever the CPU's memory order. The
+ * atomic is on a word of this program's stack, not on polgen: an atomic
+ * on polgen would take its cache line for writing, and every other CPU,
+ * whose every packet reads polgen, would then miss it; a new flow on one
+ * CPU would slow the established flows of all the others. Its result is
+ * used (the word's 0), so it is a fetching atomic, fully ordered on every
+ * JIT (x86: lock xadd; arm64: ldaddal). */
 static __always_inline __u64 zt_polgen_ordered(void)
 {
-	__u32 zero = 0;
-	__u64 *g = bpf_map_lookup_elem(&polgen, &zero);
+	__u64 gen = zt_polgen(), fence = 0;
 
-	return g ? __sync_fetch_and_add(g, 0) : 0;
+	return gen + __sync_fetch_and_add(&fence, 1);
 }
 
 /* The live, unrevoked forward entry of this packet whose verdict was

@@ -415,18 +415,32 @@ func TestLinkLocalAndParsing(t *testing.T) {
 
 // onCPU0 pins the calling goroutine's thread to CPU 0, so per-CPU state
 // (the event token bucket) is deterministic.
-func onCPU0(t *testing.T) {
+func onCPU0(t testing.TB) {
+	onCPU(t, 0)
+}
+
+// onCPU pins the calling goroutine's thread to cpu until the test ends.
+func onCPU(t testing.TB, cpu int) {
 	runtime.LockOSThread()
 	t.Cleanup(runtime.UnlockOSThread)
-	var set, old unix.CPUSet
+	var old unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &old); err != nil {
 		t.Fatal(err)
 	}
-	set.Set(0)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
+	if err := pinThread(cpu); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = unix.SchedSetaffinity(0, &old) })
+}
+
+// pinThread pins the calling thread (locked by the caller) to cpu.
+func pinThread(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin thread to CPU %d: %w", cpu, err)
+	}
+	return nil
 }
 
 func readEvents(t *testing.T, r *ringbuf.Reader) []FlowEvent {
