@@ -202,9 +202,8 @@ func BenchmarkNewConnection(b *testing.B) {
 // BenchmarkFastPathBesideNewFlows: the kernel cost, on CPU 0, of one
 // data packet of an established flow (the fast path: one conntrack
 // lookup), alone and while CPU 1 opens new flows without pause (SYNs of
-// another flow through zt_slow, which reads the policy generation with a
-// fully ordered atomic before deciding from the maps), the two
-// alternating. Each measured packet is one BPF_PROG_RUN (repeat 1), so
+// another flow, decided from the maps after the ordered read of the
+// policy generation, zt_polgen_ordered), the two alternating. Each measured packet is one BPF_PROG_RUN (repeat 1), so
 // several new flows pass on CPU 1 between two of them, as on a busy node
 // between a flow's packets. The new flows write only their own conntrack
 // entry and per-CPU counters: x-alone (beside over alone, medians of the
