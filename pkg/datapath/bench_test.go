@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/ztnet/zt/internal/stats"
 )
 
 // benchAddr returns the i-th address of 10.0.0.0/8 (i < 1<<24).
@@ -286,17 +287,8 @@ func BenchmarkFastPathBesideNewFlows(b *testing.B) {
 		uint64(syns.Load())+uint64(2*b.N*packets); got < want {
 		b.Fatalf("%d packets allowed by the rule, want at least %d (SYNs and data packets)", got, want)
 	}
-	b.ReportMetric(median(loaded), "ns/pkt")
-	b.ReportMetric(median(alone), "alone-ns/pkt")
-	b.ReportMetric(median(loaded)/median(alone), "x-alone")
+	b.ReportMetric(stats.Median(loaded), "ns/pkt")
+	b.ReportMetric(stats.Median(alone), "alone-ns/pkt")
+	b.ReportMetric(stats.Median(loaded)/stats.Median(alone), "x-alone")
 	b.ReportMetric(float64(syns.Load())/float64(b.N), "syns/round")
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"github.com/ztnet/zt/internal/stats"
 )
 
 // Target is one goal of issue #7 and whether this run met it.
@@ -117,7 +119,7 @@ func (r *Result) Targets() []Target {
 				continue
 			}
 			measured = true
-			if d := median(diffs); d < worst {
+			if d := stats.Median(diffs); d < worst {
 				worst, worstN = d, n
 				worstLo, worstHi = slices.Min(diffs), slices.Max(diffs)
 				noisy = worstLo <= -2 && -2 <= worstHi
@@ -136,7 +138,7 @@ func (r *Result) Targets() []Target {
 			goal  float64
 			added []float64
 		}{{"p50", 500, big.RR.addedP50}, {"p99", 2000, big.RR.addedP99}} {
-			med := median(l.added)
+			med := stats.Median(l.added)
 			lo, hi := med, med
 			if len(l.added) > 0 {
 				lo, hi = slices.Min(l.added), slices.Max(l.added)

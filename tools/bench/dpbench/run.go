@@ -34,6 +34,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ztnet/zt/internal/netnsutil"
+	"github.com/ztnet/zt/internal/stats"
 	"github.com/ztnet/zt/pkg/datapath"
 )
 
@@ -383,25 +384,13 @@ func addValue(m *Metric, v, base float64) {
 }
 
 func (m *Metric) finish() {
-	m.Median = median(m.Values)
-	m.RatioMedian = median(m.Ratios)
+	m.Median = stats.Median(m.Values)
+	m.RatioMedian = stats.Median(m.Ratios)
 	if len(m.Ratios) > 0 {
 		m.RatioMin, m.RatioMax = slices.Min(m.Ratios), slices.Max(m.Ratios)
 	}
-	m.P50ns, m.P99ns = median(m.p50s), median(m.p99s)
-	m.AddedP50ns, m.AddedP99ns = median(m.addedP50), median(m.addedP99)
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	m.P50ns, m.P99ns = stats.Median(m.p50s), stats.Median(m.p99s)
+	m.AddedP50ns, m.AddedP99ns = stats.Median(m.addedP50), stats.Median(m.addedP99)
 }
 
 func percentile(v []float64, p float64) float64 {
